@@ -1,0 +1,119 @@
+"""Shape bias: the reference decisions, the stimuli loader, label mappings, CSV round trip."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from trainables.cue_conflict import (
+    load_stimuli,
+    read_decisions_csv,
+    score_decisions,
+    shape_bias_from_csv,
+    evaluate_shape_bias,
+    write_decisions_csv,
+)
+from trainables.label_spaces import (
+    CATEGORIES,
+    LabelMapping,
+    cifar10_mapping,
+    imagenet_mapping,
+    mapping_from_names,
+    native_mapping,
+)
+
+
+@pytest.mark.parametrize("name", ["resnet50.csv", "vgg16.csv", "human-subject-01.csv"])
+def test_reference_decisions_give_expected_shape_bias(shared_data, name):
+    expected = json.loads((shared_data / "reference-decisions" / "expected.json").read_text())[name]
+    result = shape_bias_from_csv(shared_data / "reference-decisions" / name)
+    assert round(result.shape_bias, 4) == expected["shape_bias"]
+    assert result.shape_decisions == expected["shape_decisions"]
+    assert result.texture_decisions == expected["texture_decisions"]
+    assert result.scored == 1200 and result.excluded == 0
+
+
+def test_score_counts_and_exclusions():
+    decisions = ["cat", "dog", "car", "cat", "bear", "cat"]
+    shapes = ["cat", "cat", "cat", "cat", "bear", "dog"]
+    textures = ["dog", "dog", "dog", "cat", "cat", "bear"]
+    result = score_decisions(decisions, shapes, textures, nameable={"cat", "dog", "car"})
+    # index 3 is not a conflict; 4 and 5 involve bear, which the model cannot name.
+    assert (result.shape_decisions, result.texture_decisions, result.other_decisions) == (1, 1, 1)
+    assert result.excluded == 2
+    assert result.shape_bias == 0.5
+    assert math.isclose(result.shape_accuracy, 1 / 3) and math.isclose(result.texture_accuracy, 1 / 3)
+
+
+def test_imagenet_mapping_uses_mean_of_member_probabilities():
+    mapping = imagenet_mapping()
+    assert sum(len(m) for m in mapping.members) == 207 and mapping.categories == CATEGORIES
+    logits = torch.full((1, 1000), -10.0)
+    bird = mapping.members[CATEGORIES.index("bird")]
+    # One bird class very likely, but the mean over 49 bird classes loses to the single airplane class.
+    logits[0, bird[0]] = 5.0
+    logits[0, 404] = 4.0
+    assert mapping.decide(logits) == ["airplane"]
+
+
+def test_cifar_mapping_names_seven_categories():
+    mapping = cifar10_mapping()
+    assert set(mapping.categories) == {"airplane", "car", "bird", "cat", "dog", "boat", "truck"}
+    logits = torch.zeros(1, 10)
+    logits[0, 8] = 3.0  # ship
+    assert mapping.decide(logits) == ["boat"]
+
+
+def test_custom_and_native_mappings():
+    mapping = mapping_from_names(["tabby", "siamese", "beagle"], {"cat": ["tabby", "siamese"], "dog": ["beagle"]})
+    assert mapping.members == ((0, 1), (2,))
+    assert native_mapping(CATEGORIES).decide(torch.eye(16)[[3]]) == ["bird"]
+    with pytest.raises(ValueError, match="unknown classes"):
+        mapping_from_names(["a"], {"cat": ["tabby"]})
+    with pytest.raises(ValueError, match="outside"):
+        LabelMapping(("cat",), ((5,),), 3)
+
+
+def test_stimuli_load_once_and_in_layout(shared_data):
+    stimuli = load_stimuli(shared_data / "cue-conflict")
+    assert stimuli.images.shape == (1280, 3, 224, 224) and stimuli.images.dtype == torch.uint8
+    assert sum(s != t for s, t in zip(stimuli.shapes, stimuli.textures)) == 1200
+    assert load_stimuli(str(shared_data / "cue-conflict")) is stimuli
+
+
+def test_model_evaluation_and_csv_round_trip(shared_data, tmp_path):
+    stimuli = load_stimuli(shared_data / "cue-conflict")
+    torch.manual_seed(0)
+    # A tiny 16-way model on 32 px: enough to exercise resize, normalise and decide.
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 16))
+    result, decisions = evaluate_shape_bias(model, stimuli, native_mapping(CATEGORIES), image_size=32)
+    assert len(decisions) == 1280 and set(decisions) <= set(CATEGORIES)
+    assert result.scored == 1200
+    path = tmp_path / "decisions.csv"
+    write_decisions_csv(path, stimuli, decisions, subject="tiny")
+    assert read_decisions_csv(path)[0] == decisions
+    assert shape_bias_from_csv(path) == result
+
+
+def test_missing_empty_and_wrong_layout_name_the_path(tmp_path, shared_data):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        load_stimuli(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=str(empty)):
+        load_stimuli(empty)
+    wrong = tmp_path / "wrong" / "cat"
+    wrong.mkdir(parents=True)
+    shutil.copy(shared_data / "cue-conflict" / "dog" / "dog1-bear1.png", wrong / "dog1-bear1.png")
+    with pytest.raises(ValueError, match="dog1-bear1.png"):
+        load_stimuli(wrong.parent)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    folder = tmp_path / "broken" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "cat1-dog1.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cat1-dog1.png"):
+        load_stimuli(folder.parent)

@@ -1,0 +1,231 @@
+"""Shape bias on cue-conflict stimuli (Geirhos et al., ICLR 2019), exactly as BRIEF section 3.
+
+Stimuli: a directory with one folder per shape class holding `<shape><i>-<texture><j>.png`.
+Only conflict images count (shape class != texture class). shape bias = shape decisions /
+(shape + texture decisions); shape and texture accuracy are fractions of the scored conflict
+images. Images whose shape or texture category the model cannot name are excluded and counted.
+Per-image decisions read and write as model-vs-human CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from trainables.label_spaces import CATEGORIES, LabelMapping
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CSV_COLUMNS = ("subj", "session", "trial", "rt", "object_response", "category", "condition", "imagename")
+_STIMULUS_NAME = re.compile(r"^(?P<shape>[a-z]+)\d*-(?P<texture>[a-z]+)\d*\.png$")
+
+
+@dataclass(frozen=True)
+class Stimuli:
+    """Decoded stimuli: uint8 images (N, 3, H, W) with shape and texture class per image."""
+
+    images: torch.Tensor
+    shapes: tuple[str, ...]
+    textures: tuple[str, ...]
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class ShapeBiasResult:
+    """Counts and fractions over the scored conflict images."""
+
+    shape_bias: float
+    shape_accuracy: float
+    texture_accuracy: float
+    shape_decisions: int
+    texture_decisions: int
+    other_decisions: int
+    excluded: int
+
+    @property
+    def scored(self) -> int:
+        return self.shape_decisions + self.texture_decisions + self.other_decisions
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def texture_of(image_name: str) -> str:
+    """Texture class from a stimulus file name: `cat1-airplane1.png` (or a CSV's `..._cat1-airplane1.png`)."""
+    match = re.search(r"-([a-z]+)\d*\.png$", image_name)
+    if match is None:
+        raise ValueError(f"cannot read a texture class from image name {image_name!r}")
+    return match.group(1)
+
+
+def _decode(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as error:  # PIL raises several unrelated types for broken files
+        raise ValueError(f"cannot decode stimulus image {path}: {error}") from error
+
+
+@functools.lru_cache(maxsize=4)
+def _load_stimuli_cached(root: Path) -> Stimuli:
+    if not root.is_dir():
+        raise FileNotFoundError(f"cue-conflict directory not found: {root}")
+    files = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(folder.glob("*.png")):
+            match = _STIMULUS_NAME.match(path.name)
+            if match is None or match["shape"] != folder.name:
+                raise ValueError(
+                    f"{path} is not a cue-conflict stimulus: expected '{folder.name}<i>-<texture><j>.png'"
+                )
+            files.append((path, match["shape"], match["texture"]))
+    if not files:
+        raise ValueError(
+            f"no stimuli in {root}: expected one folder per shape class holding "
+            "'<shape><i>-<texture><j>.png' files"
+        )
+    # PIL releases the GIL while decoding, so threads decode in parallel.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        arrays = list(pool.map(_decode, [path for path, _, _ in files]))
+    sizes = {a.shape for a in arrays}
+    if len(sizes) != 1:
+        raise ValueError(f"stimuli in {root} differ in size: {sorted(sizes)}")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return Stimuli(
+        images=images,
+        shapes=tuple(shape for _, shape, _ in files),
+        textures=tuple(texture for _, _, texture in files),
+        names=tuple(path.name for path, _, _ in files),
+    )
+
+
+def load_stimuli(root: str | Path) -> Stimuli:
+    """Decode a cue-conflict directory once per process (later calls return the cached tensors)."""
+    return _load_stimuli_cached(Path(root).expanduser().resolve())
+
+
+def score_decisions(
+    decisions: Sequence[str],
+    shapes: Sequence[str],
+    textures: Sequence[str],
+    nameable: Iterable[str],
+) -> ShapeBiasResult:
+    """Shape bias of per-image decisions; `nameable` is the set of categories the model can name."""
+    nameable = set(nameable)
+    shape_hits = texture_hits = other = excluded = 0
+    for decision, shape, texture in zip(decisions, shapes, textures, strict=True):
+        if shape == texture:
+            continue
+        if shape not in nameable or texture not in nameable:
+            excluded += 1
+        elif decision == shape:
+            shape_hits += 1
+        elif decision == texture:
+            texture_hits += 1
+        else:
+            other += 1
+    scored = shape_hits + texture_hits + other
+    cue_decisions = shape_hits + texture_hits
+    return ShapeBiasResult(
+        shape_bias=shape_hits / cue_decisions if cue_decisions else math.nan,
+        shape_accuracy=shape_hits / scored if scored else math.nan,
+        texture_accuracy=texture_hits / scored if scored else math.nan,
+        shape_decisions=shape_hits,
+        texture_decisions=texture_hits,
+        other_decisions=other,
+        excluded=excluded,
+    )
+
+
+def preprocess(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float, resized to the model's training size, ImageNet-normalised."""
+    x = images.float().div_(255)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def model_decisions(
+    model: torch.nn.Module,
+    stimuli: Stimuli,
+    mapping: LabelMapping,
+    image_size: int,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+) -> list[str]:
+    """The model's category decision on every stimulus (eval mode, Top-K stays on)."""
+    was_training = model.training
+    model.eval()
+    decisions: list[str] = []
+    for start in range(0, len(stimuli), batch_size):
+        batch = preprocess(stimuli.images[start : start + batch_size], image_size).to(device)
+        decisions += mapping.decide(model(batch).float().cpu())
+    model.train(was_training)
+    return decisions
+
+
+def evaluate_shape_bias(
+    model: torch.nn.Module,
+    stimuli: Stimuli,
+    mapping: LabelMapping,
+    image_size: int,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+) -> tuple[ShapeBiasResult, list[str]]:
+    """Shape bias of `model` on `stimuli`, and its per-image decisions."""
+    decisions = model_decisions(model, stimuli, mapping, image_size, batch_size, device)
+    result = score_decisions(decisions, stimuli.shapes, stimuli.textures, mapping.categories)
+    return result, decisions
+
+
+def write_decisions_csv(path: str | Path, stimuli: Stimuli, decisions: Sequence[str], subject: str) -> None:
+    """Per-image decisions in the model-vs-human CSV format."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for trial, (decision, shape, name) in enumerate(zip(decisions, stimuli.shapes, stimuli.names, strict=True), 1):
+            writer.writerow([subject, 1, trial, "NaN", decision, shape, 0, name])
+    tmp.replace(path)  # never leave a half-written CSV under the real name
+
+
+def read_decisions_csv(path: str | Path) -> tuple[list[str], list[str], list[str]]:
+    """(decisions, shapes, textures) from a model-vs-human CSV."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"decisions CSV not found: {path}")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path} lacks model-vs-human columns {sorted(missing)}")
+        rows = list(reader)
+    return (
+        [row["object_response"] for row in rows],
+        [row["category"] for row in rows],
+        [texture_of(row["imagename"]) for row in rows],
+    )
+
+
+def shape_bias_from_csv(path: str | Path, nameable: Iterable[str] | None = None) -> ShapeBiasResult:
+    """Shape bias of the decisions in a model-vs-human CSV (all 16 categories nameable by default)."""
+    decisions, shapes, textures = read_decisions_csv(path)
+    return score_decisions(decisions, shapes, textures, CATEGORIES if nameable is None else nameable)

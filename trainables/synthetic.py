@@ -1,0 +1,176 @@
+"""The embedded shape-vs-texture benchmark (BRIEF section 5): generated in memory from a seed.
+
+Each class is a silhouette (circle, square, ...) drawn at random position, scale and rotation,
+filled with that class's own texture family (stripes, checks, dots, ...) on a plain background.
+Colours are drawn at random per image, so colour says nothing about the class. In the training
+and test splits shape and texture agree, so either cue solves the task; the cue-conflict split
+fills the silhouette of class i with the texture of class j != i, and is scored by the same
+shape-bias code as the Geirhos stimuli.
+
+`texture_strength` (0..1) scales the texture's contrast inside the silhouette. It is the
+calibration knob: at full strength the texture is the easier cue and a dense ResNet-18 is almost
+purely texture-biased; the default is set so that the dense baseline sits inside (0, 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trainables.cue_conflict import Stimuli
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "bowtie")
+TEXTURES = ("stripes", "checks", "dots", "blobs", "rings", "grid", "zigzag", "speckle")
+_CHUNK = 1024  # images generated per vectorised step; bounds peak memory
+
+
+def _shape_masks(kind: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inside-masks (float 0/1) of silhouette `kind[n]` at local coordinates (u, v) in [-1, 1]."""
+    r = torch.sqrt(u * u + v * v)
+    theta = torch.atan2(v, u)
+    au, av = u.abs(), v.abs()
+    triangle_sector = torch.remainder(theta, 2 * math.pi / 3) - math.pi / 3
+    masks = torch.stack(
+        [
+            r < 0.85,
+            torch.maximum(au, av) < 0.72,
+            r * torch.cos(triangle_sector) < 0.5,
+            r < 0.55 + 0.35 * torch.cos(5 * theta),
+            ((au < 0.28) & (av < 0.9)) | ((av < 0.28) & (au < 0.9)),
+            (r > 0.5) & (r < 0.9),
+            (r < 0.85) & ((u - 0.4) ** 2 + v * v > 0.6**2),
+            (au > av * 0.9) & (au < 0.85) & (av < 0.75),
+        ]
+    ).float()  # (num_shapes, N, H, W)
+    return masks.gather(0, kind.view(1, -1, 1, 1).expand(1, *u.shape)).squeeze(0)
+
+
+def _textures(kind: torch.Tensor, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Texture patterns in [0, 1] of family `kind[n]` at image coordinates (x, y) in [0, 1]."""
+    n, h, w = x.shape
+    angle = torch.rand(n, 1, 1, generator=g) * math.pi
+    frequency = 4.0 * (0.85 + 0.3 * torch.rand(n, 1, 1, generator=g))  # cycles per image
+    phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+    xr = (x * torch.cos(angle) + y * torch.sin(angle)) * frequency * 2 * math.pi + phase
+    yr = (-x * torch.sin(angle) + y * torch.cos(angle)) * frequency * 2 * math.pi + phase
+    cx, cy = torch.rand(2, n, 1, 1, generator=g)
+    radial = torch.sqrt((x - cx) ** 2 + (y - cy) ** 2) * frequency * 2 * math.pi
+    blobs = F.interpolate(torch.rand(n, 1, 5, 5, generator=g), size=(h, w), mode="bicubic").squeeze(1)
+    cell_x, cell_y = torch.remainder(xr, 2 * math.pi) - math.pi, torch.remainder(yr, 2 * math.pi) - math.pi
+    patterns = torch.stack(
+        [
+            torch.sin(xr) > 0,
+            (torch.sin(xr) * torch.sin(yr)) > 0,
+            cell_x**2 + cell_y**2 < 1.6**2,
+            blobs > 0.5,
+            torch.sin(radial) > 0,
+            (torch.cos(xr) > 0.7) | (torch.cos(yr) > 0.7),
+            torch.sin(xr + 1.5 * torch.abs(torch.remainder(yr, 2 * math.pi) - math.pi)) > 0,
+            torch.rand(n, h, w, generator=g) > 0.5,
+        ]
+    ).float()
+    return patterns.gather(0, kind.view(1, -1, 1, 1).expand(1, n, h, w)).squeeze(0)
+
+
+def render(
+    shape_class: torch.Tensor,
+    texture_class: torch.Tensor,
+    image_size: int,
+    generator: torch.Generator,
+    texture_strength: float,
+) -> torch.Tensor:
+    """uint8 images (N, 3, S, S): silhouette `shape_class` filled with texture `texture_class`."""
+    n, s = len(shape_class), image_size
+    g = generator
+    # Silhouettes are drawn at 2x and averaged down, so their edges are anti-aliased.
+    ss = 2 * s
+    coords = (torch.arange(ss) + 0.5) / ss
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    scale = 0.28 + 0.14 * torch.rand(n, 1, 1, generator=g)  # silhouette radius / image size
+    cx, cy = (scale + (1 - 2 * scale) * torch.rand(2, n, 1, 1, generator=g)).unbind(0)
+    rotation = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+    dx, dy = x - cx, y - cy
+    u = (dx * torch.cos(rotation) + dy * torch.sin(rotation)) / scale
+    v = (-dx * torch.sin(rotation) + dy * torch.cos(rotation)) / scale
+    mask = F.avg_pool2d(_shape_masks(shape_class, u, v).unsqueeze(1), 2)  # (N, 1, S, S)
+
+    coords = (torch.arange(s) + 0.5) / s
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    texture = _textures(texture_class, x.expand(n, s, s), y.expand(n, s, s), g).unsqueeze(1)
+
+    # Random colours per image: background, and the two colours the texture alternates between.
+    background, colour_a, colour_b = torch.rand(3, n, 3, 1, 1, generator=g)
+    mid = (colour_a + colour_b) / 2
+    fill = mid + texture_strength * (torch.lerp(colour_a, colour_b, texture) - mid)
+    image = torch.lerp(background, fill, mask)
+    image = image + 0.03 * torch.randn(image.shape, generator=g)
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class SyntheticBenchmark:
+    """Train and test splits (shape == texture) and the cue-conflict stimuli."""
+
+    class_names: tuple[str, ...]
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    conflict: Stimuli
+
+
+def _render_chunked(shape_class, texture_class, image_size, g, strength) -> torch.Tensor:
+    return torch.cat(
+        [
+            render(shape_class[i : i + _CHUNK], texture_class[i : i + _CHUNK], image_size, g, strength)
+            for i in range(0, len(shape_class), _CHUNK)
+        ]
+    )
+
+
+def _agreeing_split(n: int, num_classes: int, image_size: int, g: torch.Generator, strength: float):
+    labels = torch.arange(n) % num_classes  # balanced classes
+    labels = labels[torch.randperm(n, generator=g)]
+    return _render_chunked(labels, labels, image_size, g, strength), labels
+
+
+def make_benchmark(
+    num_classes: int = 6,
+    image_size: int = 32,
+    train_size: int = 3000,
+    test_size: int = 600,
+    conflicts_per_pair: int = 20,
+    texture_strength: float = 0.5,
+    seed: int = 0,
+) -> SyntheticBenchmark:
+    """Generate the benchmark deterministically from `seed` (same seed, same tensors)."""
+    if not 2 <= num_classes <= len(SHAPES):
+        raise ValueError(f"num_classes must be in 2..{len(SHAPES)}, got {num_classes}")
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16 px, got {image_size}")
+    if not 0.0 <= texture_strength <= 1.0:
+        raise ValueError(f"texture_strength must be in [0, 1], got {texture_strength}")
+    names = SHAPES[:num_classes]
+    # One generator per split, so changing one split's size never changes the others.
+    splits = [torch.Generator().manual_seed(seed * 3 + i) for i in range(3)]
+    train_images, train_labels = _agreeing_split(train_size, num_classes, image_size, splits[0], texture_strength)
+    test_images, test_labels = _agreeing_split(test_size, num_classes, image_size, splits[1], texture_strength)
+
+    pairs = [(i, j) for i in range(num_classes) for j in range(num_classes) if i != j]
+    shape_cls = torch.tensor([i for i, _ in pairs]).repeat_interleave(conflicts_per_pair)
+    texture_cls = torch.tensor([j for _, j in pairs]).repeat_interleave(conflicts_per_pair)
+    conflict_images = _render_chunked(shape_cls, texture_cls, image_size, splits[2], texture_strength)
+    copy = torch.arange(len(shape_cls)) % conflicts_per_pair
+    conflict = Stimuli(
+        images=conflict_images,
+        shapes=tuple(names[i] for i in shape_cls.tolist()),
+        textures=tuple(names[j] for j in texture_cls.tolist()),
+        names=tuple(
+            f"{names[i]}{c + 1}-{names[j]}{c + 1}.png"
+            for i, j, c in zip(shape_cls.tolist(), texture_cls.tolist(), copy.tolist())
+        ),
+    )
+    return SyntheticBenchmark(names, train_images, train_labels, test_images, test_labels, conflict)
