@@ -1,0 +1,215 @@
+"""The training recipe for one sparse ResNet-18, as plain functions (after torchvision's reference).
+
+`train_and_evaluate` runs the epochs and hands every epoch's metrics and full training state to a
+`report` callback: the Ray trainable turns that into `tune.report(..., checkpoint=...)`, the
+command line prints it. The last epoch's numbers are the result; nothing selects the best epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.config import TrainingConfig, TrialConfig
+from trainables.cue_conflict import evaluate_shape_bias, preprocess
+from trainables.data import Batches, TrialData, build_data
+from trainables.models import build_model
+
+METRICS = ("epoch", "train_loss", "accuracy", "shape_bias", "shape_accuracy", "texture_accuracy", "images_per_s")
+Report = Callable[[dict[str, float], dict[str, Any]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is an error, not a silent fallback."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is visible")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """bf16 where the GPU supports it, fp16 on older GPUs, None (full fp32) on CPU or amp off."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states, as plain tensors and lists a weights_only checkpoint can hold."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": np.random.get_state()[2],
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Batches,
+    image_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+    memory_format: torch.memory_format,
+) -> tuple[float, float]:
+    """One pass over the training batches: (mean loss, training images per second)."""
+    model.train()
+    total_loss = torch.zeros((), device=device)
+    seen = 0
+    start = time.perf_counter()
+    for images, labels in batches:
+        x = preprocess(images.to(device, non_blocking=True), image_size).contiguous(memory_format=memory_format)
+        y = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        # Summing on the device avoids a GPU sync per step; the epoch's mean is read once below.
+        total_loss += loss.detach() * len(y)
+        seen += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return (total_loss / max(seen, 1)).item(), seen / elapsed
+
+
+@torch.no_grad()
+def accuracy(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, image_size: int,
+    device: torch.device, batch_size: int = 256,
+) -> float:
+    """Top-1 accuracy on held-out uint8 images."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        x = preprocess(images[start : start + batch_size].to(device), image_size)
+        correct += (model(x).argmax(dim=-1).cpu() == labels[start : start + batch_size]).sum().item()
+    return correct / len(labels)
+
+
+def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
+    """Write `state` to directory/state.pt atomically: a crash never leaves a half-written file."""
+    path = Path(directory) / "state.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """Read directory/state.pt with weights_only=True (no pickled code runs)."""
+    return torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def train_and_evaluate(
+    config: TrialConfig,
+    report: Report,
+    resume: dict[str, Any] | None = None,
+    data: TrialData | None = None,
+) -> dict[str, float]:
+    """Train `config` to its last epoch, calling `report(metrics, state)` after each one."""
+    training: TrainingConfig = config.training
+    device = resolve_device(training.device)
+    data = data or build_data(config.data, training.batch_size, config.seed, training.augment, device.type == "cuda")
+    if len(data.train) == 0:
+        raise ValueError(f"training.batch_size {training.batch_size} exceeds the {data.train_size} training images")
+
+    seed_everything(config.seed)
+    model = build_model(num_classes=len(data.class_names), stem=config.model.stem, topk=config.model.topk)
+    memory_format = torch.channels_last if device.type == "cuda" and training.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=training.epochs)
+    amp_dtype = autocast_dtype(device, training.amp)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    forward = torch.compile(model) if training.compile else model
+
+    first_epoch, tracking = 1, {}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if scaler is not None and "scaler" in resume:
+            scaler.load_state_dict(resume["scaler"])
+        set_rng_state(resume["rng"])
+        first_epoch, tracking = resume["epoch"] + 1, dict(resume.get("tracking", {}))
+
+    metrics: dict[str, float] = {}
+    for epoch in range(first_epoch, training.epochs + 1):
+        data.train.set_epoch(epoch)
+        loss, images_per_s = train_one_epoch(forward, optimizer, data.train, data.image_size, device, amp_dtype, scaler, memory_format)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch} (lr {training.lr}); stopping")
+        scheduler.step()
+        bias, _ = evaluate_shape_bias(forward, data.stimuli, data.mapping, data.image_size, device=device)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "accuracy": accuracy(forward, data.test_images, data.test_labels, data.image_size, device),
+            "shape_bias": bias.shape_bias,
+            "shape_accuracy": bias.shape_accuracy,
+            "texture_accuracy": bias.texture_accuracy,
+            "images_per_s": images_per_s,
+        }
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "rng": rng_state(),
+            # A free slot for the tracking system (e.g. the MLflow run id), carried across resumes.
+            "tracking": tracking,
+        }
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        report(metrics, state)
+    return metrics
+
+
+def temporary_checkpoint(state: dict[str, Any]) -> tempfile.TemporaryDirectory:
+    """A temporary directory holding `state` as a checkpoint (the caller cleans it up)."""
+    directory = tempfile.TemporaryDirectory(prefix="trial-ckpt-")
+    save_checkpoint(state, directory.name)
+    return directory
