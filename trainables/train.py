@@ -49,6 +49,28 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def in_ray_session() -> bool:
+    """True inside a Ray Tune trial (where ray.tune.report works)."""
+    try:
+        from ray.tune import get_context
+
+        return get_context().get_trial_id() is not None
+    except Exception:
+        return False
+
+
+def set_threads(requested: int) -> int:
+    """Use `requested` torch threads, or (0) the CPUs Ray assigned to this trial."""
+    threads = requested
+    if threads == 0 and in_ray_session():
+        import ray
+
+        threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
     random.seed(seed)
@@ -151,6 +173,8 @@ def train_and_evaluate(
 ) -> dict[str, float]:
     """Train `config` to its last epoch, calling `report(metrics, state)` after each one."""
     training: TrainingConfig = config.training
+    # Results depend on the thread count (reduction order), so it is part of the recipe.
+    set_threads(training.threads)
     device = resolve_device(training.device)
     data = data or build_data(config.data, training.batch_size, config.seed, training.augment, device.type == "cuda")
     if len(data.train) == 0:

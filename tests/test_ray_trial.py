@@ -1,0 +1,82 @@
+"""The trainable inside a real local Ray Tune run: reports, checkpoints, restart after a crash."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import ray.cloudpickle
+from ray import tune
+
+from trainables.config import TrialConfig
+from trainables.train import METRICS, load_checkpoint, train_and_evaluate
+from trainables.trial import train_trial
+
+from test_trial import TINY
+
+# Workers import this module's functions by value: tests/ is not an installed package.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class CrashOnceAfterEpoch:
+    """A Tracker that kills the trial process once, right after `epoch` was reported."""
+
+    def __init__(self, marker: str, epoch: int) -> None:
+        self.marker, self.epoch = Path(marker), epoch
+
+    def start(self, config, saved):
+        return {"starts": saved.get("starts", 0) + 1}
+
+    def log_epoch(self, metrics):
+        if metrics["epoch"] == self.epoch + 1 and not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError("injected crash")
+
+    def finish(self, error):
+        pass
+
+
+def crashing_trial(config):
+    train_trial(config["trial"], tracker=CrashOnceAfterEpoch(config["marker"], epoch=1))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_trial_restarted_by_ray_ends_like_an_uninterrupted_run(local_ray, tmp_path):
+    expected = []
+    train_and_evaluate(TrialConfig.model_validate(TINY), lambda m, s: expected.append(m))
+    tuner = tune.Tuner(
+        tune.with_resources(crashing_trial, {"cpu": 1}),
+        param_space={"trial": TINY, "marker": str(tmp_path / "crashed")},
+        run_config=tune.RunConfig(
+            name="crash", storage_path=str(tmp_path / "results"), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    result = tuner.fit()[0]
+    assert result.error is None and (tmp_path / "crashed").exists()
+    history = result.metrics_dataframe
+    assert set(METRICS) <= set(history.columns)
+    # The crash came before epoch 2 was reported; the restart resumed from epoch 1's checkpoint.
+    assert history["epoch"].tolist() == [1, 2, 3]
+    with result.checkpoint.as_directory() as directory:
+        assert load_checkpoint(directory)["tracking"] == {"starts": 2}
+    for key in ("train_loss", "accuracy", "shape_bias", "shape_accuracy", "texture_accuracy"):
+        assert result.metrics[key] == expected[-1][key], key
+
+
+def test_plain_trial_in_tune_reports_each_epoch(local_ray, tmp_path):
+    tuner = tune.Tuner(
+        tune.with_resources(train_trial, {"cpu": 1}),
+        param_space={**TINY, "training": {**TINY["training"], "epochs": 2, "threads": 0}},
+        run_config=tune.RunConfig(name="plain", storage_path=str(tmp_path), verbose=0),
+    )
+    result = tuner.fit()[0]
+    assert result.error is None
+    assert result.metrics_dataframe["epoch"].tolist() == [1, 2]

@@ -1,0 +1,132 @@
+"""One trial: exact resume, failure modes, the command line, and the real Ray Tune trainable."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trainables.config import TrialConfig
+from trainables.train import METRICS, NonFiniteLossError, train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "data": {"kind": "synthetic", "train_size": 96, "test_size": 30, "conflicts_per_pair": 2, "image_size": 32},
+    "model": {"stem": "imagenet", "topk": {"layer1": 0.2}},
+    "training": {"epochs": 3, "batch_size": 16, "lr": 0.02, "threads": 1},
+    "seed": 7,
+}
+
+
+class Stop(Exception):
+    pass
+
+
+def collect(into):
+    return lambda metrics, state: into.append((dict(metrics), state))
+
+
+def test_every_epoch_reports_all_metrics_and_the_last_is_the_result():
+    reports = []
+    result = train_and_evaluate(TrialConfig.model_validate(TINY), collect(reports))
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
+    assert all(set(m) == set(METRICS) for m, _ in reports)
+    assert result == reports[-1][0]
+    assert 0 <= result["accuracy"] <= 1 and result["images_per_s"] > 0
+    assert set(reports[-1][1]) >= {"model", "optimizer", "scheduler", "epoch", "rng", "tracking"}
+
+
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
+    config = TrialConfig.model_validate(TINY)
+    full = []
+    train_and_evaluate(config, collect(full))
+
+    from trainables.train import load_checkpoint, save_checkpoint
+
+    def stop_after_first(metrics, state):
+        save_checkpoint(state, tmp_path)
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_and_evaluate(config, stop_after_first)
+    resumed = []
+    train_and_evaluate(config, collect(resumed), resume=load_checkpoint(tmp_path))
+    assert [m["epoch"] for m, _ in resumed] == [2, 3]
+    strip = lambda m: {k: v for k, v in m.items() if k != "images_per_s"}
+    assert strip(resumed[-1][0]) == strip(full[-1][0])
+    for key, value in full[-1][1]["model"].items():
+        assert torch.equal(value, resumed[-1][1]["model"][key]), key
+
+
+def test_same_seed_same_result_other_seed_differs():
+    config = TrialConfig.model_validate({**TINY, "training": {**TINY["training"], "epochs": 1}})
+    a, b = [], []
+    train_and_evaluate(config, collect(a))
+    train_and_evaluate(config, collect(b))
+    c = []
+    train_and_evaluate(config.model_copy(update={"seed": 8}), collect(c))
+    assert torch.equal(a[0][1]["model"]["fc.weight"], b[0][1]["model"]["fc.weight"])
+    assert not torch.equal(a[0][1]["model"]["fc.weight"], c[0][1]["model"]["fc.weight"])
+
+
+def test_nan_loss_ends_the_trial_naming_the_epoch():
+    config = TrialConfig.model_validate({**TINY, "training": {**TINY["training"], "lr": 1e12}})
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 1"):
+        train_and_evaluate(config, lambda m, s: None)
+
+
+def test_cifar10_folders_with_geirhos_stimuli(shared_data):
+    config = TrialConfig.model_validate(
+        {
+            "data": {
+                "kind": "folder", "train_dir": str(shared_data / "cifar10" / "train"),
+                "test_dir": str(shared_data / "cifar10" / "test"), "stimuli_dir": str(shared_data / "cue-conflict"),
+                "label_space": "cifar10", "image_size": 32, "max_per_class": 8,
+            },
+            "training": {"epochs": 1, "batch_size": 16, "threads": 1},
+        }
+    )
+    reports = []
+    train_and_evaluate(config, collect(reports))
+    metrics = reports[-1][0]
+    assert 0 <= metrics["accuracy"] <= 1
+    # 7 of 16 categories are nameable: most conflict images are excluded, the rest scored.
+    assert 0 <= metrics["shape_accuracy"] + metrics["texture_accuracy"] <= 1
+
+
+def test_unknown_class_names_fail_before_training(shared_data, tmp_path):
+    config = TrialConfig.model_validate(
+        {
+            "data": {
+                "kind": "folder", "train_dir": str(shared_data / "cifar10" / "train"),
+                "test_dir": str(shared_data / "cifar10" / "test"), "stimuli_dir": str(shared_data / "cue-conflict"),
+                "label_space": "categories",
+            },
+        }
+    )
+    with pytest.raises(ValueError, match=r"automobile.*not cue-conflict categories"):
+        train_and_evaluate(config, lambda m, s: None)
+
+
+def test_missing_data_path_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match=str(tmp_path / "nowhere")):
+        TrialConfig.model_validate({"data": {"kind": "folder", "train_dir": str(tmp_path / "nowhere"), "test_dir": str(tmp_path), "stimuli_dir": str(tmp_path)}})
+
+
+def test_command_line_trains_resumes_and_rejects_bad_config(tmp_path):
+    config = tmp_path / "trial.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "training": {**TINY["training"], "epochs": 2}}))
+    run = lambda *args: subprocess.run([sys.executable, "-m", "trainables.trial", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = run("--config", str(config), "--checkpoint-dir", str(tmp_path / "ckpt"))
+    assert out.returncode == 0, out.stderr
+    assert "epoch   2" in out.stdout and (tmp_path / "ckpt" / "state.pt").is_file()
+    again = run("--config", str(config), "--checkpoint-dir", str(tmp_path / "ckpt"))
+    assert "resuming from" in again.stdout and "epoch   1" not in again.stdout
+
+    config.write_text(yaml.safe_dump({**TINY, "model": {"topk": {"layer2": 1.5}}}))
+    bad = run("--config", str(config))
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "model.topk.layer2" in bad.stderr and "1.5" in bad.stderr

@@ -1,0 +1,123 @@
+"""One trial as a Ray Tune function trainable, and the same trial from the command line.
+
+Inside Ray Tune, `train_trial(config)` resumes from `ray.tune.get_checkpoint()` when the trial is
+restarted, and every epoch calls `ray.tune.report(metrics, checkpoint=...)`. A `Tracker` (the
+orchestrator's MLflow logger, say) can ride along: the checkpoint's free `tracking` slot carries
+whatever it needs to reattach after a restart. Without Ray:
+
+    python -m trainables.trial --config trial.yaml [--checkpoint-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from pydantic import ValidationError
+
+from trainables.config import TrialConfig
+from trainables.train import load_checkpoint, save_checkpoint, temporary_checkpoint, train_and_evaluate
+
+
+class Tracker(Protocol):
+    """Logs a trial somewhere; `start` returns what must survive a restart (kept in checkpoints)."""
+
+    def start(self, config: TrialConfig, saved: dict[str, Any]) -> dict[str, Any]: ...
+    def log_epoch(self, metrics: dict[str, float]) -> None: ...
+    def finish(self, error: BaseException | None) -> None: ...
+
+
+def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
+    """Ray Tune function trainable: validate `config`, resume if restarted, report every epoch."""
+    from ray import tune
+
+    trial = TrialConfig.model_validate(config)
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = load_checkpoint(directory)
+    slot = tracker.start(trial, resume.get("tracking", {}) if resume else {}) if tracker else {}
+    if resume is not None:
+        resume["tracking"] = slot
+
+    def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
+        state["tracking"] = slot
+        if tracker:
+            tracker.log_epoch(metrics)
+        with temporary_checkpoint(state) as directory:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    try:
+        train_and_evaluate(trial, report, resume=resume)
+    except BaseException as error:
+        if tracker:
+            tracker.finish(error)
+        raise
+    if tracker:
+        tracker.finish(None)
+    # Nothing is returned: Ray would record a returned dict as one more, checkpoint-less result.
+
+
+def load_trial_config(path: str | Path) -> TrialConfig:
+    """Read and validate a trial YAML file (safe_load: no code in config text)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    return TrialConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: train one trial without Ray, printing each epoch."""
+    parser = argparse.ArgumentParser(description="Train and evaluate one sparse ResNet-18, without Ray.")
+    parser.add_argument("--config", required=True, help="trial YAML: data, model, training, seed")
+    parser.add_argument("--checkpoint-dir", type=Path, help="save state.pt here every epoch and resume from it")
+    args = parser.parse_args(argv)
+    try:
+        trial = load_trial_config(args.config)
+    except (FileNotFoundError, ValidationError, yaml.YAMLError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    resume = None
+    if args.checkpoint_dir and (args.checkpoint_dir / "state.pt").is_file():
+        resume = load_checkpoint(args.checkpoint_dir)
+        print(f"resuming from {args.checkpoint_dir} after epoch {resume['epoch']}")
+    start = time.perf_counter()
+
+    def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
+        if args.checkpoint_dir:
+            args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(state, args.checkpoint_dir)
+        print(
+            f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.3f}  accuracy {metrics['accuracy']:.3f}  "
+            f"shape bias {metrics['shape_bias']:.3f}  (shape acc {metrics['shape_accuracy']:.3f}, texture acc "
+            f"{metrics['texture_accuracy']:.3f})  {metrics['images_per_s']:.0f} img/s  {time.perf_counter() - start:.0f}s",
+            flush=True,
+        )
+
+    try:
+        train_and_evaluate(trial, report, resume=resume)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def one_line(error: BaseException) -> str:
+    """A config or data error as one readable line (pydantic's multi-line report folded)."""
+    if isinstance(error, ValidationError):
+        parts = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item["loc"])
+            given = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
+            parts.append(f"{where}: {item['msg']}{given}")
+        return "; ".join(parts)
+    return " ".join(str(error).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
