@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trainables.models import STEMS, check_placements
 
@@ -92,3 +92,16 @@ class TrialConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     seed: int = Field(0, ge=0)
+
+
+def describe(error: ValidationError) -> str:
+    """pydantic's report folded into one line: 'key: message (got value)' per problem."""
+    parts = []
+    for item in error.errors():
+        # Drop the union-branch names pydantic inserts ('synthetic', 'folder'); keep the user's keys.
+        where = ".".join(str(p) for p in item["loc"] if p not in ("synthetic", "folder")) or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+        parts.append(f"{where}: {message}{shown}")
+    return "; ".join(parts)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import yaml
 from pydantic import ValidationError
 
-from trainables.config import TrialConfig
+from trainables.config import TrialConfig, describe
 from trainables.train import load_checkpoint, save_checkpoint, temporary_checkpoint, train_and_evaluate
 
 
@@ -108,15 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def one_line(error: BaseException) -> str:
-    """A config or data error as one readable line (pydantic's multi-line report folded)."""
-    if isinstance(error, ValidationError):
-        parts = []
-        for item in error.errors():
-            where = ".".join(str(p) for p in item["loc"])
-            given = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
-            parts.append(f"{where}: {item['msg']}{given}")
-        return "; ".join(parts)
-    return " ".join(str(error).split())
+    """A config or data error as one readable line."""
+    return describe(error) if isinstance(error, ValidationError) else " ".join(str(error).split())
 
 
 if __name__ == "__main__":

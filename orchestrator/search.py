@@ -1,0 +1,173 @@
+"""Run, resume and report a search: Ray Tune + Optuna + MLflow around the trainable.
+
+The driver validates nothing itself (the spec is already valid), opens the MLflow parent run,
+starts or joins Ray with the tracking URI in the runtime environment, and hands Tune the
+replicate searcher. When Tune returns it closes what dead workers left open, computes the
+Pareto front from MLflow, logs it to the parent run, and closes the parent run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from orchestrator import pareto
+from orchestrator.progress import SearchProgress
+from orchestrator.searcher import ReplicateSearcher, make_optuna_search
+from orchestrator.tracking import (
+    MLflowTrialTracker,
+    close_open_children,
+    experiment_id,
+    find_parent_run,
+    start_parent_run,
+)
+from search_spaces.spec import SearchSpec
+from trainables.trial import train_trial
+
+
+class SearchError(RuntimeError):
+    """A search that cannot start or resume, with the reason in one line."""
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    search_id: str
+    parent_run_id: str
+    results: list[pareto.ConfigurationResult]
+    hypervolume: float
+    wall_s: float
+
+
+def search_trial(config: dict[str, Any], parent_run_id: str, experiment: str) -> None:
+    """The Tune trainable of a search: one trial, logged as a child of the search's MLflow run."""
+    tracker = MLflowTrialTracker(parent_run_id, experiment, tune.get_context().get_trial_id(), config)
+    train_trial(config["trial"], tracker)
+
+
+def _quiet() -> None:
+    """Our progress line replaces Ray's tables, banners and state-sync warnings."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _start_ray(spec: SearchSpec, tracking_uri: str) -> None:
+    """Join the cluster at spec.address / RAY_ADDRESS, or start Ray in-process."""
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}
+    address = spec.address or os.environ.get("RAY_ADDRESS")
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
+             configure_logging=True, logging_level=logging.WARNING, ignore_reinit_error=True)
+
+
+def _trainable(spec: SearchSpec, parent_run_id: str, experiment: str):
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    return tune.with_resources(
+        tune.with_parameters(search_trial, parent_run_id=parent_run_id, experiment=experiment), resources
+    )
+
+
+def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
+    """Run the search described by `spec` (or resume its newest unfinished run) to the end."""
+    tracking_uri = spec.resolved_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    experiment = experiment_id(client, spec.mlflow_experiment)
+    storage = spec.resolved_storage_path()
+
+    if resume:
+        parent = find_parent_run(client, experiment, spec.name, unfinished_only=True)
+        if parent is None:
+            raise SearchError(f"no unfinished search named {spec.name!r} in MLflow experiment {spec.mlflow_experiment!r} at {tracking_uri}")
+        parent_run_id, search_id = parent.info.run_id, parent.data.tags["search_id"]
+        path = parent.data.tags["search_path"]
+        if not tune.Tuner.can_restore(path):
+            raise SearchError(f"search {search_id} has no Ray Tune state to resume at {path}")
+        client.update_run(parent_run_id, status="RUNNING")
+        print(f"resuming search {search_id} (MLflow parent run {parent_run_id})", flush=True)
+    else:
+        search_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = f"{storage.rstrip('/')}/{search_id}"
+        parent_run_id = start_parent_run(client, experiment, search_id, spec.model_dump(mode="json"), path)
+        print(f"search {search_id}: {spec.configurations} configurations x {len(spec.seeds)} seeds, "
+              f"sampler {spec.sampler}, MLflow parent run {parent_run_id}", flush=True)
+
+    start = time.monotonic()
+    status = "FAILED"
+    _quiet()
+    try:
+        _start_ray(spec, tracking_uri)
+        trainable = _trainable(spec, parent_run_id, experiment)
+        if resume:
+            # Finished trials stay finished; unfinished ones restart from their last checkpoint.
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            searcher = ReplicateSearcher(
+                make_optuna_search(spec, study_name=search_id), spec.seeds, spec.configurations,
+                spec.trial_config, spec.training.epochs,
+            )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    num_samples=spec.configurations * len(spec.seeds),
+                    max_concurrent_trials=spec.concurrency,
+                    # One worker process per concurrent slot, reused across trials: no torch
+                    # import or data generation per trial (seconds each on a small machine).
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=search_id,
+                    storage_path=storage,
+                    verbose=0,
+                    callbacks=[SearchProgress(spec.configurations, len(spec.seeds))],
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                ),
+            )
+        tuner.fit()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        close_open_children(client, experiment, parent_run_id)
+        if status != "FINISHED":
+            client.set_terminated(parent_run_id, status=status)
+
+    outcome = report_front(client, experiment, parent_run_id, search_id, len(spec.seeds), Path.cwd(), time.monotonic() - start)
+    client.set_terminated(parent_run_id, status="FINISHED")
+    return outcome
+
+
+def report_front(
+    client: MlflowClient, experiment: str, parent_run_id: str, search_id: str, seeds: int, out_dir: Path, wall_s: float = 0.0
+) -> SearchOutcome:
+    """Print the front, write pareto.csv / pareto.png to out_dir and log both to the parent run."""
+    results = pareto.collect(client, experiment, parent_run_id, seeds)
+    if not results:
+        raise SearchError(f"search {search_id} has no configuration whose {seeds} seeds all finished")
+    front = pareto.front_of(results)
+    volume = pareto.hypervolume([(r.accuracy, r.shape_bias) for r in front])
+    print(f"\nPareto front of {search_id}: {len(front)} of {len(results)} configurations, hypervolume {volume:.4f}")
+    print(pareto.format_table(results))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out_dir / "pareto.csv", out_dir / "pareto.png"
+    pareto.write_csv(results, csv_path)
+    pareto.plot(results, png_path, f"{search_id}: accuracy vs shape bias ({seeds} seeds per point)")
+    client.log_artifact(parent_run_id, str(csv_path))
+    client.log_artifact(parent_run_id, str(png_path))
+    client.log_metric(parent_run_id, "hypervolume", volume)
+    client.log_metric(parent_run_id, "front_size", len(front))
+    print(f"wrote {csv_path} and {png_path} (also logged to MLflow run {parent_run_id})")
+    return SearchOutcome(search_id, parent_run_id, results, volume, wall_s)

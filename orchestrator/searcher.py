@@ -1,0 +1,170 @@
+"""Optuna under Ray Tune, with seeds as replicates of each configuration.
+
+`OptunaSearch` proposes configurations for two objectives (accuracy, shape bias), both
+maximised. Ray's `Repeater` repeats a configuration over seeds but is single-objective (and
+does not save its own state), so `ReplicateSearcher` does that job: it runs each proposal under
+every seed and tells Optuna the per-objective mean once all seeds have finished. Before any
+proposal it runs the dense model (no Top-K), the reference point every front is read against;
+the dense configuration is not Optuna's to propose, so Optuna is not told about it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces.spec import DENSE, OBJECTIVES, SearchSpec, placement_key
+
+
+class AccuracyFloor:
+    """Optuna constraint: feasible when the configuration's mean accuracy >= floor."""
+
+    def __init__(self, floor: float) -> None:
+        self.floor = floor
+
+    def __call__(self, trial: optuna.trial.FrozenTrial) -> tuple[float]:
+        # Optuna reads <= 0 as feasible. Failed trials carry no mean: count them infeasible.
+        return (self.floor - trial.user_attrs.get("accuracy_mean", -math.inf),)
+
+
+class SearchSpaceFunction:
+    """Optuna define-by-run space: a placement set, a Top-K fraction, optional training knobs."""
+
+    def __init__(self, spec: SearchSpec) -> None:
+        self.space = spec.search
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        space = self.space
+        trial.suggest_categorical("placement", [placement_key(p) for p in space.placements])
+        trial.suggest_float("fraction", space.fraction.low, space.fraction.high, log=space.fraction.log)
+        for knob in ("lr", "weight_decay"):
+            value_range = getattr(space, knob)
+            if value_range is not None:
+                trial.suggest_float(knob, value_range.low, value_range.high, log=value_range.log)
+        if space.batch_size is not None:
+            trial.suggest_categorical("batch_size", space.batch_size)
+
+
+def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    """Multi-objective TPE (default), NSGA-II, or random search (the baseline to beat)."""
+    constraints = AccuracyFloor(spec.accuracy_floor) if spec.accuracy_floor is not None else None
+    seed = spec.sampler_seed
+    if spec.sampler == "tpe":
+        # Few configurations: start modelling after a handful of random ones, not Optuna's 10.
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, n_startup_trials=3, multivariate=True)
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints, population_size=4)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_optuna_search(spec: SearchSpec, study_name: str) -> OptunaSearch:
+    """OptunaSearch over the spec's space with its own study in the spec's Optuna storage."""
+    storage = optuna.storages.RDBStorage(spec.resolved_optuna_storage())
+    return OptunaSearch(
+        space=SearchSpaceFunction(spec),
+        metric=list(OBJECTIVES),
+        mode=["max", "max"],
+        sampler=make_sampler(spec),
+        study_name=study_name,
+        storage=storage,
+    )
+
+
+@dataclass
+class _Group:
+    params: dict[str, Any]
+    seeds_left: list[int]
+    results: dict[str, dict[str, float] | None] = field(default_factory=dict)
+
+
+class ReplicateSearcher(Searcher):
+    """Runs the dense reference, then each configuration `searcher` proposes, under every seed."""
+
+    def __init__(
+        self,
+        searcher: OptunaSearch,
+        seeds: list[int],
+        configurations: int,
+        make_trial: Callable[[dict[str, Any], int], dict[str, Any]],
+        epochs: int,
+    ) -> None:
+        self.searcher = searcher
+        self.seeds = list(seeds)
+        self.configurations = configurations
+        self.make_trial = make_trial
+        self.epochs = epochs
+        self._groups: dict[str, _Group] = {}
+        self._trial_to_group: dict[str, str] = {}
+        self._current: str | None = None
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._current is None or not self._groups[self._current].seeds_left:
+            if len(self._groups) >= self.configurations:
+                return Searcher.FINISHED
+            configuration = f"c{len(self._groups):03d}"
+            if not self._groups:
+                params: Any = {"placement": DENSE}
+            else:
+                params = self.searcher.suggest(configuration)
+                if params is None or params == Searcher.FINISHED:
+                    return params
+            self._groups[configuration] = _Group(dict(params), list(self.seeds))
+            self._current = configuration
+        group = self._groups[self._current]
+        seed = group.seeds_left.pop(0)
+        self._trial_to_group[trial_id] = self._current
+        return {
+            "configuration": self._current,
+            "seed": seed,
+            "params": group.params,
+            "trial": self.make_trial(group.params, seed),
+        }
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        configuration = self._trial_to_group.get(trial_id)
+        if configuration is None:
+            return
+        group = self._groups[configuration]
+        complete = (
+            not error
+            and result is not None
+            and result.get("epoch") == self.epochs  # never a partial (early-stopped) result
+            and all(_finite(result.get(m)) for m in OBJECTIVES)
+        )
+        group.results[trial_id] = {m: result[m] for m in OBJECTIVES} if complete else None
+        if len(group.results) < len(self.seeds) or group.params.get("placement") == DENSE:
+            return
+        outcomes = list(group.results.values())
+        if any(o is None for o in outcomes):
+            # One failed seed fails the configuration: a mean over survivors would flatter it.
+            self.searcher.on_trial_complete(configuration, None, error=True)
+            return
+        means = {m: statistics.fmean(o[m] for o in outcomes) for m in OBJECTIVES}
+        ot_trial = self.searcher._ot_trials[configuration]  # OptunaSearch keeps no public handle
+        for m in OBJECTIVES:
+            ot_trial.set_user_attr(f"{m}_mean", means[m])
+            ot_trial.set_user_attr(f"{m}_std", statistics.pstdev(o[m] for o in outcomes))
+        ot_trial.set_user_attr("seeds", len(outcomes))
+        self.searcher.on_trial_complete(configuration, means)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    # Tune saves wrapper searchers through get_state/set_state and the innermost one (Optuna)
+    # through its own save_to_dir, so these cover only this wrapper's bookkeeping.
+    def get_state(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "searcher"}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

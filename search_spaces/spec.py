@@ -1,0 +1,209 @@
+"""An experiment YAML file, validated into a typed `SearchSpec` before Ray starts.
+
+The file holds the base trial (data, model stem, training recipe), the search space (Top-K
+fraction, placement sets, training knobs), the objectives, the sampler, how many configurations
+and seeds, resources, and where results go (Ray storage, MLflow, Optuna). Command-line
+`key=value` overrides edit the parsed YAML before validation, so they are checked the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.config import FolderData, ModelConfig, SyntheticData, TrainingConfig, describe
+from trainables.models import check_placements
+
+OBJECTIVES = ("accuracy", "shape_bias")
+DENSE = "dense"  # the placement-set name of the reference model without Top-K
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatRange(Strict):
+    """A float searched in [low, high], on a log scale if `log`."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FloatRange":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class FractionRange(FloatRange):
+    low: Annotated[float, Field(gt=0.0, le=1.0)]
+    high: Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class SearchSpace(Strict):
+    """What Optuna varies. Unset training knobs stay at the base `training` values."""
+
+    fraction: FractionRange
+    placements: list[list[str]] = Field(min_length=1)
+    lr: FloatRange | None = None
+    weight_decay: FloatRange | None = None
+    batch_size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
+
+    @field_validator("placements")
+    @classmethod
+    def _known(cls, placements: list[list[str]]) -> list[list[str]]:
+        for i, names in enumerate(placements):
+            if not names:
+                raise ValueError(f"placement set {i} is empty; the dense reference is always run anyway")
+            check_placements({name: 1.0 for name in names})
+        keys = [placement_key(names) for names in placements]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"placement sets repeat: {keys}")
+        return placements
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0)
+    # Fractional GPUs are a scheduling label in Ray: several trials share one GPU's memory.
+    gpu: float = Field(0.0, ge=0)
+
+
+class SearchSpec(Strict):
+    """A whole experiment: validated, with every path and URI made absolute."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    data: Union[SyntheticData, FolderData] = Field(discriminator="kind")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    search: SearchSpace
+    objectives: list[Literal[OBJECTIVES]] = Field(default=list(OBJECTIVES))  # type: ignore[valid-type]
+    accuracy_floor: float | None = Field(None, ge=0.0, le=1.0)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler_seed: int = Field(0, ge=0)
+    configurations: int = Field(ge=2, description="Optuna configurations plus the dense reference")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    concurrency: int = Field(1, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+    max_failures: int = Field(2, ge=0)
+    storage_path: str = "ray_results"
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    optuna_storage: str = "sqlite:///optuna.db"
+    address: str | None = None
+
+    @field_validator("objectives")
+    @classmethod
+    def _both(cls, objectives: list[str]) -> list[str]:
+        if sorted(objectives) != sorted(OBJECTIVES):
+            raise ValueError(f"objectives must be both of {list(OBJECTIVES)} (maximised), got {objectives}")
+        return objectives
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds repeat: {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _topk_comes_from_the_search(self) -> "SearchSpec":
+        if self.model.topk:
+            raise ValueError("model.topk is set by the search (search.placements, search.fraction); leave it empty")
+        return self
+
+    @property
+    def mlflow_experiment(self) -> str:
+        return self.experiment or self.name
+
+    def resolved_tracking_uri(self) -> str:
+        """Config value, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db; local paths made absolute."""
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        return absolute_sqlite(uri)
+
+    def resolved_optuna_storage(self) -> str:
+        return absolute_sqlite(self.optuna_storage)
+
+    def resolved_storage_path(self) -> str:
+        """Ray trial storage: an absolute local (or shared) path, or a URI such as s3://bucket/x."""
+        if "://" in self.storage_path:
+            return self.storage_path
+        return str(Path(self.storage_path).expanduser().resolve())
+
+    def trial_config(self, params: dict[str, Any], seed: int) -> dict[str, Any]:
+        """The plain trial dict for one sampled configuration and seed."""
+        training = self.training.model_dump(mode="json")
+        for knob in ("lr", "weight_decay", "batch_size"):
+            if knob in params:
+                training[knob] = params[knob]
+        placements = [] if params["placement"] == DENSE else params["placement"].split("+")
+        topk = {name: params["fraction"] for name in placements}
+        return {
+            "data": self.data.model_dump(mode="json"),
+            "model": {"stem": self.model.stem, "topk": topk},
+            "training": training,
+            "seed": seed,
+        }
+
+
+def placement_key(names: list[str]) -> str:
+    """A placement set as one categorical value, e.g. 'layer1+layer2'."""
+    return "+".join(names)
+
+
+def absolute_sqlite(uri: str) -> str:
+    """sqlite:///relative.db -> sqlite:////abs/relative.db, so Ray workers in other dirs agree."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+class ConfigError(ValueError):
+    """A bad experiment file or override, as one line naming the key and what is valid."""
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Set a dotted key in the parsed YAML: `search.fraction.high=0.3`, `seeds=[0,1,2]`."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not key=value")
+    key, text = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {key}: cannot parse value {text!r}: {error}") from None
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> SearchSpec:
+    """Read, override and validate an experiment file; raise ConfigError with one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        return SearchSpec.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {describe(error)}") from None
