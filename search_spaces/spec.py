@@ -178,6 +178,12 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"override {key}: cannot parse value {text!r}: {error}") from None
+    if isinstance(value, str):
+        # YAML 1.1 reads '1e-2' as a string; a user typing it on a command line means a number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     parts = key.strip().split(".")
     node = raw
     for part in parts[:-1]:

@@ -1,0 +1,135 @@
+"""A reduced search end to end: real Ray, Optuna (PostgreSQL / SQLite) and MLflow (HTTP server)."""
+
+import csv
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import POSTGRES
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+REDUCED = [
+    "data.train_size=160", "data.test_size=60", "data.conflicts_per_pair=2",
+    "training.epochs=2", "training.batch_size=16", "seeds=[0, 1]", "concurrency=2",
+]
+
+
+def run_search(*args, cwd, wait=True):
+    command = [sys.executable, str(ROOT / "run_search.py"), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def search_runs(client, experiment_name):
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "search_id" in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
+    out = run_search(
+        "search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *REDUCED, "configurations=3",
+        f"tracking_uri={mlflow_server}", f"optuna_storage={POSTGRES}", f"storage_path={tmp_path / 'ray'}",
+        "experiment=e2e-http", cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Pareto front of" in out.stdout and "configurations 3/3 done" in out.stdout
+
+    client = MlflowClient(mlflow_server)
+    parents, children = search_runs(client, "e2e-http")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.tags["git_commit"] and parent.data.tags["version.torch"].startswith("2.14")
+    assert len(children) == 6 and all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert len({c.data.tags["ray_trial_id"] for c in children}) == 6
+    for child in children:
+        for metric in ("accuracy", "shape_bias", "shape_accuracy", "texture_accuracy", "train_loss", "images_per_s"):
+            history = client.get_metric_history(child.info.run_id, metric)
+            assert [m.step for m in history] == [1, 2], metric
+    assert {p.path for p in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "search_spec.yaml"}
+
+    # The front in pareto.csv agrees with means recomputed from the stored metrics.
+    by_config = {}
+    for child in children:
+        by_config.setdefault(child.data.tags["configuration"], []).append(child.data.metrics)
+    rows = list(csv.DictReader((tmp_path / "pareto.csv").open()))
+    assert {r["configuration"] for r in rows} == set(by_config)
+    points = {}
+    for row in rows:
+        metrics = by_config[row["configuration"]]
+        assert float(row["accuracy_mean"]) == pytest.approx(statistics.fmean(m["accuracy"] for m in metrics))
+        assert float(row["shape_bias_mean"]) == pytest.approx(statistics.fmean(m["shape_bias"] for m in metrics))
+        points[row["configuration"]] = (float(row["accuracy_mean"]), float(row["shape_bias_mean"]), row["on_front"] == "True")
+    for name, (acc, bias, on_front) in points.items():
+        dominated = any(a >= acc and b >= bias and (a, b) != (acc, bias) for a, b, _ in points.values())
+        assert on_front == (not dominated), name
+    assert any(r["dense_reference"] == "True" for r in rows)
+
+    # Optuna was told the seed means of the two proposed configurations (not of the dense one).
+    study = optuna.load_study(study_name=parent.data.tags["search_id"], storage=POSTGRES)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2
+    for trial in complete:
+        assert trial.values == [pytest.approx(trial.user_attrs["accuracy_mean"]), pytest.approx(trial.user_attrs["shape_bias_mean"])]
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(1)
+
+
+def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *REDUCED, "configurations=4",
+            f"tracking_uri={tracking}", f"optuna_storage=sqlite:///{tmp_path / 'optuna.db'}",
+            f"storage_path={tmp_path / 'ray'}", "experiment=e2e-resume"]
+    driver = run_search("search", *args, cwd=tmp_path, wait=False)
+    client = MlflowClient(tracking)
+
+    def finished_children():
+        try:
+            return [c for c in search_runs(client, "e2e-resume")[1] if c.info.status == "FINISHED"]
+        except Exception:  # the store may not exist yet
+            return []
+
+    wait_for(lambda: len(finished_children()) >= 3 or driver.poll() is not None, 600, "three finished trials")
+    assert driver.poll() is None, driver.stdout.read()[-3000:]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=60)
+    time.sleep(5)  # let Ray's own processes notice their driver is gone
+    before = {c.info.run_id: c.info.end_time for c in finished_children()}
+
+    out = run_search("resume", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "resuming search" in out.stdout and "Pareto front of" in out.stdout
+
+    parents, children = search_runs(client, "e2e-resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 8, sorted(c.data.tags["ray_trial_id"] for c in children)
+    assert len({c.data.tags["ray_trial_id"] for c in children}) == 8
+    assert {c.info.status for c in children} == {"FINISHED"}
+    after = {c.info.run_id: c.info.end_time for c in children}
+    assert all(after[run] == end for run, end in before.items()), "a finished trial ran again"
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "accuracy")][-1] == 2
+
+    study = optuna.load_study(study_name=parents[0].data.tags["search_id"], storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3

@@ -1,0 +1,107 @@
+"""Experiment files: the shipped ones validate; each bad one fails in one line, exit code 2, before Ray."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import run_search
+from search_spaces.spec import ConfigError, apply_override, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+
+
+def test_quickstart_validates_and_builds_trials():
+    spec = load_spec(QUICKSTART)
+    assert spec.configurations * len(spec.seeds) >= 16
+    trial = spec.trial_config({"placement": "layer1+layer2", "fraction": 0.1}, seed=1)
+    assert trial["model"]["topk"] == {"layer1": 0.1, "layer2": 0.1} and trial["seed"] == 1
+    assert spec.trial_config({"placement": "dense"}, seed=0)["model"]["topk"] == {}
+    assert spec.resolved_tracking_uri().startswith("sqlite:////")
+
+
+def test_cifar10_config_validates_against_the_shared_data(shared_data):
+    spec = load_spec(ROOT / "search_spaces" / "cifar10.yaml", [f"data.train_dir={shared_data}/cifar10/train",
+                     f"data.test_dir={shared_data}/cifar10/test", f"data.stimuli_dir={shared_data}/cue-conflict"])
+    assert spec.data.label_space == "cifar10"
+
+
+def test_imagenet16_config_only_lacks_its_data():
+    with pytest.raises(ConfigError, match=r"data.train_dir: directory not found"):
+        load_spec(ROOT / "search_spaces" / "imagenet16.yaml")
+
+
+def test_overrides_reach_nested_keys_and_parse_values():
+    raw = {"search": {"fraction": {"low": 0.1}}}
+    apply_override(raw, "search.fraction.high=0.3")
+    apply_override(raw, "seeds=[0, 1, 2]")
+    apply_override(raw, "training.lr=1e-2")
+    assert raw == {"search": {"fraction": {"low": 0.1, "high": 0.3}}, "seeds": [0, 1, 2], "training": {"lr": 0.01}}
+
+
+BAD = [
+    (["bogus=1"], "bogus: Extra inputs are not permitted"),
+    (["search.fraction.high=1.5"], r"search.fraction.high: Input should be less than or equal to 1"),
+    (["search.fraction.low=0"], r"search.fraction.low: Input should be greater than 0"),
+    (["search.fraction.low=0.6"], r"low \(0.6\) must be below high \(0.5\)"),
+    (["search.placements=[[layer9]]"], r"unknown Top-K placement 'layer9'; valid: stem, layer1.0"),
+    (["search.placements=[]"], r"search.placements: List should have at least 1 item"),
+    (["search.placements=[[]]"], r"placement set 0 is empty"),
+    (["search.placements=[[layer2], [layer2]]"], r"placement sets repeat"),
+    (["search.placements=[[layer2, layer2.1]]"], r"same tensor"),
+    (["configurations=many"], r"configurations: Input should be a valid integer.*'many'"),
+    (["configurations=1"], r"configurations: Input should be greater than or equal to 2"),
+    (["seeds=[]"], r"seeds: List should have at least 1 item"),
+    (["seeds=[0, 0]"], r"seeds repeat"),
+    (["sampler=cmaes"], r"sampler: Input should be 'tpe', 'nsga2' or 'random'.*'cmaes'"),
+    (["objectives=[accuracy]"], r"objectives must be both of"),
+    (["resources.gpu=-1"], r"resources.gpu: Input should be greater than or equal to 0"),
+    (["training.lr=-0.1"], r"training.lr: Input should be greater than 0"),
+    (["model.topk={layer2: 0.2}"], r"model.topk is set by the search"),
+    (["model.stem=vit"], r"model.stem: Input should be 'imagenet' or 'cifar'"),
+    (["data.kind=folder", "data.train_dir=/nonexistent/train"], r"data.train_dir: directory not found: /nonexistent/train"),
+    (["data.kind=imagenet"], r"data: Input tag 'imagenet' found using 'kind' does not match"),
+    (["accuracy_floor=2"], r"accuracy_floor: Input should be less than or equal to 1"),
+    (["search.lr={low: 0, high: 0.1, log: true}"], r"a log range needs low > 0"),
+    (["name=has space"], r"name: String should match pattern"),
+    (["concurrency=0"], r"concurrency: Input should be greater than or equal to 1"),
+    (["noequals"], r"override 'noequals' is not key=value"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=[o[0] for o, _ in BAD])
+def test_bad_config_is_one_clear_line(overrides, message, capsys):
+    assert run_search.main(["search", "--config", str(QUICKSTART), *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ")
+    assert __import__("re").search(message, err), err
+
+
+def test_missing_and_malformed_files(tmp_path, capsys):
+    assert run_search.main(["search", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    assert run_search.main(["search", "--config", str(broken)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_command_line_exit_code_and_no_ray_started(tmp_path):
+    # A config error must be caught before Ray or MLflow are even imported.
+    code = (
+        "import sys, run_search; rc = run_search.main(sys.argv[1:]); "
+        "assert 'ray' not in sys.modules and 'mlflow' not in sys.modules, 'imported too early'; sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, "search", "--config", str(QUICKSTART), "search.fraction.high=1.5"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2, out.stderr
+    assert "search.fraction.high" in out.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+def test_help_explains_every_command():
+    for command in ("search", "resume", "pareto"):
+        out = subprocess.run([sys.executable, str(ROOT / "run_search.py"), command, "--help"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "usage:" in out.stdout
