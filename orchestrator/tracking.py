@@ -3,7 +3,7 @@
 Ray's MLflow integrations neither nest runs nor reattach after a restart, so this module does
 both with the plain `MlflowClient`. Child runs are written from the workers (which get the
 tracking URI from the Ray runtime environment); their run id travels in the trial checkpoint,
-and a restarted trial without a checkpoint finds its run by the `ray_trial_id` tag instead. The
+and a restarted trial without a checkpoint finds its run by configuration and seed instead. The
 driver owns the parent run and, when the search ends, closes any child a dead worker left open.
 """
 
@@ -78,19 +78,38 @@ class MLflowTrialTracker:
         self.search_config = search_config
         self.client = MlflowClient()  # tracking URI from MLFLOW_TRACKING_URI (Ray runtime env)
         self.run_id: str | None = None
+        self.finished = False
 
     def _existing_run(self) -> str | None:
+        """This (configuration, seed)'s run, if an earlier attempt created one.
+
+        After a driver crash Ray may rerun a trial under a new trial id (the old id was never
+        saved), so runs are matched by configuration and seed, not by Ray's id.
+        """
         runs = self.client.search_runs(
             [self.experiment],
-            filter_string=f"tags.ray_trial_id = '{self.ray_trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+            filter_string=(
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and "
+                f"tags.configuration = '{self.search_config['configuration']}' and tags.seed = '{self.search_config['seed']}'"
+            ),
             max_results=1,
         )
-        return runs[0].info.run_id if runs else None
+        params = self.search_config["params"]
+        same = {"placement": params["placement"], "fraction": str(params.get("fraction", 1.0))}
+        if runs and all(runs[0].data.params.get(k) == v for k, v in same.items()):
+            return runs[0].info.run_id
+        return None  # the configuration id was reused for different parameters: a new run
 
     def start(self, config: TrialConfig, saved: dict[str, Any]) -> dict[str, Any]:
         self.run_id = saved.get("mlflow_run_id") or self._existing_run()
         if self.run_id is not None:
+            if self.client.get_run(self.run_id).info.status == "FINISHED":
+                # Restarted after its last epoch (the driver died before recording the end):
+                # the run is complete, so leave it exactly as it is.
+                self.finished = True
+                return dict(saved)
             self.client.update_run(self.run_id, status="RUNNING")  # reattach, never duplicate
+            self.client.set_tag(self.run_id, "ray_trial_id", self.ray_trial_id)
             self.client.set_tag(self.run_id, "restarts", str(int(saved.get("restarts", 0)) + 1))
             return {"mlflow_run_id": self.run_id, "restarts": int(saved.get("restarts", 0)) + 1}
         configuration, seed = self.search_config["configuration"], self.search_config["seed"]
@@ -128,7 +147,7 @@ class MLflowTrialTracker:
         )
 
     def finish(self, error: BaseException | None) -> None:
-        if self.run_id is None:
+        if self.run_id is None or self.finished:
             return
         if error is not None:
             self.client.set_tag(self.run_id, "error", " ".join(f"{type(error).__name__}: {error}".split())[:5000])

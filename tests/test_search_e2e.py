@@ -123,7 +123,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
 
     parents, children = search_runs(client, "e2e-resume")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 8, sorted(c.data.tags["ray_trial_id"] for c in children)
+    assert len(children) == 8, sorted((c.data.tags["ray_trial_id"], c.data.tags["configuration"], c.data.tags["seed"], c.info.status) for c in children)
     assert len({c.data.tags["ray_trial_id"] for c in children}) == 8
     assert {c.info.status for c in children} == {"FINISHED"}
     after = {c.info.run_id: c.info.end_time for c in children}
