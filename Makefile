@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: search test clean
+.PHONY: search test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,11 +12,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The quickstart search on the embedded synthetic benchmark (about 4 minutes on 2 cores).
 search: $(STAMP)
 	$(PY) run_search.py search --config search_spaces/quickstart.yaml
 
+# Every test, the slow end-to-end group included.
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The speed targets, each printed as ratios measured side by side (not part of `make test`).
+bench: $(STAMP)
+	$(PY) bench/topk.py
+	$(PY) bench/trial_throughput.py
+	$(PY) bench/search_overhead.py
+
 clean:
-	rm -rf $(VENV) mlflow.db optuna.db ray_results
+	rm -rf $(VENV) mlflow.db optuna.db ray_results mlartifacts pareto.csv pareto.png

@@ -1,7 +1,7 @@
 """The driver's overhead per trial: search wall time minus time spent inside trials, per trial.
 
 Runs a real search (Ray Tune + Optuna on SQLite + MLflow on SQLite) of 50 near-empty trials
-(25 configurations x 2 seeds; 16 px, 16 training images, one epoch) one at a time, so that the
+(25 configurations x 2 seeds; 16 px, 16 training images, 12 test, one epoch) one at a time, so that the
 wall time is the sum of trial times plus everything the orchestration adds: Ray start-up, Optuna
 asks and tells, MLflow parent and child runs, checkpoint persistence, the Pareto report. Trial
 time is each MLflow child run's own start-to-end. The last line is the headline figure.
@@ -34,7 +34,7 @@ def main() -> None:
     os.chdir(workdir)
     spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml", [
         "name=overhead", f"configurations={args.configurations}", "seeds=[0, 1]", "concurrency=1",
-        "data.image_size=16", "data.train_size=16", "data.test_size=6", "data.conflicts_per_pair=1",
+        "data.image_size=16", "data.train_size=16", "data.test_size=12", "data.conflicts_per_pair=1",
         "training.epochs=1", "training.batch_size=8", "sampler=random",
         f"tracking_uri=sqlite:///{workdir}/mlflow.db", f"optuna_storage=sqlite:///{workdir}/optuna.db",
         f"storage_path={workdir}/ray_results", "experiment=overhead",

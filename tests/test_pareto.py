@@ -1,0 +1,56 @@
+"""Non-dominated sorting, hypervolume, and the replicate searcher's bookkeeping with real Optuna."""
+
+import math
+
+import optuna
+import pytest
+from ray.tune.search import Searcher
+
+from orchestrator.pareto import dominates, hypervolume, non_dominated_ranks
+from orchestrator.searcher import AccuracyFloor, ReplicateSearcher, make_optuna_search
+from search_spaces.spec import load_spec
+from test_spec import QUICKSTART
+
+
+def test_dominance_and_ranks():
+    assert dominates((0.8, 0.3), (0.7, 0.3)) and not dominates((0.8, 0.3), (0.8, 0.3))
+    points = [(0.9, 0.1), (0.8, 0.3), (0.7, 0.2), (0.5, 0.5), (0.4, 0.4), (0.9, 0.05)]
+    assert non_dominated_ranks(points) == [0, 0, 1, 0, 1, 1]
+
+
+def test_hypervolume_of_a_staircase():
+    # Rectangles from (0, 0): 0.9*0.1 + 0.8*(0.3-0.1) + 0.5*(0.5-0.3) = 0.35
+    assert hypervolume([(0.9, 0.1), (0.8, 0.3), (0.5, 0.5)]) == pytest.approx(0.35)
+    assert hypervolume([(0.9, 0.1), (0.8, 0.3), (0.5, 0.5), (0.4, 0.2)]) == pytest.approx(0.35)
+    assert hypervolume([]) == 0.0
+
+
+def test_accuracy_floor_constraint():
+    floor = AccuracyFloor(0.7)
+    trial = optuna.trial.create_trial(values=[0.6, 0.5], user_attrs={"accuracy_mean": 0.6},
+                                      params={}, distributions={})
+    assert floor(trial) == (pytest.approx(0.1),)
+    assert floor(optuna.trial.create_trial(values=[0.6, 0.5], params={}, distributions={}))[0] == math.inf
+
+
+def test_replicates_dense_first_then_optuna_told_the_means(tmp_path):
+    spec = load_spec(QUICKSTART, ["configurations=3", "seeds=[0, 1]", f"optuna_storage=sqlite:///{tmp_path}/o.db"])
+    inner = make_optuna_search(spec, study_name="unit")
+    searcher = ReplicateSearcher(inner, spec.seeds, spec.configurations, spec.trial_config, spec.training.epochs)
+    configs = [searcher.suggest(f"t{i}") for i in range(6)]
+    assert searcher.suggest("t6") == Searcher.FINISHED
+    assert [(c["configuration"], c["seed"]) for c in configs] == [("c000", 0), ("c000", 1), ("c001", 0), ("c001", 1), ("c002", 0), ("c002", 1)]
+    assert configs[0]["trial"]["model"]["topk"] == {}
+    assert configs[2]["params"] == configs[3]["params"] and configs[2]["trial"]["model"]["topk"]
+    result = lambda acc, bias, epoch=3: {"accuracy": acc, "shape_bias": bias, "epoch": epoch}
+    searcher.on_trial_complete("t0", result(0.7, 0.2))
+    searcher.on_trial_complete("t1", result(0.7, 0.2))
+    searcher.on_trial_complete("t2", result(0.8, 0.3))
+    searcher.on_trial_complete("t3", result(0.6, 0.5))
+    searcher.on_trial_complete("t4", result(0.8, 0.3, epoch=2))  # partial: fails its configuration
+    searcher.on_trial_complete("t5", result(0.8, 0.3))
+    study = optuna.load_study(study_name="unit", storage=f"sqlite:///{tmp_path}/o.db")
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert study.trials[0].values == [pytest.approx(0.7), pytest.approx(0.4)]
+    assert study.trials[0].user_attrs["shape_bias_std"] == pytest.approx(0.1)
