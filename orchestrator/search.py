@@ -59,6 +59,7 @@ def _quiet() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def _start_ray(spec: SearchSpec, tracking_uri: str) -> None:
@@ -79,6 +80,7 @@ def _trainable(spec: SearchSpec, parent_run_id: str, experiment: str):
 
 def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
     """Run the search described by `spec` (or resume its newest unfinished run) to the end."""
+    _quiet()
     tracking_uri = spec.resolved_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -104,7 +106,6 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
 
     start = time.monotonic()
     status = "FAILED"
-    _quiet()
     try:
         _start_ray(spec, tracking_uri)
         trainable = _trainable(spec, parent_run_id, experiment)
