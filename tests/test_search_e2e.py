@@ -80,6 +80,13 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
         assert on_front == (not dominated), name
     assert any(r["dense_reference"] == "True" for r in rows)
 
+    # `pareto` recomputes the same front from MLflow alone.
+    again = run_search("pareto", "--experiment", "e2e-http", "--tracking-uri", mlflow_server, "--out", str(tmp_path / "again"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "again" / "pareto.csv").read_text() == (tmp_path / "pareto.csv").read_text()
+    missing = run_search("pareto", "--experiment", "no-such", "--tracking-uri", mlflow_server, cwd=tmp_path)
+    assert missing.returncode == 2 and "no MLflow experiment 'no-such'" in missing.stderr
+
     # Optuna was told the seed means of the two proposed configurations (not of the dense one).
     study = optuna.load_study(study_name=parent.data.tags["search_id"], storage=POSTGRES)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -78,19 +78,27 @@ def test_nan_loss_ends_the_trial_naming_the_epoch():
         train_and_evaluate(config, lambda m, s: None)
 
 
-def test_cifar10_folders_with_geirhos_stimuli(shared_data):
+@pytest.mark.parametrize("in_memory_limit", [100_000, 0], ids=["decoded-in-memory", "streaming-dataloader"])
+def test_cifar10_folders_with_geirhos_stimuli(shared_data, in_memory_limit):
     config = TrialConfig.model_validate(
         {
             "data": {
                 "kind": "folder", "train_dir": str(shared_data / "cifar10" / "train"),
                 "test_dir": str(shared_data / "cifar10" / "test"), "stimuli_dir": str(shared_data / "cue-conflict"),
                 "label_space": "cifar10", "image_size": 32, "max_per_class": 8,
+                "in_memory_limit": in_memory_limit, "workers": 0,
             },
             "training": {"epochs": 1, "batch_size": 16, "threads": 1},
         }
     )
+    from trainables.data import InMemoryBatches, StreamingBatches, build_data
+
+    data = build_data(config.data, 16, seed=0, augment=True)
+    assert isinstance(data.train, InMemoryBatches if in_memory_limit else StreamingBatches)
+    images, labels = next(iter(data.train))
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8 and labels.max() < 10
     reports = []
-    train_and_evaluate(config, collect(reports))
+    train_and_evaluate(config, collect(reports), data=data)
     metrics = reports[-1][0]
     assert 0 <= metrics["accuracy"] <= 1
     # 7 of 16 categories are nameable: most conflict images are excluded, the rest scored.

@@ -175,7 +175,8 @@ def model_decisions(
     model.eval()
     decisions: list[str] = []
     for start in range(0, len(stimuli), batch_size):
-        batch = preprocess(stimuli.images[start : start + batch_size], image_size).to(device)
+        # Resize and normalise on the device: on a GPU this is where the work is cheap.
+        batch = preprocess(stimuli.images[start : start + batch_size].to(device), image_size)
         decisions += mapping.decide(model(batch).float().cpu())
     model.train(was_training)
     return decisions
