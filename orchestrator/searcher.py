@@ -102,9 +102,13 @@ class ReplicateSearcher(Searcher):
         self._groups: dict[str, _Group] = {}
         self._trial_to_group: dict[str, str] = {}
         self._current: str | None = None
+        self._restored = False
         super().__init__(metric=searcher.metric, mode=searcher.mode)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._restored:
+            self._fail_orphaned_optuna_trials()
+            self._restored = False
         if self._current is None or not self._groups[self._current].seeds_left:
             if len(self._groups) >= self.configurations:
                 return Searcher.FINISHED
@@ -164,6 +168,19 @@ class ReplicateSearcher(Searcher):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._restored = True
+
+    def _fail_orphaned_optuna_trials(self) -> None:
+        """After a driver crash, fail the Optuna trials asked after the last saved state.
+
+        Their Ray trials were never recorded, so nobody will ever tell Optuna their values;
+        left RUNNING they would sit in the study's history forever.
+        """
+        study = self.searcher._ot_study  # OptunaSearch keeps no public handle
+        known = {t.number for t in self.searcher._ot_trials.values()}
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if trial.number not in known:
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _finite(value: Any) -> bool:

@@ -140,3 +140,4 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
 
     study = optuna.load_study(study_name=parents[0].data.tags["search_id"], storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
