@@ -80,3 +80,20 @@ def test_plain_trial_in_tune_reports_each_epoch(local_ray, tmp_path):
     result = tuner.fit()[0]
     assert result.error is None
     assert result.metrics_dataframe["epoch"].tolist() == [1, 2]
+
+
+def test_nan_trial_errors_without_poisoning_its_neighbour(local_ray, tmp_path):
+    diverging = {**TINY, "training": {**TINY["training"], "epochs": 2, "lr": 1e12}}
+    healthy = {**TINY, "training": {**TINY["training"], "epochs": 2}}
+    tuner = tune.Tuner(
+        tune.with_resources(train_trial, {"cpu": 1}),
+        param_space=tune.grid_search([diverging, healthy]),
+        tune_config=tune.TuneConfig(max_concurrent_trials=2),
+        run_config=tune.RunConfig(name="nan", storage_path=str(tmp_path), verbose=0),
+    )
+    results = tuner.fit()
+    errors = [r for r in results if r.error is not None]
+    finished = [r for r in results if r.error is None]
+    assert len(errors) == 1 and len(finished) == 1
+    assert "NonFiniteLossError" in str(errors[0].error) and "at epoch 1" in str(errors[0].error)
+    assert finished[0].metrics["epoch"] == 2

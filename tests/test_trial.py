@@ -138,3 +138,24 @@ def test_command_line_trains_resumes_and_rejects_bad_config(tmp_path):
     bad = run("--config", str(config))
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "model.topk.layer2" in bad.stderr and "1.5" in bad.stderr
+
+
+def test_undecodable_training_image_is_named_before_training(shared_data, tmp_path):
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i, source in enumerate(sorted((shared_data / "cifar10" / split / name).iterdir())[:4]):
+                (folder / f"{i}.jpg").write_bytes(source.read_bytes())
+    (tmp_path / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    config = TrialConfig.model_validate(
+        {
+            "data": {"kind": "folder", "train_dir": str(tmp_path / "train"), "test_dir": str(tmp_path / "test"),
+                     "stimuli_dir": str(shared_data / "cue-conflict"), "label_space": "categories"},
+            "training": {"epochs": 1, "batch_size": 4, "threads": 1},
+        }
+    )
+    reports = []
+    with pytest.raises(ValueError, match=r"cannot decode image .*broken\.jpg"):
+        train_and_evaluate(config, collect(reports))
+    assert reports == []
