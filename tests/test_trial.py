@@ -159,3 +159,27 @@ def test_undecodable_training_image_is_named_before_training(shared_data, tmp_pa
     with pytest.raises(ValueError, match=r"cannot decode image .*broken\.jpg"):
         train_and_evaluate(config, collect(reports))
     assert reports == []
+
+
+def test_imagenet_folders_are_reduced_to_the_16_categories(shared_data, tmp_path):
+    from trainables.data import build_data
+
+    # WordNet-id folders: two of the 16 categories (airplane, one bear class) and one other class.
+    folders = {"n02690373": "airplane", "n02132136": "cat", "n01440764": "dog"}
+    for split in ("train", "test"):
+        for wnid, source in folders.items():
+            folder = tmp_path / split / wnid
+            folder.mkdir(parents=True)
+            for i, image in enumerate(sorted((shared_data / "cifar10" / split / source).iterdir())[:3]):
+                (folder / f"{i}.JPEG").write_bytes(image.read_bytes())
+    config = TrialConfig.model_validate(
+        {"data": {"kind": "folder", "train_dir": str(tmp_path / "train"), "test_dir": str(tmp_path / "test"),
+                  "stimuli_dir": str(shared_data / "cue-conflict"), "label_space": "imagenet16"}}
+    )
+    data = build_data(config.data, batch_size=2, seed=0, augment=False)
+    from trainables.label_spaces import CATEGORIES
+
+    assert data.class_names == CATEGORIES and len(data.mapping.categories) == 16
+    # n01440764 (tench) is not one of the 16 categories: left out.
+    assert data.train_size == 6
+    assert sorted(set(data.test_labels.tolist())) == [CATEGORIES.index("airplane"), CATEGORIES.index("bear")]
