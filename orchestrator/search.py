@@ -146,7 +146,11 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
         if status != "FINISHED":
             client.set_terminated(parent_run_id, status=status)
 
-    outcome = report_front(client, experiment, parent_run_id, search_id, len(spec.seeds), Path.cwd(), time.monotonic() - start)
+    try:
+        outcome = report_front(client, experiment, parent_run_id, search_id, len(spec.seeds), Path.cwd(), time.monotonic() - start)
+    except SearchError:
+        client.set_terminated(parent_run_id, status="FAILED")  # every configuration failed
+        raise
     client.set_terminated(parent_run_id, status="FINISHED")
     return outcome
 
