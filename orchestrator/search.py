@@ -115,7 +115,7 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
         else:
             searcher = ReplicateSearcher(
                 make_optuna_search(spec, study_name=search_id), spec.seeds, spec.configurations,
-                spec.trial_config, spec.training.epochs,
+                spec.trial_config, spec.training.epochs, spec.accuracy_floor,
             )
             tuner = tune.Tuner(
                 trainable,

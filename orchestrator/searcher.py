@@ -22,17 +22,6 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces.spec import DENSE, OBJECTIVES, SearchSpec, placement_key
 
 
-class AccuracyFloor:
-    """Optuna constraint: feasible when the configuration's mean accuracy >= floor."""
-
-    def __init__(self, floor: float) -> None:
-        self.floor = floor
-
-    def __call__(self, trial: optuna.trial.FrozenTrial) -> tuple[float]:
-        # Optuna reads <= 0 as feasible. Failed trials carry no mean: count them infeasible.
-        return (self.floor - trial.user_attrs.get("accuracy_mean", -math.inf),)
-
-
 class SearchSpaceFunction:
     """Optuna define-by-run space: a placement set, a Top-K fraction, optional training knobs."""
 
@@ -53,13 +42,14 @@ class SearchSpaceFunction:
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     """Multi-objective TPE (default), NSGA-II, or random search (the baseline to beat)."""
-    constraints = AccuracyFloor(spec.accuracy_floor) if spec.accuracy_floor is not None else None
+    # An accuracy floor reaches the samplers through Trial.set_constraint (see ReplicateSearcher);
+    # Optuna 5 deprecates the samplers' constraints_func.
     seed = spec.sampler_seed
     if spec.sampler == "tpe":
         # Few configurations: start modelling after a handful of random ones, not Optuna's 10.
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, n_startup_trials=3, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3, multivariate=True)
     if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints, population_size=4)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=4)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -93,12 +83,14 @@ class ReplicateSearcher(Searcher):
         configurations: int,
         make_trial: Callable[[dict[str, Any], int], dict[str, Any]],
         epochs: int,
+        accuracy_floor: float | None = None,
     ) -> None:
         self.searcher = searcher
         self.seeds = list(seeds)
         self.configurations = configurations
         self.make_trial = make_trial
         self.epochs = epochs
+        self.accuracy_floor = accuracy_floor
         self._groups: dict[str, _Group] = {}
         self._trial_to_group: dict[str, str] = {}
         self._current: str | None = None
@@ -156,6 +148,9 @@ class ReplicateSearcher(Searcher):
             ot_trial.set_user_attr(f"{m}_mean", means[m])
             ot_trial.set_user_attr(f"{m}_std", statistics.pstdev(o[m] for o in outcomes))
         ot_trial.set_user_attr("seeds", len(outcomes))
+        if self.accuracy_floor is not None:
+            # Optuna reads <= 0 as feasible: mean accuracy at or above the floor.
+            ot_trial.set_constraint("accuracy_floor", self.accuracy_floor - means["accuracy"])
         self.searcher.on_trial_complete(configuration, means)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:

@@ -1,13 +1,11 @@
 """Non-dominated sorting, hypervolume, and the replicate searcher's bookkeeping with real Optuna."""
 
-import math
-
 import optuna
 import pytest
 from ray.tune.search import Searcher
 
 from orchestrator.pareto import dominates, hypervolume, non_dominated_ranks
-from orchestrator.searcher import AccuracyFloor, ReplicateSearcher, make_optuna_search
+from orchestrator.searcher import ReplicateSearcher, make_optuna_search
 from search_spaces.spec import load_spec
 from test_spec import QUICKSTART
 
@@ -25,18 +23,10 @@ def test_hypervolume_of_a_staircase():
     assert hypervolume([]) == 0.0
 
 
-def test_accuracy_floor_constraint():
-    floor = AccuracyFloor(0.7)
-    trial = optuna.trial.create_trial(values=[0.6, 0.5], user_attrs={"accuracy_mean": 0.6},
-                                      params={}, distributions={})
-    assert floor(trial) == (pytest.approx(0.1),)
-    assert floor(optuna.trial.create_trial(values=[0.6, 0.5], params={}, distributions={}))[0] == math.inf
-
-
 def test_replicates_dense_first_then_optuna_told_the_means(tmp_path):
-    spec = load_spec(QUICKSTART, ["configurations=3", "seeds=[0, 1]", f"optuna_storage=sqlite:///{tmp_path}/o.db"])
+    spec = load_spec(QUICKSTART, ["configurations=3", "seeds=[0, 1]", "accuracy_floor=0.75", f"optuna_storage=sqlite:///{tmp_path}/o.db"])
     inner = make_optuna_search(spec, study_name="unit")
-    searcher = ReplicateSearcher(inner, spec.seeds, spec.configurations, spec.trial_config, spec.training.epochs)
+    searcher = ReplicateSearcher(inner, spec.seeds, spec.configurations, spec.trial_config, spec.training.epochs, spec.accuracy_floor)
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
     assert searcher.suggest("t6") == Searcher.FINISHED
     assert [(c["configuration"], c["seed"]) for c in configs] == [("c000", 0), ("c000", 1), ("c001", 0), ("c001", 1), ("c002", 0), ("c002", 1)]
@@ -54,3 +44,5 @@ def test_replicates_dense_first_then_optuna_told_the_means(tmp_path):
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
     assert study.trials[0].values == [pytest.approx(0.7), pytest.approx(0.4)]
     assert study.trials[0].user_attrs["shape_bias_std"] == pytest.approx(0.1)
+    # Mean accuracy 0.7 under a 0.75 floor: infeasible (> 0) for the samplers.
+    assert study.trials[0].constraints == {"accuracy_floor": pytest.approx(0.05)}
