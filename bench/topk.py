@@ -1,4 +1,4 @@
-"""Top-K cost, measured side by side in one run (BRIEF section 7 targets).
+"""Top-K cost, measured side by side in one run (the targets are in the README).
 
 1. sparse / dense ResNet-18 training step, batch 64, 64 px, imagenet stem, Top-K 20% after layer2
    and layer3 (target <= 1.05);

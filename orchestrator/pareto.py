@@ -9,6 +9,7 @@ front dominates above the reference point (0, 0).
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,10 @@ def collect(client: MlflowClient, experiment: str, parent_run_id: str, seeds: in
         by_configuration.setdefault(run.data.tags.get("configuration", "?"), []).append(run)
     results = []
     for configuration, runs in sorted(by_configuration.items()):
-        finished = [r for r in runs if r.info.status == "FINISHED" and "shape_bias" in r.data.metrics]
+        finished = [
+            r for r in runs
+            if r.info.status == "FINISHED" and all(math.isfinite(r.data.metrics.get(m, math.nan)) for m in ("accuracy", "shape_bias"))
+        ]
         if len(finished) < seeds or len(finished) != len(runs):
             continue
         accuracy = [r.data.metrics["accuracy"] for r in finished]

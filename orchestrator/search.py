@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import optuna
 import ray
 from mlflow.tracking import MlflowClient
@@ -82,7 +81,6 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
     """Run the search described by `spec` (or resume its newest unfinished run) to the end."""
     _quiet()
     tracking_uri = spec.resolved_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment = experiment_id(client, spec.mlflow_experiment)
     storage = spec.resolved_storage_path()
@@ -106,12 +104,14 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
 
     start = time.monotonic()
     status = "FAILED"
+    started_ray = not ray.is_initialized()
     try:
         _start_ray(spec, tracking_uri)
         trainable = _trainable(spec, parent_run_id, experiment)
         if resume:
             # Finished trials stay finished; unfinished ones restart from their last checkpoint.
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+            # Errored trials already used their max_failures retries: they stay errored.
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         else:
             searcher = ReplicateSearcher(
                 make_optuna_search(spec, study_name=search_id), spec.seeds, spec.configurations,
@@ -136,8 +136,10 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 ),
             )
-        tuner.fit()
-        status = "FINISHED"
+        results = tuner.fit()
+        # Tune swallows the first Ctrl+C and returns early: then the search is unfinished.
+        ended = results.num_terminated + results.num_errors
+        status = "FINISHED" if ended >= spec.configurations * len(spec.seeds) else "KILLED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -145,6 +147,10 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
         close_open_children(client, experiment, parent_run_id)
         if status != "FINISHED":
             client.set_terminated(parent_run_id, status=status)
+        if started_ray:
+            ray.shutdown()
+    if status == "KILLED":
+        raise SearchError(f"search {search_id} was interrupted; continue it with: run_search.py resume --config ...")
 
     try:
         outcome = report_front(client, experiment, parent_run_id, search_id, len(spec.seeds), Path.cwd(), time.monotonic() - start)

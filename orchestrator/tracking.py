@@ -141,6 +141,8 @@ class MLflowTrialTracker:
         return {"mlflow_run_id": self.run_id, "restarts": 0}
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
+        if self.finished:
+            return
         now, step = int(time.time() * 1000), int(metrics["epoch"])
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"]

@@ -9,6 +9,7 @@ and seeds, resources, and where results go (Ray storage, MLflow, Optuna). Comman
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -62,8 +63,10 @@ class SearchSpace(Strict):
         for i, names in enumerate(placements):
             if not names:
                 raise ValueError(f"placement set {i} is empty; the dense reference is always run anyway")
+            if len(set(names)) != len(names):
+                raise ValueError(f"placement set {i} names a placement twice: {names}")
             check_placements({name: 1.0 for name in names})
-        keys = [placement_key(names) for names in placements]
+        keys = ["+".join(sorted(names)) for names in placements]
         if len(set(keys)) != len(keys):
             raise ValueError(f"placement sets repeat: {keys}")
         return placements
@@ -169,6 +172,9 @@ class ConfigError(ValueError):
     """A bad experiment file or override, as one line naming the key and what is valid."""
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Set a dotted key in the parsed YAML: `search.fraction.high=0.3`, `seeds=[0,1,2]`."""
     if "=" not in assignment:
@@ -178,12 +184,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"override {key}: cannot parse value {text!r}: {error}") from None
-    if isinstance(value, str):
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         # YAML 1.1 reads '1e-2' as a string; a user typing it on a command line means a number.
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+        value = float(value)
     parts = key.strip().split(".")
     node = raw
     for part in parts[:-1]:

@@ -105,3 +105,25 @@ def test_help_explains_every_command():
     for command in ("search", "resume", "pareto"):
         out = subprocess.run([sys.executable, str(ROOT / "run_search.py"), command, "--help"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "usage:" in out.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search.placements=[[layer1, layer1]]"], "names a placement twice"),
+    (["search.placements=[[layer1, layer2], [layer2, layer1]]"], "placement sets repeat"),
+])
+def test_more_bad_configs(overrides, message, capsys):
+    assert run_search.main(["search", "--config", str(QUICKSTART), *overrides]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_only_numeric_override_strings_become_numbers():
+    assert load_spec(QUICKSTART, ["name=inf"]).name == "inf"
+    assert load_spec(QUICKSTART, ["training.lr=1e-2"]).training.lr == 0.01
+
+
+def test_relative_data_paths_become_absolute(shared_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(shared_data.parent)
+    spec = load_spec(ROOT / "search_spaces" / "cifar10.yaml", ["data.train_dir=data/cifar10/train",
+                     "data.test_dir=data/cifar10/test", "data.stimuli_dir=data/cue-conflict"])
+    assert spec.data.train_dir.is_absolute()
+    assert spec.trial_config({"placement": "dense"}, 0)["data"]["train_dir"] == str(shared_data / "cifar10" / "train")

@@ -47,14 +47,17 @@ class FolderData(Strict):
     label_space: Union[Literal["cifar10", "imagenet16", "categories"], dict[str, list[str]]] = "cifar10"
     image_size: int = Field(32, ge=16, le=512)
     max_per_class: int | None = Field(None, ge=1)
-    # Datasets up to this many images are decoded once into memory; larger ones stream.
+    # Training sets up to this many images are decoded once into memory (augmented by pad-crop +
+    # flip); larger ones stream from disk (RandomResizedCrop + flip). The test split is always
+    # decoded into memory, resized to a square.
     in_memory_limit: int = Field(100_000, ge=0)
     workers: int = Field(2, ge=0)
 
     @field_validator("train_dir", "test_dir", "stimuli_dir")
     @classmethod
     def _exists(cls, path: Path) -> Path:
-        path = path.expanduser()
+        # Absolute, because Ray runs each trial in its own working directory.
+        path = path.expanduser().resolve()
         if not path.is_dir():
             raise ValueError(f"directory not found: {path}")
         return path

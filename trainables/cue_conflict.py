@@ -1,4 +1,4 @@
-"""Shape bias on cue-conflict stimuli (Geirhos et al., ICLR 2019), exactly as BRIEF section 3.
+"""Shape bias on cue-conflict stimuli (Geirhos et al., ICLR 2019).
 
 Stimuli: a directory with one folder per shape class holding `<shape><i>-<texture><j>.png`.
 Only conflict images count (shape class != texture class). shape bias = shape decisions /
@@ -14,7 +14,7 @@ import functools
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -59,9 +59,6 @@ class ShapeBiasResult:
     @property
     def scored(self) -> int:
         return self.shape_decisions + self.texture_decisions + self.other_decisions
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def texture_of(image_name: str) -> str:

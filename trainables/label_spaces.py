@@ -1,4 +1,4 @@
-"""How a model's label space maps onto the 16 cue-conflict categories (BRIEF section 3).
+"""How a model's label space maps onto the 16 cue-conflict categories.
 
 A model's decision on a stimulus is the category with the highest MEAN softmax probability over
 its member classes, among the categories that model can name. One interface, `LabelMapping`,

@@ -16,8 +16,6 @@ from torchvision.models import resnet18
 
 from trainables.topk import TopK, check_fraction, kept_per_channel
 
-STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-BLOCKS = tuple(f"layer{stage}.{block}" for stage in range(1, 5) for block in range(2))
 # Order of the forward pass: stem, layer1.0, layer1.1, layer1, layer2.0, ...
 PLACEMENTS = ("stem",) + tuple(
     name for stage in range(1, 5) for name in (f"layer{stage}.0", f"layer{stage}.1", f"layer{stage}")

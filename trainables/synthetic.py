@@ -1,4 +1,4 @@
-"""The embedded shape-vs-texture benchmark (BRIEF section 5): generated in memory from a seed.
+"""The embedded shape-vs-texture benchmark: generated in memory from a seed.
 
 Each class is a silhouette (circle, square, ...) drawn at random position, scale and rotation,
 filled with that class's own texture family (stripes, checks, dots, ...) on a plain background.

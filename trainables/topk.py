@@ -1,4 +1,4 @@
-"""Top-K activation sparsity (Li et al., NeurIPS 2023), as defined in BRIEF section 2.
+"""Top-K activation sparsity (Li et al., NeurIPS 2023).
 
 For an activation x of shape (N, C, H, W) and a fraction f, every (sample, channel) feature map
 keeps its k = max(1, int(f * H * W)) largest-|x| spatial positions unchanged and zeroes the rest.
