@@ -97,3 +97,34 @@ def test_nan_trial_errors_without_poisoning_its_neighbour(local_ray, tmp_path):
     assert len(errors) == 1 and len(finished) == 1
     assert "NonFiniteLossError" in str(errors[0].error) and "at epoch 1" in str(errors[0].error)
     assert finished[0].metrics["epoch"] == 2
+
+
+class CrashAtFinishOnce(CrashOnceAfterEpoch):
+    """Dies after the last epoch was reported and checkpointed, before the trial could end."""
+
+    def log_epoch(self, metrics):
+        pass
+
+    def finish(self, error):
+        if error is None and not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError("injected crash after the last epoch")
+
+
+def crashing_at_finish(config):
+    train_trial(config["trial"], tracker=CrashAtFinishOnce(config["marker"], epoch=0))
+
+
+def test_trial_restarted_after_its_last_epoch_reports_its_final_result(local_ray, tmp_path):
+    config = {**TINY, "training": {**TINY["training"], "epochs": 2}}
+    tuner = tune.Tuner(
+        tune.with_resources(crashing_at_finish, {"cpu": 1}),
+        param_space={"trial": config, "marker": str(tmp_path / "crashed")},
+        run_config=tune.RunConfig(name="final", storage_path=str(tmp_path / "results"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    result = tuner.fit()[0]
+    assert result.error is None and (tmp_path / "crashed").exists()
+    # No epoch was trained again; the final metrics were reported once more after the restart.
+    assert result.metrics_dataframe["epoch"].tolist() == [1, 2, 2]
+    assert result.metrics["epoch"] == 2 and 0 <= result.metrics["accuracy"] <= 1

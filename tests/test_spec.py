@@ -126,4 +126,4 @@ def test_relative_data_paths_become_absolute(shared_data, tmp_path, monkeypatch)
     spec = load_spec(ROOT / "search_spaces" / "cifar10.yaml", ["data.train_dir=data/cifar10/train",
                      "data.test_dir=data/cifar10/test", "data.stimuli_dir=data/cue-conflict"])
     assert spec.data.train_dir.is_absolute()
-    assert spec.trial_config({"placement": "dense"}, 0)["data"]["train_dir"] == str(shared_data / "cifar10" / "train")
+    assert spec.trial_config({"placement": "dense"}, 0)["data"]["train_dir"] == str((shared_data / "cifar10" / "train").resolve())

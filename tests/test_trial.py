@@ -36,7 +36,7 @@ def test_every_epoch_reports_all_metrics_and_the_last_is_the_result():
     assert all(set(m) == set(METRICS) for m, _ in reports)
     assert result == reports[-1][0]
     assert 0 <= result["accuracy"] <= 1 and result["images_per_s"] > 0
-    assert set(reports[-1][1]) >= {"model", "optimizer", "scheduler", "epoch", "rng", "tracking"}
+    assert set(reports[-1][1]) >= {"model", "optimizer", "scheduler", "epoch", "metrics", "rng", "tracking"}
 
 
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):

@@ -222,6 +222,7 @@ def train_and_evaluate(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
+            "metrics": metrics,
             "rng": rng_state(),
             # A free slot for the tracking system (e.g. the MLflow run id), carried across resumes.
             "tracking": tracking,

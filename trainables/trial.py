@@ -52,6 +52,13 @@ def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
         with temporary_checkpoint(state) as directory:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
+    if resume is not None and resume["epoch"] >= trial.training.epochs:
+        # Restarted after its last epoch (the driver died before it recorded the end): report
+        # the final result again, so Tune and the searcher see a complete trial.
+        tune.report(resume["metrics"])
+        if tracker:
+            tracker.finish(None)
+        return
     try:
         train_and_evaluate(trial, report, resume=resume)
     except BaseException as error:
@@ -99,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+    if resume is not None and resume["epoch"] >= trial.training.epochs:
+        # Restarted after its last epoch (the driver died before it recorded the end): report
+        # the final result again, so Tune and the searcher see a complete trial.
+        tune.report(resume["metrics"])
+        if tracker:
+            tracker.finish(None)
+        return
     try:
         train_and_evaluate(trial, report, resume=resume)
     except (FileNotFoundError, ValueError) as error:
