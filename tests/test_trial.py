@@ -132,7 +132,9 @@ def test_command_line_trains_resumes_and_rejects_bad_config(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "epoch   2" in out.stdout and (tmp_path / "ckpt" / "state.pt").is_file()
     again = run("--config", str(config), "--checkpoint-dir", str(tmp_path / "ckpt"))
+    assert again.returncode == 0, again.stderr
     assert "resuming from" in again.stdout and "epoch   1" not in again.stdout
+    assert "already trained" in again.stdout
 
     config.write_text(yaml.safe_dump({**TINY, "model": {"topk": {"layer2": 1.5}}}))
     bad = run("--config", str(config))

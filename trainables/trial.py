@@ -107,12 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     if resume is not None and resume["epoch"] >= trial.training.epochs:
-        # Restarted after its last epoch (the driver died before it recorded the end): report
-        # the final result again, so Tune and the searcher see a complete trial.
-        tune.report(resume["metrics"])
-        if tracker:
-            tracker.finish(None)
-        return
+        print(f"all {trial.training.epochs} epochs are already trained; final metrics: {resume['metrics']}")
+        return 0
     try:
         train_and_evaluate(trial, report, resume=resume)
     except (FileNotFoundError, ValueError) as error:
