@@ -10,7 +10,6 @@ the dense configuration is not Optuna's to propose, so Optuna is not told about 
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -19,7 +18,8 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces.spec import DENSE, OBJECTIVES, SearchSpec, placement_key
+from search_spaces.params import OBJECTIVES, Outcome, Params, outcome, placement_key
+from search_spaces.spec import SearchSpec
 
 
 class SearchSpaceFunction:
@@ -68,7 +68,7 @@ def make_optuna_search(spec: SearchSpec, study_name: str) -> OptunaSearch:
 
 @dataclass
 class _Group:
-    params: dict[str, Any]
+    params: Params
     seeds_left: list[int]
     results: dict[str, dict[str, float] | None] = field(default_factory=dict)
 
@@ -81,7 +81,7 @@ class ReplicateSearcher(Searcher):
         searcher: OptunaSearch,
         seeds: list[int],
         configurations: int,
-        make_trial: Callable[[dict[str, Any], int], dict[str, Any]],
+        make_trial: Callable[[Params, int], dict[str, Any]],
         epochs: int,
         accuracy_floor: float | None = None,
     ) -> None:
@@ -106,12 +106,13 @@ class ReplicateSearcher(Searcher):
                 return Searcher.FINISHED
             configuration = f"c{len(self._groups):03d}"
             if not self._groups:
-                params: Any = {"placement": DENSE}
+                params = Params.dense_reference()
             else:
-                params = self.searcher.suggest(configuration)
-                if params is None or params == Searcher.FINISHED:
-                    return params
-            self._groups[configuration] = _Group(dict(params), list(self.seeds))
+                suggested = self.searcher.suggest(configuration)
+                if suggested is None or suggested == Searcher.FINISHED:
+                    return suggested
+                params = Params.from_dict(suggested)
+            self._groups[configuration] = _Group(params, list(self.seeds))
             self._current = configuration
         group = self._groups[self._current]
         seed = group.seeds_left.pop(0)
@@ -119,7 +120,7 @@ class ReplicateSearcher(Searcher):
         return {
             "configuration": self._current,
             "seed": seed,
-            "params": group.params,
+            "params": group.params.to_dict(),
             "trial": self.make_trial(group.params, seed),
         }
 
@@ -128,14 +129,10 @@ class ReplicateSearcher(Searcher):
         if configuration is None:
             return
         group = self._groups[configuration]
-        complete = (
-            not error
-            and result is not None
-            and result.get("epoch") == self.epochs  # never a partial (early-stopped) result
-            and all(_finite(result.get(m)) for m in OBJECTIVES)
-        )
+        # Never a partial (early-stopped) result: only a complete trial counts.
+        complete = outcome(result, self.epochs, error) is Outcome.COMPLETE
         group.results[trial_id] = {m: result[m] for m in OBJECTIVES} if complete else None
-        if len(group.results) < len(self.seeds) or group.params.get("placement") == DENSE:
+        if len(group.results) < len(self.seeds) or group.params.dense:
             return
         outcomes = list(group.results.values())
         if any(o is None for o in outcomes):
@@ -177,6 +174,3 @@ class ReplicateSearcher(Searcher):
             if trial.number not in known:
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -11,16 +11,18 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Mapping, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from search_spaces.params import DENSE, OBJECTIVES, Params, placement_key
 from trainables.config import FolderData, ModelConfig, SyntheticData, TrainingConfig, describe
 from trainables.models import check_placements
 
-OBJECTIVES = ("accuracy", "shape_bias")
-DENSE = "dense"  # the placement-set name of the reference model without Top-K
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
+
+__all__ = ["DENSE", "OBJECTIVES", "DEFAULT_TRACKING_URI", "ConfigError", "SearchSpec", "absolute_sqlite", "load_spec", "placement_key"]
 
 
 class Strict(BaseModel):
@@ -66,7 +68,7 @@ class SearchSpace(Strict):
             if len(set(names)) != len(names):
                 raise ValueError(f"placement set {i} names a placement twice: {names}")
             check_placements({name: 1.0 for name in names})
-        keys = ["+".join(sorted(names)) for names in placements]
+        keys = [placement_key(sorted(names)) for names in placements]
         if len(set(keys)) != len(keys):
             raise ValueError(f"placement sets repeat: {keys}")
         return placements
@@ -127,7 +129,7 @@ class SearchSpec(Strict):
 
     def resolved_tracking_uri(self) -> str:
         """Config value, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db; local paths made absolute."""
-        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
         return absolute_sqlite(uri)
 
     def resolved_optuna_storage(self) -> str:
@@ -139,25 +141,14 @@ class SearchSpec(Strict):
             return self.storage_path
         return str(Path(self.storage_path).expanduser().resolve())
 
-    def trial_config(self, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    def trial_config(self, params: Params | Mapping[str, Any], seed: int) -> dict[str, Any]:
         """The plain trial dict for one sampled configuration and seed."""
-        training = self.training.model_dump(mode="json")
-        for knob in ("lr", "weight_decay", "batch_size"):
-            if knob in params:
-                training[knob] = params[knob]
-        placements = [] if params["placement"] == DENSE else params["placement"].split("+")
-        topk = {name: params["fraction"] for name in placements}
-        return {
-            "data": self.data.model_dump(mode="json"),
-            "model": {"stem": self.model.stem, "topk": topk},
-            "training": training,
-            "seed": seed,
-        }
-
-
-def placement_key(names: list[str]) -> str:
-    """A placement set as one categorical value, e.g. 'layer1+layer2'."""
-    return "+".join(names)
+        if not isinstance(params, Params):
+            params = Params.from_dict(params)
+        # Start from the validated base sections, so a new field is never dropped on the way.
+        training = self.training.model_dump(mode="json") | params.knobs()
+        model = self.model.model_dump(mode="json") | {"topk": params.topk()}
+        return {"data": self.data.model_dump(mode="json"), "model": model, "training": training, "seed": seed}
 
 
 def absolute_sqlite(uri: str) -> str:
