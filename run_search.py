@@ -13,8 +13,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
-from search_spaces.spec import ConfigError, load_spec
+from search_spaces.spec import ConfigError, SearchSpec, load_spec
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,59 +42,60 @@ def build_parser() -> argparse.ArgumentParser:
     front.add_argument("--experiment", required=True, help="MLflow experiment name")
     front.add_argument("--search", help="search id (default: the newest search in the experiment)")
     front.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    front.add_argument("--seeds", type=int, help="seeds per configuration (default: from the search's parent run)")
     front.add_argument("--out", type=Path, default=Path.cwd(), help="directory for pareto.csv and pareto.png (default: .)")
     return parser
 
 
-def pareto_command(args: argparse.Namespace) -> int:
-    import json
+def tracking_uri(given: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the spec's default (sqlite:///mlflow.db)."""
+    from search_spaces.spec import DEFAULT_TRACKING_URI, absolute_sqlite
 
+    return absolute_sqlite(given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+
+
+def pareto_command(args: argparse.Namespace) -> int:
+    """`pareto`: the front of a finished search, from MLflow alone."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.search import SearchError, report_front
-    from search_spaces.spec import absolute_sqlite
+    from orchestrator.report import report_front
+    from orchestrator.tracking import find_search
 
-    uri = absolute_sqlite(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(args.experiment)
-    if experiment is None:
-        names = [e.name for e in client.search_experiments()]
-        print(f"error: no MLflow experiment {args.experiment!r} at {uri}; known: {', '.join(names) or 'none'}", file=sys.stderr)
-        return 2
-    filter_string = f"tags.search_id = '{args.search}'" if args.search else "tags.search_id != ''"
-    parents = client.search_runs([experiment.experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1)
-    if not parents:
-        print(f"error: no search {args.search or ''} in experiment {args.experiment!r}".replace("  ", " "), file=sys.stderr)
-        return 2
-    parent = parents[0]
-    seeds = args.seeds or len(json.loads(parent.data.params.get("seeds", "[0]").replace("'", '"')))
-    try:
-        report_front(client, experiment.experiment_id, parent.info.run_id, parent.data.tags["search_id"], seeds, args.out)
-    except SearchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    client = MlflowClient(tracking_uri(args.tracking_uri))
+    search = find_search(client, args.experiment, search_id=args.search)
+    report_front(client, search, args.out)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "pareto":
-        return pareto_command(args)
+        return _one_line_errors(pareto_command, args)
     try:
         spec = load_spec(args.config, args.overrides)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return _one_line_errors(lambda args: search_command(spec, resume=args.command == "resume"), args)
+
+
+def search_command(spec: SearchSpec, resume: bool) -> int:
+    """`search` / `resume`: run the search to its end."""
     # Imported after validation: a config error is reported before Ray or MLflow load.
-    from orchestrator.search import SearchError, run_search
+    from orchestrator.driver import run_search
+
+    run_search(spec, resume=resume)
+    return 0
+
+
+def _one_line_errors(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; a SearchError is one line on stderr and exit code 2."""
+    from orchestrator.tracking import SearchError
 
     try:
-        run_search(spec, resume=args.command == "resume")
+        return command(args)
     except SearchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.search import run_search
+from orchestrator.driver import run_search
 from orchestrator.tracking import child_runs
 from search_spaces.spec import load_spec
 

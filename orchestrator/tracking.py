@@ -1,27 +1,28 @@
-"""MLflow: one parent run per search, one nested child run per Ray trial.
+"""A search in MLflow, as the driver and every command see it: one parent run, its child runs.
 
-Ray's MLflow integrations neither nest runs nor reattach after a restart, so this module does
-both with the plain `MlflowClient`. Child runs are written from the workers (which get the
-tracking URI from the Ray runtime environment); their run id travels in the trial checkpoint,
-and a restarted trial without a checkpoint finds its run by configuration and seed instead. The
-driver owns the parent run and, when the search ends, closes any child a dead worker left open.
+The driver creates the parent run and, when the search ends, closes any child a dead worker left
+open (the children themselves are written by `orchestrator.worker`). `find_search` is the one
+lookup of a search that `resume`, `pareto` and `promote` share, and `collect` the one reading of
+its results.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
-import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from trainables.config import TrialConfig
+from orchestrator.pareto import ConfigurationResult, Replicate
+from search_spaces.params import OBJECTIVES, Outcome, Params, outcome
 
 PACKAGES = ("torch", "torchvision", "ray", "optuna", "mlflow", "sparse-shape-search")
 
@@ -38,6 +39,7 @@ def git_commit() -> str:
 
 
 def package_versions() -> dict[str, str]:
+    """Python's and the stack's versions, as recorded with every search and promoted model."""
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -45,6 +47,10 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+class SearchError(RuntimeError):
+    """A search that cannot be found, started, resumed or reported, with the reason in one line."""
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -68,92 +74,6 @@ def close_open_children(client: MlflowClient, experiment: str, parent_run_id: st
             client.set_terminated(run.info.run_id, status="KILLED")
             closed += 1
     return closed
-
-
-class MLflowTrialTracker:
-    """The `trainables.trial.Tracker` that logs one Ray trial as a child run of the search."""
-
-    def __init__(self, parent_run_id: str, experiment: str, ray_trial_id: str, search_config: dict[str, Any]) -> None:
-        self.parent_run_id, self.experiment, self.ray_trial_id = parent_run_id, experiment, ray_trial_id
-        self.search_config = search_config
-        self.client = MlflowClient()  # tracking URI from MLFLOW_TRACKING_URI (Ray runtime env)
-        self.run_id: str | None = None
-        self.finished = False
-
-    def _existing_run(self) -> str | None:
-        """This (configuration, seed)'s run, if an earlier attempt created one.
-
-        After a driver crash Ray may rerun a trial under a new trial id (the old id was never
-        saved), so runs are matched by configuration and seed, not by Ray's id.
-        """
-        runs = self.client.search_runs(
-            [self.experiment],
-            filter_string=(
-                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and "
-                f"tags.configuration = '{self.search_config['configuration']}' and tags.seed = '{self.search_config['seed']}'"
-            ),
-            max_results=1,
-        )
-        params = self.search_config["params"]
-        same = {"placement": params["placement"], "fraction": str(params.get("fraction", 1.0))}
-        if runs and all(runs[0].data.params.get(k) == v for k, v in same.items()):
-            return runs[0].info.run_id
-        return None  # the configuration id was reused for different parameters: a new run
-
-    def start(self, config: TrialConfig, saved: dict[str, Any]) -> dict[str, Any]:
-        self.run_id = saved.get("mlflow_run_id") or self._existing_run()
-        if self.run_id is not None:
-            if self.client.get_run(self.run_id).info.status == "FINISHED":
-                # Restarted after its last epoch (the driver died before recording the end):
-                # the run is complete, so leave it exactly as it is.
-                self.finished = True
-                return dict(saved)
-            self.client.update_run(self.run_id, status="RUNNING")  # reattach, never duplicate
-            self.client.set_tag(self.run_id, "ray_trial_id", self.ray_trial_id)
-            self.client.set_tag(self.run_id, "restarts", str(int(saved.get("restarts", 0)) + 1))
-            return {"mlflow_run_id": self.run_id, "restarts": int(saved.get("restarts", 0)) + 1}
-        configuration, seed = self.search_config["configuration"], self.search_config["seed"]
-        params = self.search_config["params"]
-        tags = {
-            MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-            MLFLOW_RUN_NAME: f"{configuration}-seed{seed}",
-            "ray_trial_id": self.ray_trial_id,
-            "configuration": configuration,
-            "seed": str(seed),
-            "dense_reference": str(params["placement"] == "dense").lower(),
-        }
-        run = self.client.create_run(self.experiment, tags=tags)
-        self.run_id = run.info.run_id
-        logged = {
-            "placement": params["placement"],
-            "fraction": params.get("fraction", 1.0),
-            "seed": seed,
-            "lr": config.training.lr,
-            "weight_decay": config.training.weight_decay,
-            "batch_size": config.training.batch_size,
-            "epochs": config.training.epochs,
-            "stem": config.model.stem,
-            "data": config.data.kind,
-            "image_size": config.data.image_size,
-            **{f"topk.{k}": v for k, v in config.model.topk.items()},
-        }
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in logged.items()])
-        return {"mlflow_run_id": self.run_id, "restarts": 0}
-
-    def log_epoch(self, metrics: dict[str, float]) -> None:
-        if self.finished:
-            return
-        now, step = int(time.time() * 1000), int(metrics["epoch"])
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"]
-        )
-
-    def finish(self, error: BaseException | None) -> None:
-        if self.run_id is None or self.finished:
-            return
-        if error is not None:
-            self.client.set_tag(self.run_id, "error", " ".join(f"{type(error).__name__}: {error}".split())[:5000])
-        self.client.set_terminated(self.run_id, status="FAILED" if error is not None else "FINISHED")
 
 
 def start_parent_run(client: MlflowClient, experiment: str, search_id: str, spec_dump: dict[str, Any], search_path: str) -> str:
@@ -184,10 +104,92 @@ def start_parent_run(client: MlflowClient, experiment: str, search_id: str, spec
     return run.info.run_id
 
 
-def find_parent_run(client: MlflowClient, experiment: str, name: str, unfinished_only: bool) -> mlflow.entities.Run | None:
-    """The newest parent run of searches called `name` (optionally only those not FINISHED)."""
-    runs = client.search_runs([experiment], filter_string=f"tags.search_name = '{name}'", order_by=["attributes.start_time DESC"], max_results=100)
-    for run in runs:
-        if not unfinished_only or run.info.status != RunStatus.to_string(RunStatus.FINISHED):
-            return run
-    return None
+@dataclass(frozen=True)
+class SearchRecord:
+    """One search as MLflow holds it: its parent run and the settings every command needs."""
+
+    experiment_id: str
+    experiment_name: str
+    run: mlflow.entities.Run
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    @property
+    def search_id(self) -> str:
+        return self.run.data.tags["search_id"]
+
+    @property
+    def status(self) -> str:
+        return self.run.info.status
+
+    @property
+    def path(self) -> str:
+        """Where Ray Tune keeps the search's state and trial checkpoints."""
+        return self.run.data.tags["search_path"]
+
+    @property
+    def seeds(self) -> list[int]:
+        return json.loads(self.run.data.params.get("seeds", "[0]"))
+
+    @property
+    def epochs(self) -> int:
+        return int(self.run.data.params["epochs"])
+
+
+def find_search(
+    client: MlflowClient,
+    experiment_name: str,
+    search_id: str | None = None,
+    name: str | None = None,
+    status: str | None = None,
+    exclude_status: str | None = None,
+) -> SearchRecord:
+    """A search by id, else the newest one (of a name, with or without a status); SearchError if none."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        known = sorted(e.name for e in client.search_experiments())
+        raise SearchError(f"no MLflow experiment {experiment_name!r} at {client.tracking_uri}; known: {', '.join(known) or 'none'}")
+    filters = [f"tags.search_id = '{search_id}'" if search_id else "tags.search_id != ''"]
+    if name:
+        filters.append(f"tags.search_name = '{name}'")
+    runs = client.search_runs([experiment.experiment_id], filter_string=" and ".join(filters),
+                              order_by=["attributes.start_time DESC"], max_results=1000)
+    matching = [r for r in runs if (status is None or r.info.status == status)
+                and (exclude_status is None or r.info.status != exclude_status)]
+    if matching:
+        return SearchRecord(experiment.experiment_id, experiment_name, matching[0])
+    everything = client.search_runs([experiment.experiment_id], filter_string="tags.search_id != ''",
+                                    order_by=["attributes.start_time DESC"], max_results=10)
+    known = ", ".join(f"{r.data.tags['search_id']} ({r.info.status})" for r in everything) or "none"
+    wanted = "search" + (f" {search_id!r}" if search_id else "") + (f" named {name!r}" if name else "")
+    if status:
+        wanted += f" with status {status}"
+    if exclude_status:
+        wanted += f" not {exclude_status}"
+    raise SearchError(f"no {wanted} in MLflow experiment {experiment_name!r}; searches there: {known}")
+
+
+def collect(client: MlflowClient, search: SearchRecord) -> list[ConfigurationResult]:
+    """Configurations whose every seed is complete (`outcome`), with their replicates."""
+    by_configuration: dict[str, list[mlflow.entities.Run]] = {}
+    for run in child_runs(client, search.experiment_id, search.run_id):
+        by_configuration.setdefault(run.data.tags.get("configuration", "?"), []).append(run)
+    results = []
+    for configuration, runs in sorted(by_configuration.items()):
+        complete = [r for r in runs if run_outcome(r) is Outcome.COMPLETE]
+        if len(complete) < len(search.seeds) or len(complete) != len(runs):
+            continue  # one failed seed fails the configuration
+        replicates = tuple(
+            Replicate(r.info.run_id, int(r.data.tags["seed"]), r.data.metrics["accuracy"], r.data.metrics["shape_bias"])
+            for r in sorted(complete, key=lambda r: int(r.data.tags["seed"]))
+        )
+        results.append(ConfigurationResult(configuration, Params.from_mlflow(complete[0].data.params), replicates))
+    return results
+
+
+def run_outcome(run: mlflow.entities.Run) -> Outcome:
+    """`outcome` of a child run: its final metrics, its epochs, and whether it ended FINISHED."""
+    metrics = {m: run.data.metrics.get(m) for m in (*OBJECTIVES, "epoch")}
+    return outcome(metrics, int(run.data.params.get("epochs", 0)), error=run.info.status != "FINISHED")

@@ -1,9 +1,9 @@
-"""Run, resume and report a search: Ray Tune + Optuna + MLflow around the trainable.
+"""The driver of a search: open it (or take up the one to resume), run Tune, close it.
 
 The driver validates nothing itself (the spec is already valid), opens the MLflow parent run,
 starts or joins Ray with the tracking URI in the runtime environment, and hands Tune the
-replicate searcher. When Tune returns it closes what dead workers left open, computes the
-Pareto front from MLflow, logs it to the parent run, and closes the parent run.
+replicate searcher. When Tune returns it closes what dead workers left open, reports the Pareto
+front (`orchestrator.report`), and closes the parent run.
 """
 
 from __future__ import annotations
@@ -13,44 +13,36 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from orchestrator import pareto
+from orchestrator.pareto import ConfigurationResult
 from orchestrator.progress import SearchProgress
+from orchestrator.report import report_front
 from orchestrator.searcher import ReplicateSearcher, make_optuna_search
 from orchestrator.tracking import (
-    MLflowTrialTracker,
+    SearchError,
     close_open_children,
     experiment_id,
-    find_parent_run,
+    find_search,
     start_parent_run,
 )
+from orchestrator.worker import search_trial
 from search_spaces.spec import SearchSpec
-from trainables.trial import train_trial
 
-
-class SearchError(RuntimeError):
-    """A search that cannot start or resume, with the reason in one line."""
+__all__ = ["SearchError", "SearchOutcome", "run_search"]
 
 
 @dataclass(frozen=True)
 class SearchOutcome:
     search_id: str
     parent_run_id: str
-    results: list[pareto.ConfigurationResult]
+    results: list[ConfigurationResult]
     hypervolume: float
     wall_s: float
-
-
-def search_trial(config: dict[str, Any], parent_run_id: str, experiment: str) -> None:
-    """The Tune trainable of a search: one trial, logged as a child of the search's MLflow run."""
-    tracker = MLflowTrialTracker(parent_run_id, experiment, tune.get_context().get_trial_id(), config)
-    train_trial(config["trial"], tracker)
 
 
 def _quiet() -> None:
@@ -86,11 +78,8 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
     storage = spec.resolved_storage_path()
 
     if resume:
-        parent = find_parent_run(client, experiment, spec.name, unfinished_only=True)
-        if parent is None:
-            raise SearchError(f"no unfinished search named {spec.name!r} in MLflow experiment {spec.mlflow_experiment!r} at {tracking_uri}")
-        parent_run_id, search_id = parent.info.run_id, parent.data.tags["search_id"]
-        path = parent.data.tags["search_path"]
+        parent = find_search(client, spec.mlflow_experiment, name=spec.name, exclude_status="FINISHED")
+        parent_run_id, search_id, path = parent.run_id, parent.search_id, parent.path
         if not tune.Tuner.can_restore(path):
             raise SearchError(f"search {search_id} has no Ray Tune state to resume at {path}")
         client.update_run(parent_run_id, status="RUNNING")
@@ -152,33 +141,13 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
     if status == "KILLED":
         raise SearchError(f"search {search_id} was interrupted; continue it with: run_search.py resume --config ...")
 
+    wall_s = time.monotonic() - start
     try:
-        outcome = report_front(client, experiment, parent_run_id, search_id, len(spec.seeds), Path.cwd(), time.monotonic() - start)
+        search = find_search(client, spec.mlflow_experiment, search_id=search_id)
+        results, volume = report_front(client, search, Path.cwd())
     except SearchError:
         client.set_terminated(parent_run_id, status="FAILED")  # every configuration failed
         raise
     client.set_terminated(parent_run_id, status="FINISHED")
-    return outcome
-
-
-def report_front(
-    client: MlflowClient, experiment: str, parent_run_id: str, search_id: str, seeds: int, out_dir: Path, wall_s: float = 0.0
-) -> SearchOutcome:
-    """Print the front, write pareto.csv / pareto.png to out_dir and log both to the parent run."""
-    results = pareto.collect(client, experiment, parent_run_id, seeds)
-    if not results:
-        raise SearchError(f"search {search_id} has no configuration whose {seeds} seeds all finished")
-    front = pareto.front_of(results)
-    volume = pareto.hypervolume([(r.accuracy, r.shape_bias) for r in front])
-    print(f"\nPareto front of {search_id}: {len(front)} of {len(results)} configurations, hypervolume {volume:.4f}")
-    print(pareto.format_table(results))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out_dir / "pareto.csv", out_dir / "pareto.png"
-    pareto.write_csv(results, csv_path)
-    pareto.plot(results, png_path, f"{search_id}: accuracy vs shape bias ({seeds} seeds per point)")
-    client.log_artifact(parent_run_id, str(csv_path))
-    client.log_artifact(parent_run_id, str(png_path))
-    client.log_metric(parent_run_id, "hypervolume", volume)
-    client.log_metric(parent_run_id, "front_size", len(front))
-    print(f"wrote {csv_path} and {png_path} (also logged to MLflow run {parent_run_id})")
     return SearchOutcome(search_id, parent_run_id, results, volume, wall_s)
+

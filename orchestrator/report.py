@@ -1,0 +1,94 @@
+"""A search's report: the front as a table, a CSV and a plot, logged to the parent run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from orchestrator.pareto import ConfigurationResult, front_of, hypervolume
+from orchestrator.tracking import SearchError, SearchRecord, collect
+
+
+def format_table(results: list[ConfigurationResult]) -> str:
+    """The front as a fixed-width table, with the dense reference always listed."""
+    front = front_of(results)
+    rows = front + [r for r in results if r.dense and r not in front]
+    header = (f"{'config':<7} {'placement':<24} {'fraction':>8} {'lr':>7} {'wd':>7} {'batch':>5}  {'accuracy':>15}  "
+              f"{'shape bias':>15}  front  child runs")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        p = r.params
+        placement = "dense (no Top-K)" if r.dense else p.placement
+        fraction = "-" if r.dense else f"{p.fraction:.3f}"
+        lines.append(
+            f"{r.configuration:<7} {placement:<24} {fraction:>8} {p.lr:>7.4f} {p.weight_decay:>7.0e} {p.batch_size:>5}  "
+            f"{r.accuracy:.3f} +- {r.accuracy_std:.3f}  {r.shape_bias:.3f} +- {r.shape_bias_std:.3f}  "
+            f"{'yes' if r in front else 'no':<5}  {','.join(i[:8] for i in r.run_ids)}"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(results: list[ConfigurationResult], path: Path) -> None:
+    """Every configuration with its parameters, seed statistics and whether it is on the front."""
+    front = set(front_of(results))
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["configuration", "placement", "fraction", "lr", "weight_decay", "batch_size", "seeds",
+                         "accuracy_mean", "accuracy_std", "shape_bias_mean", "shape_bias_std", "on_front",
+                         "dense_reference", "child_run_ids"])
+        for r in results:
+            p = r.params
+            writer.writerow([r.configuration, p.placement, p.fraction, p.lr, p.weight_decay, p.batch_size, r.seeds,
+                             r.accuracy, r.accuracy_std, r.shape_bias, r.shape_bias_std, r in front, r.dense,
+                             " ".join(r.run_ids)])
+
+
+def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
+    """All configurations with seed error bars; the front highlighted; the dense model marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = front_of(results)
+    figure, axis = plt.subplots(figsize=(6.4, 4.8))
+    for r in results:
+        colour = "tab:red" if r in front else "tab:gray"
+        axis.errorbar(r.accuracy, r.shape_bias, xerr=r.accuracy_std, yerr=r.shape_bias_std, fmt="none", ecolor=colour, alpha=0.6, lw=1)
+        axis.scatter(r.accuracy, r.shape_bias, s=160 if r.dense else 40, marker="*" if r.dense else "o", color=colour,
+                     edgecolor="black", zorder=3, label="dense reference (no Top-K)" if r.dense else None)
+        axis.annotate("dense" if r.dense else f"{r.params.placement} {r.params.fraction:.2f}", (r.accuracy, r.shape_bias),
+                      fontsize=7, xytext=(4, 4), textcoords="offset points")
+    steps = sorted(((r.accuracy, r.shape_bias) for r in front), key=lambda p: p[0])
+    axis.plot([p[0] for p in steps], [p[1] for p in steps], color="tab:red", lw=1.5, label="Pareto front")
+    axis.set_xlabel("accuracy (held-out, last epoch; mean over seeds)")
+    axis.set_ylabel("shape bias (cue conflict; mean over seeds)")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8, loc="best")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def report_front(client: MlflowClient, search: SearchRecord, out_dir: Path) -> tuple[list[ConfigurationResult], float]:
+    """Print the front, write pareto.csv / pareto.png to out_dir and log both to the parent run."""
+    results = collect(client, search)
+    if not results:
+        raise SearchError(f"search {search.search_id} has no configuration whose {len(search.seeds)} seeds all finished")
+    front = front_of(results)
+    volume = hypervolume([(r.accuracy, r.shape_bias) for r in front])
+    print(f"\nPareto front of {search.search_id}: {len(front)} of {len(results)} configurations, hypervolume {volume:.4f}")
+    print(format_table(results))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out_dir / "pareto.csv", out_dir / "pareto.png"
+    write_csv(results, csv_path)
+    plot(results, png_path, f"{search.search_id}: accuracy vs shape bias ({len(search.seeds)} seeds per point)")
+    client.log_artifact(search.run_id, str(csv_path))
+    client.log_artifact(search.run_id, str(png_path))
+    client.log_metric(search.run_id, "hypervolume", volume)
+    client.log_metric(search.run_id, "front_size", len(front))
+    print(f"wrote {csv_path} and {png_path} (also logged to MLflow run {search.run_id})")
+    return results, volume
