@@ -93,6 +93,8 @@ class MLflowTrialTracker:
             **{f"topk.{k}": str(v) for k, v in config.model.topk.items()},
         }
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in logged.items()])
+        # The whole trial config: enough to rebuild (or retrain) this model from MLflow alone.
+        self.client.log_dict(self.run_id, config.model_dump(mode="json"), "trial_config.yaml")
         return {"mlflow_run_id": self.run_id, "restarts": 0}
 
     def log_epoch(self, metrics: dict[str, float]) -> None:

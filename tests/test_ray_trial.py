@@ -9,7 +9,8 @@ import ray.cloudpickle
 from ray import tune
 
 from trainables.config import TrialConfig
-from trainables.train import METRICS, load_checkpoint, train_and_evaluate
+from trainables.checkpoint import load_checkpoint
+from trainables.train import METRICS, train_and_evaluate
 from trainables.trial import train_trial
 
 from test_trial import TINY

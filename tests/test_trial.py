@@ -44,7 +44,7 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
     full = []
     train_and_evaluate(config, collect(full))
 
-    from trainables.train import load_checkpoint, save_checkpoint
+    from trainables.checkpoint import load_checkpoint, save_checkpoint
 
     def stop_after_first(metrics, state):
         save_checkpoint(state, tmp_path)
@@ -59,6 +59,26 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
     assert strip(resumed[-1][0]) == strip(full[-1][0])
     for key, value in full[-1][1]["model"].items():
         assert torch.equal(value, resumed[-1][1]["model"][key]), key
+
+
+def test_a_checkpoint_alone_rebuilds_its_model_and_scores(tmp_path):
+    from trainables.checkpoint import load_checkpoint, mapping_of, restore_model, save_checkpoint
+    from trainables.cue_conflict import evaluate_shape_bias
+    from trainables.data import build_data
+    from trainables.train import accuracy
+
+    config = TrialConfig.model_validate({**TINY, "training": {**TINY["training"], "epochs": 1}})
+    reports = []
+    train_and_evaluate(config, collect(reports))
+    save_checkpoint(reports[-1][1], tmp_path)
+    state = load_checkpoint(tmp_path)
+    model, rebuilt = restore_model(state)
+    assert rebuilt == config
+    assert state["labels"]["class_names"] == ["circle", "square", "triangle", "star", "cross", "ring"]
+    data = build_data(rebuilt.data, 16, rebuilt.seed, augment=False)
+    bias, _ = evaluate_shape_bias(model, data.stimuli, mapping_of(state["labels"]), data.image_size)
+    assert bias.shape_bias == reports[-1][0]["shape_bias"]
+    assert accuracy(model, data.test_images, data.test_labels, data.image_size, "cpu") == reports[-1][0]["accuracy"]
 
 
 def test_same_seed_same_result_other_seed_differs():

@@ -7,9 +7,9 @@ validates it. Unknown keys are errors, so a typo never silently falls back to a 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from trainables.models import STEMS, check_placements
 
@@ -55,10 +55,12 @@ class FolderData(Strict):
 
     @field_validator("train_dir", "test_dir", "stimuli_dir")
     @classmethod
-    def _exists(cls, path: Path) -> Path:
+    def _exists(cls, path: Path, info: ValidationInfo) -> Path:
         # Absolute, because Ray runs each trial in its own working directory.
         path = path.expanduser().resolve()
-        if not path.is_dir():
+        # A recorded config (a checkpoint's, a promoted model's) is read where its data may not be.
+        checking = (info.context or {}).get("check_paths", True)
+        if checking and not path.is_dir():
             raise ValueError(f"directory not found: {path}")
         return path
 
@@ -95,6 +97,9 @@ class TrialConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     seed: int = Field(0, ge=0)
+    # Where this config came from (written by `run_search.py promote`: metrics, source runs, data
+    # fingerprints, versions). Training ignores it, so a promoted config retrains as it is.
+    provenance: dict[str, Any] = Field(default_factory=dict)
 
 
 def describe(error: ValidationError) -> str:

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.checkpoint import labels_of
 from trainables.config import TrainingConfig, TrialConfig
 from trainables.cue_conflict import evaluate_shape_bias, preprocess
 from trainables.data import Batches, TrialData, build_data
@@ -151,20 +149,6 @@ def accuracy(
     return correct / len(labels)
 
 
-def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
-    """Write `state` to directory/state.pt atomically: a crash never leaves a half-written file."""
-    path = Path(directory) / "state.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """Read directory/state.pt with weights_only=True (no pickled code runs)."""
-    return torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)
-
-
 def train_and_evaluate(
     config: TrialConfig,
     report: Report,
@@ -174,7 +158,7 @@ def train_and_evaluate(
     """Train `config` to its last epoch, calling `report(metrics, state)` after each one."""
     training: TrainingConfig = config.training
     # Results depend on the thread count (reduction order), so it is part of the recipe.
-    set_threads(training.threads)
+    threads = set_threads(training.threads)
     device = resolve_device(training.device)
     data = data or build_data(config.data, training.batch_size, config.seed, training.augment, device.type == "cuda")
     if len(data.train) == 0:
@@ -224,6 +208,10 @@ def train_and_evaluate(
             "epoch": epoch,
             "metrics": metrics,
             "rng": rng_state(),
+            # What built this model, so a checkpoint alone rebuilds it (torchvision saves "args").
+            "config": config.model_dump(mode="json"),
+            "labels": labels_of(data),
+            "threads": threads,  # the count actually used (0 in the config means Ray's allocation)
             # A free slot for the tracking system (e.g. the MLflow run id), carried across resumes.
             "tracking": tracking,
         }
@@ -231,10 +219,3 @@ def train_and_evaluate(
             state["scaler"] = scaler.state_dict()
         report(metrics, state)
     return metrics
-
-
-def temporary_checkpoint(state: dict[str, Any]) -> tempfile.TemporaryDirectory:
-    """A temporary directory holding `state` as a checkpoint (the caller cleans it up)."""
-    directory = tempfile.TemporaryDirectory(prefix="trial-ckpt-")
-    save_checkpoint(state, directory.name)
-    return directory

@@ -20,7 +20,8 @@ import yaml
 from pydantic import ValidationError
 
 from trainables.config import TrialConfig, describe
-from trainables.train import load_checkpoint, save_checkpoint, temporary_checkpoint, train_and_evaluate
+from trainables.checkpoint import load_checkpoint, save_checkpoint, temporary_checkpoint
+from trainables.train import train_and_evaluate
 
 
 class Tracker(Protocol):

@@ -1,0 +1,68 @@
+"""A trial's checkpoint: written atomically, read without running pickled code, and enough alone
+to rebuild the model it holds (the trial config and label space travel inside it).
+
+A checkpoint is one `state.pt` holding plain tensors, numbers, strings, lists and dicts:
+`model`, `optimizer`, `scheduler`, `epoch`, `metrics`, `rng`, `tracking` (the tracker's slot),
+`config` (the `TrialConfig` as JSON data) and `labels` (class names and their cue-conflict
+categories).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainables.config import TrialConfig
+from trainables.data import TrialData
+from trainables.label_spaces import LabelMapping
+from trainables.models import build_model
+
+
+def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
+    """Write `state` to directory/state.pt atomically: a crash never leaves a half-written file."""
+    path = Path(directory) / "state.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """Read directory/state.pt with weights_only=True (no pickled code runs)."""
+    return torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def temporary_checkpoint(state: dict[str, Any]) -> tempfile.TemporaryDirectory:
+    """A temporary directory holding `state` as a checkpoint (the caller cleans it up)."""
+    directory = tempfile.TemporaryDirectory(prefix="trial-ckpt-")
+    save_checkpoint(state, directory.name)
+    return directory
+
+
+def labels_of(data: TrialData) -> dict[str, list]:
+    """The model's output classes and their mapping to cue-conflict categories, as plain lists."""
+    return {
+        "class_names": list(data.class_names),
+        "categories": list(data.mapping.categories),
+        "members": [list(m) for m in data.mapping.members],
+    }
+
+
+def mapping_of(labels: dict[str, list]) -> LabelMapping:
+    """The `LabelMapping` that `labels_of` recorded."""
+    return LabelMapping(tuple(labels["categories"]), tuple(tuple(m) for m in labels["members"]), len(labels["class_names"]))
+
+
+def restore_model(state: dict[str, Any]) -> tuple[torch.nn.Module, TrialConfig]:
+    """The trained model of a checkpoint (eval mode, CPU) and the trial config that built it."""
+    missing = {"model", "config", "labels"} - set(state)
+    if missing:
+        raise ValueError(f"checkpoint lacks {sorted(missing)}: it predates checkpoints that carry their config")
+    config = TrialConfig.model_validate(state["config"], context={"check_paths": False})
+    model = build_model(num_classes=len(state["labels"]["class_names"]), stem=config.model.stem, topk=config.model.topk)
+    model.load_state_dict(state["model"])
+    return model.eval(), config
