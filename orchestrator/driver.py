@@ -65,7 +65,7 @@ def _start_ray(spec: SearchSpec, tracking_uri: str) -> None:
 def _trainable(spec: SearchSpec, parent_run_id: str, experiment: str):
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     return tune.with_resources(
-        tune.with_parameters(search_trial, parent_run_id=parent_run_id, experiment=experiment), resources
+        tune.with_parameters(search_trial, parent_run_id=parent_run_id, experiment=experiment, log_models=spec.log_models), resources
     )
 
 

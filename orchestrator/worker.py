@@ -11,27 +11,36 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
+from orchestrator.serving import log_model
 from search_spaces.params import Params
-from trainables.config import TrialConfig
+from trainables.checkpoint import load_checkpoint, restore_model
+from trainables.config import FolderData, TrialConfig
+from trainables.data import fingerprint
 from trainables.trial import train_trial
 
 
-def search_trial(config: dict[str, Any], parent_run_id: str, experiment: str) -> None:
+def search_trial(config: dict[str, Any], parent_run_id: str, experiment: str, log_models: bool = False) -> None:
     """The Tune trainable of a search: one trial, logged as a child of the search's MLflow run."""
-    tracker = MLflowTrialTracker(parent_run_id, experiment, tune.get_context().get_trial_id(), config)
+    tracker = MLflowTrialTracker(parent_run_id, experiment, tune.get_context().get_trial_id(), config, log_models)
     train_trial(config["trial"], tracker)
 
 
 class MLflowTrialTracker:
     """The `trainables.trial.Tracker` that logs one Ray trial as a child run of the search."""
 
-    def __init__(self, parent_run_id: str, experiment: str, ray_trial_id: str, search_config: dict[str, Any]) -> None:
+    def __init__(
+        self, parent_run_id: str, experiment: str, ray_trial_id: str, search_config: dict[str, Any], log_models: bool = False
+    ) -> None:
         self.parent_run_id, self.experiment, self.ray_trial_id = parent_run_id, experiment, ray_trial_id
+        self.log_models = log_models
         self.configuration, self.seed = search_config["configuration"], search_config["seed"]
         self.params = Params.from_dict(search_config["params"])
         self.client = MlflowClient()  # tracking URI from MLFLOW_TRACKING_URI (Ray runtime env)
@@ -95,6 +104,8 @@ class MLflowTrialTracker:
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in logged.items()])
         # The whole trial config: enough to rebuild (or retrain) this model from MLflow alone.
         self.client.log_dict(self.run_id, config.model_dump(mode="json"), "trial_config.yaml")
+        # What it trained and was scored on: the runs table's Dataset column.
+        self.client.log_inputs(self.run_id, datasets=datasets(config))
         return {"mlflow_run_id": self.run_id, "restarts": 0}
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
@@ -103,9 +114,35 @@ class MLflowTrialTracker:
         now, step = int(time.time() * 1000), int(metrics["epoch"])
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def finish(self, error: BaseException | None) -> None:
+    def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None:
         if self.run_id is None or self.finished:
             return
+        if error is None and checkpoint_uri is not None:
+            # Any finished trial can be loaded later without Ray (`promote` reads it from here).
+            self.client.set_tag(self.run_id, "checkpoint_uri", checkpoint_uri)
+            if self.log_models:
+                state = load_checkpoint(checkpoint_uri)
+                model, config = restore_model(state)
+                log_model(model, state["labels"], config.data.image_size, self.run_id, self.experiment)
         if error is not None:
             self.client.set_tag(self.run_id, "error", " ".join(f"{type(error).__name__}: {error}".split())[:5000])
         self.client.set_terminated(self.run_id, status="FAILED" if error is not None else "FINISHED")
+
+
+def datasets(config: TrialConfig) -> list[DatasetInput]:
+    """The trial's training data and its evaluation data (test split and stimuli) as MLflow inputs."""
+    digests = fingerprint(config.data)
+    if isinstance(config.data, FolderData):
+        sources = {part: LocalArtifactDatasetSource(str(getattr(config.data, f"{part}_dir"))) for part in ("train", "test", "stimuli")}
+        names = {part: f"{path.parent.name}/{path.name}" for part, path in
+                 (("train", config.data.train_dir), ("test", config.data.test_dir), ("stimuli", config.data.stimuli_dir))}
+    else:
+        settings = {k: str(v) for k, v in config.data.model_dump(mode="json").items()}
+        sources = {part: CodeDatasetSource(tags={**settings, "split": part}) for part in ("train", "test", "stimuli")}
+        names = {"train": "synthetic-train", "test": "synthetic-test", "stimuli": "synthetic-cue-conflict"}
+    contexts = {"train": "training", "test": "evaluation", "stimuli": "evaluation"}
+    return [
+        DatasetInput(MetaDataset(sources[part], name=names[part], digest=digests[part][:16])._to_mlflow_entity(),
+                     tags=[InputTag(MLFLOW_DATASET_CONTEXT, contexts[part])])
+        for part in ("train", "test", "stimuli")
+    ]

@@ -33,7 +33,7 @@ class CrashOnceAfterEpoch:
             self.marker.touch()
             raise RuntimeError("injected crash")
 
-    def finish(self, error):
+    def finish(self, error, checkpoint_uri=None):
         pass
 
 
@@ -106,10 +106,11 @@ class CrashAtFinishOnce(CrashOnceAfterEpoch):
     def log_epoch(self, metrics):
         pass
 
-    def finish(self, error):
+    def finish(self, error, checkpoint_uri=None):
         if error is None and not self.marker.exists():
             self.marker.touch()
             raise RuntimeError("injected crash after the last epoch")
+        self.marker.with_suffix(".uri").write_text(str(checkpoint_uri))
 
 
 def crashing_at_finish(config):
@@ -128,4 +129,8 @@ def test_trial_restarted_after_its_last_epoch_reports_its_final_result(local_ray
     assert result.error is None and (tmp_path / "crashed").exists()
     # No epoch was trained again; the final metrics were reported once more after the restart.
     assert result.metrics_dataframe["epoch"].tolist() == [1, 2, 2]
+    # The tracker is told where the final checkpoint lives in the trial storage.
+    uri = (tmp_path / "crashed.uri").read_text()
+    assert uri == result.checkpoint.path and uri.startswith(str(tmp_path / "results"))
+    assert load_checkpoint(uri)["epoch"] == 2
     assert result.metrics["epoch"] == 2 and 0 <= result.metrics["accuracy"] <= 1

@@ -9,6 +9,7 @@ categories).
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -31,9 +32,16 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """Read directory/state.pt with weights_only=True (no pickled code runs)."""
-    return torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)
+def load_checkpoint(location: str | Path) -> dict[str, Any]:
+    """Read <location>/state.pt, a directory or a URI (s3://...), with weights_only=True (no pickled code runs)."""
+    location = str(location)
+    if "://" not in location:
+        return torch.load(Path(location) / "state.pt", map_location="cpu", weights_only=True)
+    import pyarrow.fs  # Ray's own storage layer: the same schemes trial storage accepts
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+    with filesystem.open_input_file(f"{path.rstrip('/')}/state.pt") as handle:
+        return torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
 
 
 def temporary_checkpoint(state: dict[str, Any]) -> tempfile.TemporaryDirectory:

@@ -9,6 +9,8 @@ batches on the fly; large ones (an ImageNet folder) stream through a DataLoader.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -223,6 +225,30 @@ def build_data(data: SyntheticData | FolderData, batch_size: int, seed: int, aug
     else:
         train = StreamingBatches(FolderImages(train_samples, data.image_size, augment), batch_size, seed, data.workers, pin_memory)
     return TrialData(train, test_images, test_labels, stimuli, mapping, class_names, data.image_size, len(train_samples))
+
+
+def fingerprint(data: SyntheticData | FolderData) -> dict[str, str]:
+    """sha256 digests of what a trial trains, tests and is scored on, to tell later if it changed.
+
+    The synthetic benchmark is a pure function of its settings, so they are its fingerprint;
+    for folders it is the listing (relative path and size of every file).
+    """
+    if isinstance(data, SyntheticData):
+        digest = _sha256(json.dumps(data.model_dump(mode="json"), sort_keys=True))
+        return {"train": digest, "test": digest, "stimuli": digest}
+    return {"train": _listing_digest(data.train_dir), "test": _listing_digest(data.test_dir),
+            "stimuli": _listing_digest(data.stimuli_dir)}
+
+
+def _listing_digest(root: Path) -> str:
+    if not root.is_dir():
+        raise FileNotFoundError(f"data directory not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return _sha256("\n".join(f"{p.relative_to(root).as_posix()}\t{p.stat().st_size}" for p in files))
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=2)

@@ -29,7 +29,7 @@ class Tracker(Protocol):
 
     def start(self, config: TrialConfig, saved: dict[str, Any]) -> dict[str, Any]: ...
     def log_epoch(self, metrics: dict[str, float]) -> None: ...
-    def finish(self, error: BaseException | None) -> None: ...
+    def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None: ...
 
 
 def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
@@ -58,7 +58,7 @@ def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
         # the final result again, so Tune and the searcher see a complete trial.
         tune.report(resume["metrics"])
         if tracker:
-            tracker.finish(None)
+            tracker.finish(None, checkpoint_uri(checkpoint))
         return
     try:
         train_and_evaluate(trial, report, resume=resume)
@@ -67,8 +67,21 @@ def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
             tracker.finish(error)
         raise
     if tracker:
-        tracker.finish(None)
+        tracker.finish(None, checkpoint_uri(tune.get_checkpoint()))
     # Nothing is returned: Ray would record a returned dict as one more, checkpoint-less result.
+
+
+def checkpoint_uri(checkpoint: Any) -> str:
+    """Where a reported checkpoint lives in the trial storage: a local path, or a URI (s3://...)."""
+    # After tune.report the checkpoint is the persisted copy. Its path carries no scheme; the
+    # pyarrow filesystem it sits on says which.
+    kind = checkpoint.filesystem.type_name
+    if kind == "local":
+        return checkpoint.path
+    return f"{_SCHEMES.get(kind, kind)}://{checkpoint.path}"
+
+
+_SCHEMES = {"gcs": "gs"}  # pyarrow type names that differ from the URI scheme
 
 
 def load_trial_config(path: str | Path) -> TrialConfig:
