@@ -3,8 +3,11 @@
     python run_search.py search --config search_spaces/quickstart.yaml [key=value ...]
     python run_search.py resume --config search_spaces/quickstart.yaml [key=value ...]
     python run_search.py pareto --experiment sparse-shape-search-quickstart
+    python run_search.py promote --experiment sparse-shape-search-quickstart --maximize shape_bias --floor accuracy=dense-0.05
+    python run_search.py evaluate --model models:/sparse-resnet18-sparse-shape-search-quickstart@production
 
-Config errors are reported in one line with exit code 2, before Ray starts.
+Config errors, and anything a command cannot find or do, are reported in one line with exit code 2;
+config errors before Ray starts.
 """
 
 from __future__ import annotations
@@ -43,6 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
     front.add_argument("--search", help="search id (default: the newest search in the experiment)")
     front.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     front.add_argument("--out", type=Path, default=Path.cwd(), help="directory for pareto.csv and pareto.png (default: .)")
+
+    promote = commands.add_parser("promote", help="register a chosen configuration's model and point an alias at it",
+                                  description="Choose a configuration of a finished search (by id, or the highest seed mean of "
+                                  "one objective above floors), register its most representative seed's model in the MLflow "
+                                  "Model Registry, and move the alias (default: production) to the new version.")
+    promote.add_argument("--experiment", required=True, help="MLflow experiment name")
+    promote.add_argument("--search", help="search id (default: the newest finished search in the experiment)")
+    pick = promote.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--configuration", help="a configuration id, e.g. c004")
+    pick.add_argument("--maximize", metavar="OBJECTIVE", help="accuracy or shape_bias: the highest seed mean wins")
+    promote.add_argument("--floor", action="append", default=[], metavar="OBJECTIVE=VALUE",
+                         help="with --maximize: a seed-mean floor, absolute (accuracy=0.75) or relative to the dense "
+                         "reference (accuracy=dense-0.01); repeatable")
+    promote.add_argument("--model-name", help="registered model name (default: sparse-resnet18-<experiment>)")
+    promote.add_argument("--alias", default="production", help="alias moved to the new version (default: production)")
+    promote.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
+    promote.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    promote.add_argument("--out", type=Path, default=Path.cwd(), help="directory for production.yaml (default: .)")
+
+    evaluate = commands.add_parser("evaluate", help="recompute a registered model's accuracy and shape bias",
+                                   description="Recompute accuracy and shape bias of a registered model and print them "
+                                   "beside the values recorded when it was promoted.")
+    evaluate.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    evaluate.add_argument("--stimuli", type=Path, help="cue-conflict folder (default: the one it was trained with)")
+    evaluate.add_argument("--data", type=Path, help="labelled test folder, one sub-folder per class (folder-trained models)")
+    evaluate.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     return parser
 
 
@@ -66,10 +95,90 @@ def pareto_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def promote_command(args: argparse.Namespace) -> int:
+    """`promote`: choose, show why, confirm, register, move the alias."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import choice as choosing
+    from orchestrator.registry import check_reachable, default_model_name, promote
+    from orchestrator.tracking import SearchError, child_runs, collect, find_search
+
+    if args.floor and not args.maximize:
+        raise SearchError("--floor applies to --maximize; with --configuration the choice is already made")
+    floors = [choosing.parse_floor(text) for text in args.floor]
+    uri = tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    search = find_search(client, args.experiment, search_id=args.search, status=None if args.search else "FINISHED")
+    if search.status != "FINISHED":
+        raise SearchError(f"search {search.search_id} is {search.status}, not FINISHED: wait for it to end, or finish it "
+                          "with `run_search.py resume`")
+    results = collect(client, search)
+    if not results:
+        raise SearchError(f"search {search.search_id} has an empty front: no configuration finished all its "
+                          f"{len(search.seeds)} seeds")
+    if args.configuration:
+        ids = sorted({r.data.tags.get("configuration", "") for r in child_runs(client, search.experiment_id, search.run_id)})
+        chosen = choosing.by_id(results, args.configuration, ids)
+    else:
+        chosen = choosing.by_rule(results, args.maximize, floors)
+    name = args.model_name or default_model_name(args.experiment)
+    print(choosing.describe(chosen, search.search_id))
+    print(f"  register as {name}, alias {args.alias!r}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise SearchError("not a terminal, so promote cannot ask: add --yes to promote without confirmation")
+        if input("promote? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not promoted")
+            return 1
+    start = time.monotonic()
+    promotion = promote(client, search, chosen, name, args.alias, args.out)
+    version = promotion.version
+    print(f"registered {name} version {version.version}; alias {args.alias!r} -> version {version.version} "
+          f"({time.monotonic() - start:.1f} s)")
+    print(f"wrote {promotion.production_yaml}; load it with mlflow.pyfunc.load_model({promotion.model_uri!r})")
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """`evaluate`: a registered model's objectives now, beside those recorded at promotion."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.registry import check_reachable, evaluate
+
+    uri = tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    result = evaluate(MlflowClient(uri), args.model, args.stimuli, args.data)
+    source = result.provenance
+    print(f"{args.model} = version {result.version.version}: configuration {source['configuration']} seed {source['seed']} "
+          f"of search {source['search_id']}")
+    print(f"{'':<12} {'at promotion':>12} {'now':>10}")
+    for name, value in result.now.items():
+        recorded = result.recorded[name]
+        print(f"{name:<12} {recorded:>12.4f} {value:>10.4f}  {'same' if value == recorded else f'{value - recorded:+.4f}'}")
+    return 0
+
+
+COMMANDS = {"pareto": pareto_command, "promote": promote_command, "evaluate": evaluate_command}
+
+
+def _quiet_mlflow() -> None:
+    """The commands print their own lines: no MLflow progress bars, serialisation notices or hints."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="mlflow")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "pareto":
-        return _one_line_errors(pareto_command, args)
+    if args.command in COMMANDS:
+        _quiet_mlflow()
+        return _one_line_errors(COMMANDS[args.command], args)
     try:
         spec = load_spec(args.config, args.overrides)
     except ConfigError as error:

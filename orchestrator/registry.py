@@ -1,0 +1,310 @@
+"""Promotion to the MLflow Model Registry, and re-evaluation of a registered model.
+
+`promote` takes a chosen configuration (`orchestrator.choice`), rebuilds its representative
+replicate from the checkpoint its child run points at, logs it as a model of that run with a
+`production.yaml` beside it (a trial config that retrains it exactly, plus where it came from),
+registers a new version, and moves the alias to it last. Anything that fails before the alias
+moves undoes what was written, so a failed promotion leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from orchestrator.choice import Choice
+from orchestrator.pareto import ConfigurationResult
+from orchestrator.serving import log_model
+from orchestrator.tracking import SearchError, SearchRecord, git_commit, package_versions
+from search_spaces.params import OBJECTIVES
+from trainables.checkpoint import load_checkpoint, restore_model
+from trainables.config import TrialConfig
+from trainables.data import fingerprint
+
+PROMOTED_MODEL = "promoted-model"  # the logged model's name in the source run's Models tab
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """An HTTP tracking server answers /health within seconds, or SearchError says it is down."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s)
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise SearchError(f"cannot reach the MLflow tracking server at {tracking_uri} ({reason}); "
+                          "start it, or pass --tracking-uri / MLFLOW_TRACKING_URI") from None
+
+
+def default_model_name(experiment: str) -> str:
+    return f"sparse-resnet18-{experiment}"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    version: ModelVersion
+    model_uri: str
+    production_yaml: Path
+
+
+def promote(
+    client: MlflowClient, search: SearchRecord, choice: Choice, model_name: str, alias: str, out_dir: Path
+) -> Promotion:
+    """Register the chosen replicate's model as a new version of `model_name` and point `alias` at it."""
+    replicate = choice.replicate
+    checkpoint_uri, state = _read_checkpoint(client, replicate.run_id)
+    model, config = restore_model(state)
+    production = production_config(config, state, search, choice, checkpoint_uri)
+    previous = _alias_version(client, model_name, alias)
+
+    written: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
+            staged = Path(tmp) / "production.yaml"
+            staged.write_text(dump_yaml(production))
+            mlflow.set_tracking_uri(client.tracking_uri)  # Model.log writes through the fluent API
+            info = log_model(model, state["labels"], config.data.image_size, replicate.run_id, search.experiment_id,
+                             extra_files=[staged], name=PROMOTED_MODEL)
+            written["logged_model"] = info.model_id
+            if not _exists(client, model_name):
+                client.create_registered_model(model_name, description=(
+                    f"Sparse ResNet-18 promoted from sparse-shape-search experiment {search.experiment_name!r}."))
+                written["registered_model"] = model_name
+            version = client.create_model_version(
+                model_name, source=f"models:/{info.model_id}", run_id=replicate.run_id, model_id=info.model_id,
+                tags=version_tags(search, choice), description=version_description(search, choice),
+            )
+            written["version"] = version.version
+            client.set_registered_model_alias(model_name, alias, version.version)
+    except (MlflowException, OSError) as error:
+        _undo(client, model_name, written)
+        raise SearchError(f"promotion failed, registry left as it was (alias {alias!r} "
+                          f"{'on version ' + previous if previous else 'unset'}): {' '.join(str(error).split())[:500]}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    local = out_dir / "production.yaml"
+    tmp_local = local.with_suffix(".yaml.tmp")
+    tmp_local.write_text(dump_yaml(production))
+    os.replace(tmp_local, local)  # never a half-written production.yaml
+    return Promotion(client.get_model_version(model_name, version.version), f"models:/{model_name}@{alias}", local)
+
+
+def _read_checkpoint(client: MlflowClient, run_id: str) -> tuple[str, dict[str, Any]]:
+    uri = client.get_run(run_id).data.tags.get("checkpoint_uri")
+    if not uri:
+        raise SearchError(f"child run {run_id} records no checkpoint_uri tag (a search from before checkpoints were "
+                          "tagged); promote a configuration of a newer search")
+    try:
+        return uri, load_checkpoint(uri)
+    except FileNotFoundError:
+        raise SearchError(f"checkpoint of child run {run_id} is missing: no state.pt at {uri}") from None
+    except Exception as error:  # torch raises several types for a truncated or foreign file
+        raise SearchError(f"checkpoint of child run {run_id} at {uri} cannot be read: {' '.join(str(error).split())[:300]}") from None
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return client.get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return None  # no such model or alias yet
+
+
+def _exists(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
+
+
+def _undo(client: MlflowClient, model_name: str, written: dict[str, Any]) -> None:
+    """Remove what a failed promotion wrote, newest first; keep going if the server is gone."""
+    steps = [
+        ("version", lambda v: client.delete_model_version(model_name, v)),
+        ("registered_model", client.delete_registered_model),
+        ("logged_model", client.delete_logged_model),
+    ]
+    for key, undo in steps:
+        if key in written:
+            try:
+                undo(written[key])
+            except Exception:  # the failure may be the server itself; nothing more can be done
+                pass
+
+
+def _summary(result: ConfigurationResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "configuration": result.configuration,
+        **{m: {"mean": result.mean(m), "std": result.std(m)} for m in OBJECTIVES},
+        "seeds": [r.seed for r in result.replicates],
+        "run_ids": list(result.run_ids),
+    }
+
+
+def production_config(
+    config: TrialConfig, state: dict[str, Any], search: SearchRecord, choice: Choice, checkpoint_uri: str
+) -> dict[str, Any]:
+    """The trial config that retrains the promoted model exactly, with its provenance."""
+    replicate = choice.replicate
+    # The thread count the trial really used: results depend on it, and 0 means "Ray's allocation".
+    training = config.training.model_copy(update={"threads": int(state.get("threads", config.training.threads))})
+    try:
+        data_fingerprint: Any = fingerprint(config.data)
+    except OSError as error:
+        data_fingerprint = f"unavailable here: {error}"
+    provenance = {
+        "search_id": search.search_id,
+        "experiment": search.experiment_name,
+        "parent_run_id": search.run_id,
+        "configuration": choice.result.configuration,
+        "seed": replicate.seed,
+        "class_names": list(state["labels"]["class_names"]),
+        "source_run_id": replicate.run_id,
+        "checkpoint_uri": checkpoint_uri,
+        "chosen_by": choice.reason,
+        "on_front": choice.on_front,
+        "metrics": {
+            **_summary(choice.result),
+            "replicate": {"accuracy": replicate.accuracy, "shape_bias": replicate.shape_bias},
+        },
+        "dense_reference": _summary(choice.dense),
+        "data_fingerprint": data_fingerprint,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "promoted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    trial = config.model_copy(update={"training": training, "provenance": provenance})
+    return trial.model_dump(mode="json")
+
+
+def version_tags(search: SearchRecord, choice: Choice) -> dict[str, str]:
+    """Tags of a promoted version: where it came from and how it scored, with spread."""
+    r, dense = choice.result, choice.dense
+    tags = {
+        "search_id": search.search_id,
+        "configuration": r.configuration,
+        "seed": str(choice.replicate.seed),
+        "source_run_id": choice.replicate.run_id,
+        "placement": r.params.placement,
+        "fraction": str(r.params.fraction),
+        "on_front": "yes" if choice.on_front else "no",
+        "git_commit": git_commit(),
+    }
+    for m in OBJECTIVES:
+        tags[f"{m}_mean"], tags[f"{m}_std"] = f"{r.mean(m):.4f}", f"{r.std(m):.4f}"
+        tags[f"{m}_replicate"] = f"{getattr(choice.replicate, m):.4f}"
+        if dense is not None:
+            tags[f"dense_{m}_mean"], tags[f"dense_{m}_std"] = f"{dense.mean(m):.4f}", f"{dense.std(m):.4f}"
+    return tags
+
+
+def version_description(search: SearchRecord, choice: Choice) -> str:
+    r, dense = choice.result, choice.dense
+    what = "dense ResNet-18 (no Top-K)" if r.dense else f"Top-K {r.params.fraction:.3f} after {r.params.placement}"
+    text = (f"{what}: configuration {r.configuration} of search {search.search_id}, seed {choice.replicate.seed} "
+            f"(child run {choice.replicate.run_id}). Accuracy {r.accuracy:.4f} +- {r.accuracy_std:.4f}, shape bias "
+            f"{r.shape_bias:.4f} +- {r.shape_bias_std:.4f} over {r.seeds} seeds")
+    if dense is not None:
+        text += f"; dense reference {dense.accuracy:.4f} / {dense.shape_bias:.4f}"
+    return text + f". On the Pareto front: {'yes' if choice.on_front else 'no'}. Chosen by {choice.reason}."
+
+
+def dump_yaml(config: dict[str, Any]) -> str:
+    header = ("# A promoted model's trial config: `python -m trainables.trial --config production.yaml` retrains it.\n"
+              "# `provenance` records where it came from; training ignores it.\n")
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A registered model's objectives now, beside the ones recorded when it was promoted."""
+
+    model_uri: str
+    version: ModelVersion
+    provenance: dict[str, Any]
+    now: dict[str, float]
+
+    @property
+    def recorded(self) -> dict[str, float]:
+        return self.provenance["metrics"]["replicate"]
+
+
+def evaluate(client: MlflowClient, model_uri: str, stimuli_dir: Path | None = None, data_dir: Path | None = None) -> Evaluation:
+    """Recompute accuracy and shape bias of a registered model on its data (or the folders given)."""
+    import torch
+
+    from trainables.config import FolderData, describe
+    from trainables.cue_conflict import evaluate_shape_bias
+    from trainables.data import build_data
+    from trainables.train import accuracy
+
+    version = resolve_version(client, model_uri)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}/production.yaml", dst_path=tmp)
+        except MlflowException:
+            raise SearchError(f"{model_uri} (version {version.version}) has no production.yaml: it was not registered by "
+                              "`run_search.py promote`") from None
+        raw = yaml.safe_load(Path(path).read_text())
+    config = TrialConfig.model_validate(raw, context={"check_paths": False})
+    data = config.data
+    if data_dir is not None:
+        if not isinstance(data, FolderData):
+            raise SearchError(f"--data {data_dir}: this model was trained on the synthetic benchmark, which is "
+                              "generated from its settings; --data takes a class-folder tree for folder-trained models")
+        data = data.model_copy(update={"test_dir": data_dir})
+    if stimuli_dir is not None:
+        if not isinstance(data, FolderData):
+            raise SearchError(f"--stimuli {stimuli_dir}: this model was trained on the synthetic benchmark, whose "
+                              "cue-conflict images are generated; --stimuli applies to folder-trained models")
+        data = data.model_copy(update={"stimuli_dir": stimuli_dir})
+    try:
+        # Validated again with the paths checked: the data must exist here.
+        config = TrialConfig.model_validate(config.model_copy(update={"data": data}).model_dump(mode="json"))
+    except Exception as error:
+        raise SearchError(f"cannot evaluate {model_uri}: {describe(error) if hasattr(error, 'errors') else error}") from None
+
+    if config.training.threads > 0:
+        torch.set_num_threads(config.training.threads)  # the trial's own count: results depend on it
+    model = mlflow.pytorch.load_model(f"models:/{version.name}/{version.version}", map_location="cpu").eval()
+    trial_data = build_data(config.data, config.training.batch_size, config.seed, augment=False)
+    recorded_classes = raw["provenance"].get("class_names")
+    if recorded_classes and list(trial_data.class_names) != recorded_classes:
+        raise SearchError(f"the data's classes {list(trial_data.class_names)} are not the model's {recorded_classes}")
+    bias, _ = evaluate_shape_bias(model, trial_data.stimuli, trial_data.mapping, trial_data.image_size)
+    now = {
+        "accuracy": accuracy(model, trial_data.test_images, trial_data.test_labels, trial_data.image_size, torch.device("cpu")),
+        "shape_bias": bias.shape_bias,
+    }
+    return Evaluation(model_uri, version, raw["provenance"], now)
+
+
+def resolve_version(client: MlflowClient, model_uri: str) -> ModelVersion:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> the registered version; SearchError if none."""
+    if not model_uri.startswith("models:/"):
+        raise SearchError(f"--model {model_uri!r}: expected a registered model, models:/NAME@ALIAS or models:/NAME/VERSION")
+    reference = model_uri[len("models:/"):]
+    try:
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, number = reference.partition("/")
+        return client.get_model_version(name, number)
+    except MlflowException as error:
+        names = [m.name for m in client.search_registered_models(max_results=20)]
+        raise SearchError(f"no registered model version {model_uri} ({error.message.split('.')[0]}); registered models: "
+                          f"{', '.join(names) or 'none'}") from None
