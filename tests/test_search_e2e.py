@@ -28,8 +28,9 @@ def run_search(*args, cwd, wait=True):
     command = [sys.executable, str(ROOT / "run_search.py"), *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if not wait:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+        return subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # No terminal on stdin, as in CI: a command that would ask must not wait for an answer.
+    return subprocess.run(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
 
 
 def search_runs(client, experiment_name):

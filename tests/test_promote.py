@@ -1,0 +1,248 @@
+"""Promotion end to end: a real reduced search, the MLflow Model Registry, pyfunc, evaluate, HTTP serving."""
+
+import base64
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import free_port
+from test_search_e2e import REDUCED, ROOT, run_search
+
+pytestmark = pytest.mark.slow
+EXPERIMENT = "promote-e2e"
+MODEL = f"sparse-resnet18-{EXPERIMENT}"
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A finished reduced search (log_models on) in its own directory with SQLite MLflow."""
+    workdir = tmp_path_factory.mktemp("promote")
+    tracking = f"sqlite:///{workdir / 'mlflow.db'}"
+    out = run_search(
+        "search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *REDUCED, "configurations=3",
+        "log_models=true", f"tracking_uri={tracking}", f"optuna_storage=sqlite:///{workdir / 'optuna.db'}",
+        f"storage_path={workdir / 'ray'}", f"experiment={EXPERIMENT}", cwd=workdir,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    mlflow.set_tracking_uri(tracking)
+    return workdir, tracking, MlflowClient(tracking)
+
+
+def promote(workdir, tracking, *args):
+    return run_search("promote", "--experiment", EXPERIMENT, "--tracking-uri", tracking, *args, cwd=workdir)
+
+
+def registry_state(client):
+    """Versions and aliases of the promoted model, to compare before and after a failure."""
+    try:
+        model = client.get_registered_model(MODEL)
+    except mlflow.exceptions.MlflowException:
+        return None
+    versions = sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'"))
+    return versions, dict(model.aliases)
+
+
+def children(client):
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], filter_string="tags.configuration != ''")
+
+
+def test_every_child_run_can_be_rebuilt_and_shows_its_model_and_data(searched):
+    _, _, client = searched
+    runs = children(client)
+    assert len(runs) == 6
+    for run in runs:
+        uri = run.data.tags["checkpoint_uri"]
+        assert (Path(uri) / "state.pt").is_file()
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"trial_config.yaml"}
+        contexts = sorted(tag.value for d in run.inputs.dataset_inputs for tag in d.tags)
+        assert contexts == ["evaluation", "evaluation", "training"]
+        assert len(run.outputs.model_outputs) == 1  # log_models=true: the run's Models tab
+
+
+def test_promote_by_rule_registers_the_closest_seed_and_pyfunc_predicts(searched, shared_data):
+    workdir, tracking, client = searched
+    out = promote(workdir, tracking, "--maximize", "shape_bias", "--floor", "accuracy=dense-0.5", "--yes")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "on the Pareto front:" in out.stdout and "promoted replicate: seed" in out.stdout
+    version = client.get_model_version_by_alias(MODEL, "production")
+    tags = version.tags
+    assert {"search_id", "configuration", "seed", "source_run_id", "accuracy_mean", "accuracy_std",
+            "shape_bias_mean", "dense_accuracy_mean", "on_front", "git_commit"} <= set(tags)
+    assert f"configuration {tags['configuration']}" in version.description
+
+    # The promoted seed is the one closest to its configuration's means.
+    runs = [r for r in children(client) if r.data.tags["configuration"] == tags["configuration"]]
+    points = {r.data.tags["seed"]: (r.data.metrics["accuracy"], r.data.metrics["shape_bias"]) for r in runs}
+    mean = np.mean(list(points.values()), axis=0)
+    closest = min(points, key=lambda s: (np.hypot(*(np.array(points[s]) - mean)), int(s)))
+    assert tags["seed"] == closest and float(tags["accuracy_mean"]) == pytest.approx(mean[0], abs=1e-4)
+
+    # production.yaml: written locally and logged with the version; the trial CLI accepts it.
+    local = yaml.safe_load((workdir / "production.yaml").read_text())
+    logged = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(
+        f"models:/{MODEL}/{version.version}/production.yaml", dst_path=str(workdir / "dl"))).read_text())
+    assert local == logged and local["provenance"]["source_run_id"] == tags["source_run_id"]
+    assert set(local["provenance"]["data_fingerprint"]) == {"train", "test", "stimuli"}
+    from trainables.config import TrialConfig
+    assert TrialConfig.model_validate(local).training.threads == 1
+
+    # pyfunc on real cue-conflict images, as an array and as encoded bytes; torch module beneath.
+    files = sorted((shared_data / "cue-conflict").glob("*/*.png"))[:6]
+    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@production")
+    from_array = model.predict(images)
+    from_bytes = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
+    pd.testing.assert_frame_equal(from_array, from_bytes)
+    assert len(from_array) == 6 and {"label", "probability", "prob_circle"} <= set(from_array.columns)
+    assert np.allclose(from_array.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
+    module = mlflow.pytorch.load_model(f"models:/{MODEL}@production")
+    assert isinstance(module, torch.nn.Module)
+    from trainables.cue_conflict import preprocess
+    with torch.no_grad():
+        logits = module.eval()(preprocess(torch.from_numpy(images).permute(0, 3, 1, 2), 32))
+    assert np.allclose(logits.softmax(-1).max(-1).values.numpy(), from_array["probability"], atol=1e-6)
+
+
+def test_evaluate_reproduces_the_recorded_metrics_exactly(searched):
+    workdir, tracking, _ = searched
+    out = run_search("evaluate", "--model", f"models:/{MODEL}@production", "--tracking-uri", tracking, cwd=workdir)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("accuracy", "shape_bias"))}
+    for name in ("accuracy", "shape_bias"):
+        assert rows[name][1] == rows[name][2] and rows[name][3] == "same", out.stdout
+
+
+def test_serving_over_http_answers_like_the_in_process_model(searched, shared_data):
+    workdir, tracking, _ = searched
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking,
+           # The scoring server starts uvicorn by name: it must be on PATH.
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = open(workdir / "serve.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@production",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((workdir / "serve.log").read_text()[-3000:])
+                time.sleep(1)
+        files = sorted((shared_data / "cue-conflict").glob("*/*.png"))[10:14]
+        images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@production").predict(images)
+
+        def invoke(payload):
+            request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode(),
+                                             headers={"Content-Type": "application/json"})
+            return pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"])
+
+        as_array = invoke({"inputs": images.tolist()})
+        encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
+        as_bytes = invoke({"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}})
+        for answer in (as_array, as_bytes):
+            assert answer["label"].tolist() == expected["label"].tolist()
+            assert np.allclose(answer["probability"], expected["probability"], atol=1e-6)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_second_promotion_moves_the_alias_and_keeps_the_first_version(searched):
+    workdir, tracking, client = searched
+    first = client.get_model_version_by_alias(MODEL, "production")
+    other = next(c for c in ("c000", "c001", "c002") if c != first.tags["configuration"])
+    out = promote(workdir, tracking, "--configuration", other, "--yes")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    second = client.get_model_version_by_alias(MODEL, "production")
+    assert int(second.version) == int(first.version) + 1 and second.tags["configuration"] == other
+    assert client.get_model_version(MODEL, first.version).tags["configuration"] == first.tags["configuration"]
+    # Rollback is moving the alias back.
+    client.set_registered_model_alias(MODEL, "production", first.version)
+    assert client.get_model_version_by_alias(MODEL, "production").version == first.version
+
+
+def failing(workdir, tracking, client, *args, expect):
+    before = registry_state(client)
+    out = promote(workdir, tracking, *args)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and expect in lines[-1], out.stderr[-2000:]
+    assert registry_state(client) == before
+
+
+def test_every_failure_is_one_line_and_leaves_the_registry_unchanged(searched):
+    workdir, tracking, client = searched
+    rule = ["--maximize", "shape_bias", "--yes"]
+    failing(workdir, tracking, client, "--configuration", "c000", "--yes", "--experiment", "no-such", expect="no MLflow experiment 'no-such'")
+    failing(workdir, tracking, client, *rule, "--search", "nope-1", expect="no search 'nope-1'")
+    failing(workdir, tracking, client, *rule, "--floor", "accuracy=1.0", expect="no configuration of 3 meets accuracy >= 1")
+    failing(workdir, tracking, client, "--configuration", "c099", "--yes", expect="no configuration 'c099' in this search; valid: c000, c001, c002")
+    failing(workdir, tracking, client, *rule, "--floor", "loss=3", expect="bad --floor 'loss=3'")
+    failing(workdir, tracking, client, *rule, "--tracking-uri", f"http://127.0.0.1:{free_port()}", expect="cannot reach the MLflow tracking server")
+    # Without a terminal and without --yes, promote refuses rather than guess.
+    failing(workdir, tracking, client, "--maximize", "shape_bias", expect="add --yes")
+
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    parent = client.search_runs([experiment], filter_string="tags.search_id != ''")[0]
+    search_id = parent.data.tags["search_id"]
+    client.update_run(parent.info.run_id, status="RUNNING")
+    try:
+        failing(workdir, tracking, client, *rule, "--search", search_id, expect=f"search {search_id} is RUNNING")
+    finally:
+        client.set_terminated(parent.info.run_id, status="FINISHED")
+
+    # A search whose every trial failed has an empty front.
+    empty = client.create_run(experiment, tags={"search_id": "empty-1", "search_name": "empty", "search_path": "/nowhere"})
+    client.log_param(empty.info.run_id, "seeds", "[0, 1]")
+    client.set_terminated(empty.info.run_id, status="FINISHED")
+    failing(workdir, tracking, client, *rule, "--search", "empty-1", expect="search empty-1 has an empty front")
+    client.delete_run(empty.info.run_id)
+
+    # A missing, then an unreadable checkpoint of the replicate to promote.
+    target = next(r for r in children(client) if r.data.tags["configuration"] == "c001")
+    state = Path(target.data.tags["checkpoint_uri"]) / "state.pt"
+    for run in children(client):
+        if run.data.tags["configuration"] == "c001":
+            moved = Path(run.data.tags["checkpoint_uri"]) / "state.pt"
+            shutil.move(moved, moved.with_suffix(".bak"))
+    try:
+        failing(workdir, tracking, client, "--configuration", "c001", "--yes", expect="is missing: no state.pt at")
+        for run in children(client):
+            if run.data.tags["configuration"] == "c001":
+                (Path(run.data.tags["checkpoint_uri"]) / "state.pt").write_bytes(b"not a checkpoint")
+        failing(workdir, tracking, client, "--configuration", "c001", "--yes", expect="cannot be read")
+    finally:
+        for run in children(client):
+            if run.data.tags["configuration"] == "c001":
+                moved = Path(run.data.tags["checkpoint_uri"]) / "state.pt"
+                shutil.move(moved.with_suffix(".bak"), moved)
+    assert state.is_file()
+
+    # The registry refuses the alias after the version was created: the version is taken back.
+    failing(workdir, tracking, client, "--configuration", "c001", "--yes", "--alias", "v3", expect="registry left as it was")
