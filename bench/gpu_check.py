@@ -41,6 +41,9 @@ import torch.nn.functional as F  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 from trainables.topk import topk_sparsify  # noqa: E402
 
+# The authors' reference implementation, shared with the CPU benchmark beside this file.
+from topk import authors_sparse_hw, saved_bytes  # noqa: E402
+
 FRACTION = 0.2
 TOPK = {"layer2": FRACTION}
 NUM_CLASSES = 10
@@ -50,18 +53,6 @@ MiB = 2**20
 def emit(line: str) -> None:
     """Print at once, so a run killed by its time limit still shows what it measured."""
     print(line, flush=True)
-
-
-def authors_sparse_hw(x: torch.Tensor, topk: float) -> torch.Tensor:
-    """The authors' implementation (`sparse_hw`): topk + scatter_ into a float mask, multiply."""
-    n, c, h, w = x.shape
-    if topk == 1:
-        return x
-    x_reshape = x.view(n, c, h * w)
-    keep_top_num = max(int(topk * h * w), 1)
-    _, index = torch.topk(x_reshape.abs(), keep_top_num, dim=2)
-    mask = torch.zeros_like(x_reshape).scatter_(2, index, 1).to(x.device)
-    return (mask * x_reshape).view(n, c, h, w)
 
 
 def synchronize(device: torch.device) -> None:
@@ -98,15 +89,6 @@ def peak_bytes(run: Callable[[], None], device: torch.device) -> int | None:
     run()
     synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
-
-
-def saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
-    """Bytes of the tensors autograd keeps for fn's backward, other than x itself."""
-    x = x.detach().requires_grad_(True)
-    saved: list[torch.Tensor] = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        fn(x)
-    return sum(t.numel() * t.element_size() for t in saved if t.data_ptr() != x.data_ptr())
 
 
 def training_step(

@@ -29,6 +29,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_http(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Wait until `url` answers; fail with the server's log if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server at {url} did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real MLflow tracking server over HTTP on loopback, stopped after the test."""
@@ -41,15 +54,7 @@ def mlflow_server(tmp_path):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    wait_for_http(f"{uri}/health", server, tmp_path / "mlflow-server.log")
     yield uri
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)

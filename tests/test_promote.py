@@ -1,15 +1,13 @@
 """Promotion end to end: a real reduced search, the MLflow Model Registry, pyfunc, evaluate, HTTP serving."""
 
 import base64
-import io
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-import json
 from pathlib import Path
 
 import mlflow
@@ -21,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import free_port
+from conftest import free_port, wait_for_http
 from test_search_e2e import REDUCED, ROOT, run_search
 
 pytestmark = pytest.mark.slow
@@ -143,15 +141,7 @@ def test_serving_over_http_answers_like_the_in_process_model(searched, shared_da
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((workdir / "serve.log").read_text()[-3000:])
-                time.sleep(1)
+        wait_for_http(f"{url}/ping", server, workdir / "serve.log")
         files = sorted((shared_data / "cue-conflict").glob("*/*.png"))[10:14]
         images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
         expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@production").predict(images)
