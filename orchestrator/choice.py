@@ -101,7 +101,10 @@ def by_rule(results: list[ConfigurationResult], maximize: str, floors: list[Floo
 
 def closest_replicate(result: ConfigurationResult) -> Replicate:
     """The seed whose (accuracy, shape bias) lies nearest the configuration's means (ties: lowest seed)."""
-    return min(result.replicates, key=lambda r: (math.dist((r.accuracy, r.shape_bias), (result.accuracy, result.shape_bias)), r.seed))
+    mean = (result.accuracy, result.shape_bias)
+    # Two seeds always lie equally far from their mean: rounding keeps float noise from
+    # deciding the tie, so the lowest seed wins it.
+    return min(result.replicates, key=lambda r: (round(math.dist((r.accuracy, r.shape_bias), mean), 9), r.seed))
 
 
 def _choice(results: list[ConfigurationResult], result: ConfigurationResult, reason: str) -> Choice:

@@ -65,3 +65,6 @@ def test_closest_seed_is_the_replicate_nearest_the_means():
     assert closest_replicate(three).seed == 1
     tied = configuration("c006", "layer2", [(0.75, 0.5), (0.5, 0.25)])  # exactly equidistant: lowest seed
     assert closest_replicate(tied).seed == 0
+    # Two seeds are always equidistant from their mean, whatever float rounding says.
+    two = configuration("c007", "layer2", [(0.7466666666666667, 0.3468), (0.8, 0.3144)])
+    assert closest_replicate(two).seed == 0
