@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The quickstart search on the embedded synthetic benchmark (about 4 minutes on 2 cores).
+# The quickstart search on the embedded synthetic benchmark (4 to 12 minutes on 2 cores).
 search: $(STAMP)
 	$(PY) run_search.py search --config search_spaces/quickstart.yaml
 
