@@ -88,8 +88,10 @@ def promote(
             )
             written["version"] = version.version
             client.set_registered_model_alias(model_name, alias, version.version)
-    except (MlflowException, OSError) as error:
+    except BaseException as error:  # Ctrl+C included: never leave a version the alias skipped
         _undo(client, model_name, written)
+        if not isinstance(error, (MlflowException, OSError)):
+            raise
         raise SearchError(f"promotion failed, registry left as it was (alias {alias!r} "
                           f"{'on version ' + previous if previous else 'unset'}): {' '.join(str(error).split())[:500]}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
