@@ -6,8 +6,8 @@
     python run_search.py promote --experiment sparse-shape-search-quickstart --maximize shape_bias --floor accuracy=dense-0.05
     python run_search.py evaluate --model models:/sparse-resnet18-sparse-shape-search-quickstart@production
 
-Config errors, and anything a command cannot find or do, are reported in one line with exit code 2;
-config errors before Ray starts.
+Config errors (found before Ray starts), and what pareto / promote / evaluate cannot find or do, are
+reported in one line with exit code 2.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from search_spaces.params import OBJECTIVES
 from search_spaces.spec import ConfigError, SearchSpec, load_spec
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     front.add_argument("--experiment", required=True, help="MLflow experiment name")
     front.add_argument("--search", help="search id (default: the newest search in the experiment)")
     front.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    front.add_argument("--seeds", type=int, help="seeds per configuration (default: from the search's parent run)")
     front.add_argument("--out", type=Path, default=Path.cwd(), help="directory for pareto.csv and pareto.png (default: .)")
 
     promote = commands.add_parser("promote", help="register a chosen configuration's model and point an alias at it",
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--search", help="search id (default: the newest finished search in the experiment)")
     pick = promote.add_mutually_exclusive_group(required=True)
     pick.add_argument("--configuration", help="a configuration id, e.g. c004")
-    pick.add_argument("--maximize", metavar="OBJECTIVE", help="accuracy or shape_bias: the highest seed mean wins")
+    pick.add_argument("--maximize", choices=OBJECTIVES, help="the objective whose highest seed mean wins")
     promote.add_argument("--floor", action="append", default=[], metavar="OBJECTIVE=VALUE",
                          help="with --maximize: a seed-mean floor, absolute (accuracy=0.75) or relative to the dense "
                          "reference (accuracy=dense-0.01); repeatable")
@@ -75,11 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def tracking_uri(given: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the spec's default (sqlite:///mlflow.db)."""
-    from search_spaces.spec import DEFAULT_TRACKING_URI, absolute_sqlite
+def existing_store(given: str | None) -> str:
+    """The tracking URI of a command that reads a store: a SQLite file must already exist there."""
+    from orchestrator.tracking import SearchError
+    from search_spaces.spec import resolve_tracking_uri
 
-    return absolute_sqlite(given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    uri = resolve_tracking_uri(given)
+    # MLflow would create an empty database at a mistyped path and report nothing found in it.
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise SearchError(f"no MLflow database at {uri[len('sqlite:///'):]}: run from the search's directory, or pass "
+                          "--tracking-uri (or set MLFLOW_TRACKING_URI)")
+    return uri
 
 
 def pareto_command(args: argparse.Namespace) -> int:
@@ -89,9 +97,9 @@ def pareto_command(args: argparse.Namespace) -> int:
     from orchestrator.report import report_front
     from orchestrator.tracking import find_search
 
-    client = MlflowClient(tracking_uri(args.tracking_uri))
+    client = MlflowClient(existing_store(args.tracking_uri))
     search = find_search(client, args.experiment, search_id=args.search)
-    report_front(client, search, args.out)
+    report_front(client, search, args.out, args.seeds)
     return 0
 
 
@@ -102,13 +110,15 @@ def promote_command(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     from orchestrator import choice as choosing
-    from orchestrator.registry import check_reachable, default_model_name, promote
+    from orchestrator.registry import check_reachable, check_registry_names, default_model_name, promote
     from orchestrator.tracking import SearchError, child_runs, collect, find_search
 
     if args.floor and not args.maximize:
         raise SearchError("--floor applies to --maximize; with --configuration the choice is already made")
     floors = [choosing.parse_floor(text) for text in args.floor]
-    uri = tracking_uri(args.tracking_uri)
+    name = args.model_name or default_model_name(args.experiment)
+    check_registry_names(name, args.alias)  # before anything is written
+    uri = existing_store(args.tracking_uri)
     check_reachable(uri)
     client = MlflowClient(uri)
     search = find_search(client, args.experiment, search_id=args.search, status=None if args.search else "FINISHED")
@@ -124,13 +134,16 @@ def promote_command(args: argparse.Namespace) -> int:
         chosen = choosing.by_id(results, args.configuration, ids)
     else:
         chosen = choosing.by_rule(results, args.maximize, floors)
-    name = args.model_name or default_model_name(args.experiment)
     print(choosing.describe(chosen, search.search_id))
     print(f"  register as {name}, alias {args.alias!r}")
     if not args.yes:
         if not sys.stdin.isatty():
             raise SearchError("not a terminal, so promote cannot ask: add --yes to promote without confirmation")
-        if input("promote? [y/N] ").strip().lower() not in ("y", "yes"):
+        try:
+            answer = input("promote? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
             print("not promoted")
             return 1
     start = time.monotonic()
@@ -148,7 +161,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     from orchestrator.registry import check_reachable, evaluate
 
-    uri = tracking_uri(args.tracking_uri)
+    uri = existing_store(args.tracking_uri)
     check_reachable(uri)
     result = evaluate(MlflowClient(uri), args.model, args.stimuli, args.data)
     source = result.provenance
@@ -199,14 +212,22 @@ def search_command(spec: SearchSpec, resume: bool) -> int:
 
 
 def _one_line_errors(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command; a SearchError is one line on stderr and exit code 2."""
+    """Run a command; what it cannot find or do is one line on stderr and exit code 2."""
     from orchestrator.tracking import SearchError
 
+    reading = args.command in COMMANDS  # pareto, promote, evaluate: MLflow and files, no Ray
     try:
         return command(args)
     except SearchError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        from mlflow.exceptions import MlflowException
+
+        if not reading or not isinstance(error, (MlflowException, OSError, ValueError)):
+            raise
+        # A store that refuses a query, a file that cannot be read, data that does not fit.
+        print(f"error: {type(error).__name__}: {' '.join(str(error).split())[:500]}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

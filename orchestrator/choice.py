@@ -94,7 +94,7 @@ def by_rule(results: list[ConfigurationResult], maximize: str, floors: list[Floo
         raise SearchError(f"no configuration of {len(results)} meets {wanted}; lower a floor")
     other = next(o for o in OBJECTIVES if o != maximize)
     # Ties go to the better other objective, then to the earlier configuration.
-    best = max(eligible, key=lambda r: (r.mean(maximize), r.mean(other), _negated_id(r.configuration)))
+    best = min(eligible, key=lambda r: (-r.mean(maximize), -r.mean(other), r.configuration))
     rule = f"highest mean {maximize}" + (f" with {' and '.join(str(f) for f in floors)}" if floors else "")
     return _choice(results, best, f"{rule}: {len(eligible)} of {len(results)} complete configurations qualify")
 
@@ -109,10 +109,6 @@ def closest_replicate(result: ConfigurationResult) -> Replicate:
 
 def _choice(results: list[ConfigurationResult], result: ConfigurationResult, reason: str) -> Choice:
     return Choice(result, closest_replicate(result), dense_reference(results), result in front_of(results), reason)
-
-
-def _negated_id(configuration: str) -> tuple[int, ...]:
-    return tuple(-ord(c) for c in configuration)
 
 
 def describe(choice: Choice, search_id: str) -> str:

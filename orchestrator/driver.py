@@ -32,6 +32,7 @@ from orchestrator.tracking import (
 )
 from orchestrator.worker import search_trial
 from search_spaces.spec import SearchSpec
+from trainables.data import fingerprint
 
 __all__ = ["SearchError", "SearchOutcome", "run_search"]
 
@@ -62,11 +63,11 @@ def _start_ray(spec: SearchSpec, tracking_uri: str) -> None:
              configure_logging=True, logging_level=logging.WARNING, ignore_reinit_error=True)
 
 
-def _trainable(spec: SearchSpec, parent_run_id: str, experiment: str):
+def _trainable(spec: SearchSpec, parent_run_id: str, experiment: str, data_digests: dict[str, str]):
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(
-        tune.with_parameters(search_trial, parent_run_id=parent_run_id, experiment=experiment, log_models=spec.log_models), resources
-    )
+    trial = tune.with_parameters(search_trial, parent_run_id=parent_run_id, experiment=experiment,
+                                 log_models=spec.log_models, data_digests=data_digests)
+    return tune.with_resources(trial, resources)
 
 
 def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
@@ -76,6 +77,8 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
     client = MlflowClient(tracking_uri)
     experiment = experiment_id(client, spec.mlflow_experiment)
     storage = spec.resolved_storage_path()
+    # Once per search, not per trial: listing an ImageNet folder takes a while.
+    data_digests = fingerprint(spec.data)
 
     if resume:
         parent = find_search(client, spec.mlflow_experiment, name=spec.name, exclude_status="FINISHED")
@@ -87,7 +90,7 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
     else:
         search_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = f"{storage.rstrip('/')}/{search_id}"
-        parent_run_id = start_parent_run(client, experiment, search_id, spec.model_dump(mode="json"), path)
+        parent_run_id = start_parent_run(client, experiment, search_id, spec.model_dump(mode="json"), path, data_digests)
         print(f"search {search_id}: {spec.configurations} configurations x {len(spec.seeds)} seeds, "
               f"sampler {spec.sampler}, MLflow parent run {parent_run_id}", flush=True)
 
@@ -96,7 +99,7 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
     started_ray = not ray.is_initialized()
     try:
         _start_ray(spec, tracking_uri)
-        trainable = _trainable(spec, parent_run_id, experiment)
+        trainable = _trainable(spec, parent_run_id, experiment, data_digests)
         if resume:
             # Finished trials stay finished; unfinished ones restart from their last checkpoint.
             # Errored trials already used their max_failures retries: they stay errored.
@@ -120,7 +123,7 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
                     name=search_id,
                     storage_path=storage,
                     verbose=0,
-                    callbacks=[SearchProgress(spec.configurations, len(spec.seeds))],
+                    callbacks=[SearchProgress(spec.configurations, len(spec.seeds), spec.training.epochs)],
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 ),

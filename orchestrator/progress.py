@@ -9,12 +9,14 @@ from typing import TextIO
 
 from ray.tune import Callback
 
+from search_spaces.params import Outcome, outcome
+
 
 class SearchProgress(Callback):
     """Prints configurations and trials done / running / failed, elapsed time, best objectives."""
 
-    def __init__(self, configurations: int, seeds: int, stream: TextIO | None = None) -> None:
-        self.configurations, self.seeds = configurations, seeds
+    def __init__(self, configurations: int, seeds: int, epochs: int, stream: TextIO | None = None) -> None:
+        self.configurations, self.seeds, self.epochs = configurations, seeds, epochs
         self.stream = stream
         self.start = time.monotonic()
         self.running: set[str] = set()
@@ -48,11 +50,14 @@ class SearchProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.running.discard(trial.trial_id)
+        # The searcher's and the front's rule: a partial or non-finite result is not a result.
+        if outcome(trial.last_result, self.epochs) is not Outcome.COMPLETE:
+            self.failed.add(trial.trial_id)
+            self._print()
+            return
         self.done[trial.trial_id] = trial.config.get("configuration", trial.trial_id)
         for name in self.best:
-            value = trial.last_result.get(name)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self.best[name] = max(self.best[name], value)
+            self.best[name] = max(self.best[name], trial.last_result[name])
         self._print()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

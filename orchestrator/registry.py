@@ -3,8 +3,9 @@
 `promote` takes a chosen configuration (`orchestrator.choice`), rebuilds its representative
 replicate from the checkpoint its child run points at, logs it as a model of that run with a
 `production.yaml` beside it (a trial config that retrains it exactly, plus where it came from),
-registers a new version, and moves the alias to it last. Anything that fails before the alias
-moves undoes what was written, so a failed promotion leaves the registry as it was.
+registers a new version, and moves the alias to it last. Names are checked and the local file is
+staged before anything is written; a failure after that undoes what was written (the version, the
+alias's old place, a registered model it created, the logged model) and says if it could not.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import yaml
@@ -31,7 +32,6 @@ from orchestrator.tracking import SearchError, SearchRecord, git_commit, package
 from search_spaces.params import OBJECTIVES
 from trainables.checkpoint import load_checkpoint, restore_model
 from trainables.config import TrialConfig
-from trainables.data import fingerprint
 
 PROMOTED_MODEL = "promoted-model"  # the logged model's name in the source run's Models tab
 
@@ -59,60 +59,87 @@ class Promotion:
     production_yaml: Path
 
 
+def check_registry_names(model_name: str, alias: str) -> None:
+    """The registry's own rules for a model name and an alias, applied before anything is written."""
+    from mlflow.utils.validation import (
+        _validate_model_alias_name,
+        _validate_model_alias_name_reserved,
+        _validate_model_name,
+    )
+
+    try:
+        _validate_model_name(model_name)
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+    except MlflowException as error:
+        raise SearchError(f"{error.message} (model name {model_name!r}, alias {alias!r})") from None
+
+
 def promote(
     client: MlflowClient, search: SearchRecord, choice: Choice, model_name: str, alias: str, out_dir: Path
 ) -> Promotion:
     """Register the chosen replicate's model as a new version of `model_name` and point `alias` at it."""
     replicate = choice.replicate
-    checkpoint_uri, state = _read_checkpoint(client, replicate.run_id)
-    model, config = restore_model(state)
+    checkpoint_uri, state, model, config = _read_checkpoint(client, replicate.run_id)
     production = production_config(config, state, search, choice, checkpoint_uri)
+    local = out_dir / "production.yaml"
+    staged = local.with_suffix(".yaml.tmp")
+    try:  # the local file is staged first: an unwritable --out fails before the registry is touched
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staged.write_text(dump_yaml(production))
+    except OSError as error:
+        raise SearchError(f"cannot write production.yaml in {out_dir}: {error.strerror or error}") from None
     previous = _alias_version(client, model_name, alias)
 
     written: dict[str, Any] = {}
     try:
-        with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
-            staged = Path(tmp) / "production.yaml"
-            staged.write_text(dump_yaml(production))
-            mlflow.set_tracking_uri(client.tracking_uri)  # Model.log writes through the fluent API
-            info = log_model(model, state["labels"], config.data.image_size, replicate.run_id, search.experiment_id,
-                             extra_files=[staged], name=PROMOTED_MODEL)
-            written["logged_model"] = info.model_id
-            if not _exists(client, model_name):
-                client.create_registered_model(model_name, description=(
-                    f"Sparse ResNet-18 promoted from sparse-shape-search experiment {search.experiment_name!r}."))
-                written["registered_model"] = model_name
-            version = client.create_model_version(
-                model_name, source=f"models:/{info.model_id}", run_id=replicate.run_id, model_id=info.model_id,
-                tags=version_tags(search, choice), description=version_description(search, choice),
-            )
-            written["version"] = version.version
-            client.set_registered_model_alias(model_name, alias, version.version)
+        mlflow.set_tracking_uri(client.tracking_uri)  # Model.log writes through the fluent API
+        info = log_model(model, state["labels"], config.data.image_size, replicate.run_id, search.experiment_id,
+                         extra_files=[staged], name=PROMOTED_MODEL)
+        written["logged_model"] = info.model_id
+        try:
+            client.create_registered_model(model_name, description=(
+                f"Sparse ResNet-18 promoted from sparse-shape-search experiment {search.experiment_name!r}."))
+            written["registered_model"] = model_name
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":  # another promotion may have made it
+                raise
+        version = client.create_model_version(
+            model_name, source=f"models:/{info.model_id}", run_id=replicate.run_id, model_id=info.model_id,
+            tags=version_tags(search, choice), description=version_description(search, choice),
+        )
+        written["version"] = version.version
+        client.set_registered_model_alias(model_name, alias, version.version)  # the last step
     except BaseException as error:  # Ctrl+C included: never leave a version the alias skipped
-        _undo(client, model_name, written)
-        if not isinstance(error, (MlflowException, OSError)):
+        left = _undo(client, model_name, alias, previous, written)
+        staged.unlink(missing_ok=True)
+        if not isinstance(error, Exception):
             raise
-        raise SearchError(f"promotion failed, registry left as it was (alias {alias!r} "
-                          f"{'on version ' + previous if previous else 'unset'}): {' '.join(str(error).split())[:500]}") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    local = out_dir / "production.yaml"
-    tmp_local = local.with_suffix(".yaml.tmp")
-    tmp_local.write_text(dump_yaml(production))
-    os.replace(tmp_local, local)  # never a half-written production.yaml
-    return Promotion(client.get_model_version(model_name, version.version), f"models:/{model_name}@{alias}", local)
+        state_now = (f"registry left as it was (alias {alias!r} {'on version ' + previous if previous else 'unset'})"
+                     if not left else f"could not undo {', '.join(left)}: check the registry")
+        raise SearchError(f"promotion failed, {state_now}: {type(error).__name__}: "
+                          f"{' '.join(str(error).split())[:400]}") from None
+    os.replace(staged, local)  # never a half-written production.yaml
+    return Promotion(version, f"models:/{model_name}@{alias}", local)
 
 
-def _read_checkpoint(client: MlflowClient, run_id: str) -> tuple[str, dict[str, Any]]:
+def _read_checkpoint(client: MlflowClient, run_id: str) -> tuple[str, dict[str, Any], Any, TrialConfig]:
+    """The child run's checkpoint: its URI, its state, the model rebuilt from it and its config."""
     uri = client.get_run(run_id).data.tags.get("checkpoint_uri")
     if not uri:
         raise SearchError(f"child run {run_id} records no checkpoint_uri tag (a search from before checkpoints were "
                           "tagged); promote a configuration of a newer search")
     try:
-        return uri, load_checkpoint(uri)
+        state = load_checkpoint(uri)
     except FileNotFoundError:
         raise SearchError(f"checkpoint of child run {run_id} is missing: no state.pt at {uri}") from None
     except Exception as error:  # torch raises several types for a truncated or foreign file
         raise SearchError(f"checkpoint of child run {run_id} at {uri} cannot be read: {' '.join(str(error).split())[:300]}") from None
+    try:
+        model, config = restore_model(state)
+    except Exception as error:  # an older checkpoint format, or weights of another model
+        raise SearchError(f"checkpoint of child run {run_id} at {uri} cannot be rebuilt: {' '.join(str(error).split())[:300]}") from None
+    return uri, state, model, config
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -130,19 +157,32 @@ def _exists(client: MlflowClient, name: str) -> bool:
         return False
 
 
-def _undo(client: MlflowClient, model_name: str, written: dict[str, Any]) -> None:
-    """Remove what a failed promotion wrote, newest first; keep going if the server is gone."""
-    steps = [
-        ("version", lambda v: client.delete_model_version(model_name, v)),
-        ("registered_model", client.delete_registered_model),
-        ("logged_model", client.delete_logged_model),
-    ]
-    for key, undo in steps:
-        if key in written:
-            try:
-                undo(written[key])
-            except Exception:  # the failure may be the server itself; nothing more can be done
-                pass
+def _undo(client: MlflowClient, model_name: str, alias: str, previous: str | None, written: dict[str, Any]) -> list[str]:
+    """Take back what a failed promotion wrote, newest first; name what could not be taken back."""
+    left: list[str] = []
+
+    def attempt(what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception:  # the failure may be the server itself
+            left.append(what)
+
+    if "version" in written:
+        # Deleting the version also drops the alias if it had moved there.
+        attempt(f"version {written['version']}", lambda: client.delete_model_version(model_name, written["version"]))
+        if previous:
+            attempt(f"alias {alias!r} on version {previous}", lambda: client.set_registered_model_alias(model_name, alias, previous))
+    if "registered_model" in written:
+        attempt(f"registered model {model_name}", lambda: _delete_if_unused(client, model_name))
+    if "logged_model" in written:
+        attempt(f"logged model {written['logged_model']}", lambda: client.delete_logged_model(written["logged_model"]))
+    return left
+
+
+def _delete_if_unused(client: MlflowClient, model_name: str) -> None:
+    # Another promotion may have registered a version meanwhile: then the model stays.
+    if not client.search_model_versions(f"name = '{model_name}'"):
+        client.delete_registered_model(model_name)
 
 
 def _summary(result: ConfigurationResult | None) -> dict[str, Any] | None:
@@ -163,10 +203,8 @@ def production_config(
     replicate = choice.replicate
     # The thread count the trial really used: results depend on it, and 0 means "Ray's allocation".
     training = config.training.model_copy(update={"threads": int(state.get("threads", config.training.threads))})
-    try:
-        data_fingerprint: Any = fingerprint(config.data)
-    except OSError as error:
-        data_fingerprint = f"unavailable here: {error}"
+    # The digests the search took when it started: the data as it was trained on, not as it is now.
+    data_fingerprint = search.data_digests or "not recorded (a search from before data digests were kept)"
     provenance = {
         "search_id": search.search_id,
         "experiment": search.experiment_name,
@@ -234,7 +272,6 @@ def dump_yaml(config: dict[str, Any]) -> str:
 class Evaluation:
     """A registered model's objectives now, beside the ones recorded when it was promoted."""
 
-    model_uri: str
     version: ModelVersion
     provenance: dict[str, Any]
     now: dict[str, float]
@@ -292,7 +329,7 @@ def evaluate(client: MlflowClient, model_uri: str, stimuli_dir: Path | None = No
         "accuracy": accuracy(model, trial_data.test_images, trial_data.test_labels, trial_data.image_size, torch.device("cpu")),
         "shape_bias": bias.shape_bias,
     }
-    return Evaluation(model_uri, version, raw["provenance"], now)
+    return Evaluation(version, raw["provenance"], now)
 
 
 def resolve_version(client: MlflowClient, model_uri: str) -> ModelVersion:

@@ -73,11 +73,14 @@ def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def report_front(client: MlflowClient, search: SearchRecord, out_dir: Path) -> tuple[list[ConfigurationResult], float]:
+def report_front(
+    client: MlflowClient, search: SearchRecord, out_dir: Path, seeds: int | None = None
+) -> tuple[list[ConfigurationResult], float]:
     """Print the front, write pareto.csv / pareto.png to out_dir and log both to the parent run."""
-    results = collect(client, search)
+    seeds = seeds or len(search.seeds)
+    results = collect(client, search, seeds)
     if not results:
-        raise SearchError(f"search {search.search_id} has no configuration whose {len(search.seeds)} seeds all finished")
+        raise SearchError(f"search {search.search_id} has no configuration whose {seeds} seeds all finished")
     front = front_of(results)
     volume = hypervolume([(r.accuracy, r.shape_bias) for r in front])
     print(f"\nPareto front of {search.search_id}: {len(front)} of {len(results)} configurations, hypervolume {volume:.4f}")
@@ -85,7 +88,7 @@ def report_front(client: MlflowClient, search: SearchRecord, out_dir: Path) -> t
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out_dir / "pareto.csv", out_dir / "pareto.png"
     write_csv(results, csv_path)
-    plot(results, png_path, f"{search.search_id}: accuracy vs shape bias ({len(search.seeds)} seeds per point)")
+    plot(results, png_path, f"{search.search_id}: accuracy vs shape bias ({seeds} seeds per point)")
     client.log_artifact(search.run_id, str(csv_path))
     client.log_artifact(search.run_id, str(png_path))
     client.log_metric(search.run_id, "hypervolume", volume)

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
@@ -142,21 +143,16 @@ def log_model(
         meta = Path(tmp) / "labels.json"
         meta.write_text(json.dumps({"labels": labels, "image_size": image_size}))
         flavor = _flavor(model, meta, list(extra_files))
-        # Model.log files the model under the current experiment; it must be the run's.
-        previous = os.environ.get("MLFLOW_EXPERIMENT_ID")
-        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
-        try:
-            return Model.log(
-                artifact_path=None, name=name, flavor=flavor, run_id=run_id,
-                signature=signature(labels),
-                input_example=np.zeros((1, image_size, image_size, 3), dtype=np.uint8),
-                pip_requirements=_requirements(),
-            )
-        finally:
-            if previous is None:
-                os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-            else:
-                os.environ["MLFLOW_EXPERIMENT_ID"] = previous
+        # Created here, in the run's experiment: Model.log alone would file it under the current
+        # experiment of the process (or of MLFLOW_EXPERIMENT_ID / _NAME), not the run's.
+        logged = MlflowClient(mlflow.get_tracking_uri()).create_logged_model(
+            experiment_id=experiment_id, name=name, source_run_id=run_id)
+        return Model.log(
+            artifact_path=None, name=name, flavor=flavor, run_id=run_id, model_id=logged.model_id,
+            signature=signature(labels),
+            input_example=np.zeros((1, image_size, image_size, 3), dtype=np.uint8),
+            pip_requirements=_requirements(),
+        )
 
 
 def _flavor(model: torch.nn.Module, meta: Path, extra_files: list[Path]) -> types.SimpleNamespace:

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from orchestrator.pareto import ConfigurationResult, Replicate
-from search_spaces.params import OBJECTIVES, Outcome, Params, outcome
+from search_spaces.params import OBJECTIVES, Outcome, Params, outcome, placement_key
 
 PACKAGES = ("torch", "torchvision", "ray", "optuna", "mlflow", "sparse-shape-search")
 
@@ -50,7 +50,7 @@ def package_versions() -> dict[str, str]:
 
 
 class SearchError(RuntimeError):
-    """A search that cannot be found, started, resumed or reported, with the reason in one line."""
+    """What a command cannot find or do (a search, a configuration, a model), in one line."""
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -76,14 +76,18 @@ def close_open_children(client: MlflowClient, experiment: str, parent_run_id: st
     return closed
 
 
-def start_parent_run(client: MlflowClient, experiment: str, search_id: str, spec_dump: dict[str, Any], search_path: str) -> str:
-    """Create the search's parent run: resolved config, search space, sampler, commit, versions."""
+def start_parent_run(
+    client: MlflowClient, experiment: str, search_id: str, spec_dump: dict[str, Any], search_path: str,
+    data_digests: dict[str, str],
+) -> str:
+    """Create the search's parent run: resolved config, search space, sampler, commit, versions, data digests."""
     tags = [
         RunTag(MLFLOW_RUN_NAME, search_id),
         RunTag("search_id", search_id),
         RunTag("search_name", spec_dump["name"]),
         RunTag("search_path", search_path),
         RunTag("git_commit", git_commit()),
+        RunTag("data_fingerprint", json.dumps(data_digests, sort_keys=True)),
         *[RunTag(f"version.{k}", v) for k, v in package_versions().items()],
     ]
     run = client.create_run(experiment, tags={t.key: t.value for t in tags})
@@ -95,7 +99,7 @@ def start_parent_run(client: MlflowClient, experiment: str, search_id: str, spec
         "seeds": spec_dump["seeds"],
         "accuracy_floor": spec_dump["accuracy_floor"],
         "fraction_range": f"[{search['fraction']['low']}, {search['fraction']['high']}]" + (" log" if search["fraction"]["log"] else ""),
-        "placements": ["+".join(p) for p in search["placements"]],
+        "placements": [placement_key(p) for p in search["placements"]],
         "epochs": spec_dump["training"]["epochs"],
         "data": spec_dump["data"]["kind"],
     }
@@ -130,12 +134,14 @@ class SearchRecord:
         return self.run.data.tags["search_path"]
 
     @property
-    def seeds(self) -> list[int]:
-        return json.loads(self.run.data.params.get("seeds", "[0]"))
+    def data_digests(self) -> dict[str, str] | None:
+        """sha256 of the training, test and stimuli data as the search started (None before they were kept)."""
+        text = self.run.data.tags.get("data_fingerprint")
+        return json.loads(text) if text else None
 
     @property
-    def epochs(self) -> int:
-        return int(self.run.data.params["epochs"])
+    def seeds(self) -> list[int]:
+        return json.loads(self.run.data.params.get("seeds", "[0]"))
 
 
 def find_search(
@@ -171,15 +177,16 @@ def find_search(
     raise SearchError(f"no {wanted} in MLflow experiment {experiment_name!r}; searches there: {known}")
 
 
-def collect(client: MlflowClient, search: SearchRecord) -> list[ConfigurationResult]:
-    """Configurations whose every seed is complete (`outcome`), with their replicates."""
+def collect(client: MlflowClient, search: SearchRecord, seeds: int | None = None) -> list[ConfigurationResult]:
+    """Configurations whose every seed (`seeds`, default the search's) is complete, with their replicates."""
+    seeds = seeds or len(search.seeds)
     by_configuration: dict[str, list[mlflow.entities.Run]] = {}
     for run in child_runs(client, search.experiment_id, search.run_id):
         by_configuration.setdefault(run.data.tags.get("configuration", "?"), []).append(run)
     results = []
     for configuration, runs in sorted(by_configuration.items()):
         complete = [r for r in runs if run_outcome(r) is Outcome.COMPLETE]
-        if len(complete) < len(search.seeds) or len(complete) != len(runs):
+        if len(complete) < seeds or len(complete) != len(runs):
             continue  # one failed seed fails the configuration
         replicates = tuple(
             Replicate(r.info.run_id, int(r.data.tags["seed"]), r.data.metrics["accuracy"], r.data.metrics["shape_bias"])
@@ -192,4 +199,9 @@ def collect(client: MlflowClient, search: SearchRecord) -> list[ConfigurationRes
 def run_outcome(run: mlflow.entities.Run) -> Outcome:
     """`outcome` of a child run: its final metrics, its epochs, and whether it ended FINISHED."""
     metrics = {m: run.data.metrics.get(m) for m in (*OBJECTIVES, "epoch")}
-    return outcome(metrics, int(run.data.params.get("epochs", 0)), error=run.info.status != "FINISHED")
+    epochs = int(run.data.params.get("epochs", 0))
+    if metrics["epoch"] is None and run.info.status == "FINISHED":
+        # Runs logged before the `epoch` metric existed: nothing stopped trials early then, so
+        # a FINISHED run trained every epoch.
+        metrics["epoch"] = epochs
+    return outcome(metrics, epochs, error=run.info.status != "FINISHED")

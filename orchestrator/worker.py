@@ -27,9 +27,12 @@ from trainables.data import fingerprint
 from trainables.trial import train_trial
 
 
-def search_trial(config: dict[str, Any], parent_run_id: str, experiment: str, log_models: bool = False) -> None:
+def search_trial(
+    config: dict[str, Any], parent_run_id: str, experiment: str, log_models: bool = False,
+    data_digests: dict[str, str] | None = None,
+) -> None:
     """The Tune trainable of a search: one trial, logged as a child of the search's MLflow run."""
-    tracker = MLflowTrialTracker(parent_run_id, experiment, tune.get_context().get_trial_id(), config, log_models)
+    tracker = MLflowTrialTracker(parent_run_id, experiment, tune.get_context().get_trial_id(), config, log_models, data_digests)
     train_trial(config["trial"], tracker)
 
 
@@ -37,10 +40,11 @@ class MLflowTrialTracker:
     """The `trainables.trial.Tracker` that logs one Ray trial as a child run of the search."""
 
     def __init__(
-        self, parent_run_id: str, experiment: str, ray_trial_id: str, search_config: dict[str, Any], log_models: bool = False
+        self, parent_run_id: str, experiment: str, ray_trial_id: str, search_config: dict[str, Any],
+        log_models: bool = False, data_digests: dict[str, str] | None = None,
     ) -> None:
         self.parent_run_id, self.experiment, self.ray_trial_id = parent_run_id, experiment, ray_trial_id
-        self.log_models = log_models
+        self.log_models, self.data_digests = log_models, data_digests
         self.configuration, self.seed = search_config["configuration"], search_config["seed"]
         self.params = Params.from_dict(search_config["params"])
         self.client = MlflowClient()  # tracking URI from MLFLOW_TRACKING_URI (Ray runtime env)
@@ -61,7 +65,7 @@ class MLflowTrialTracker:
             ),
             max_results=1,
         )
-        if runs:
+        if runs and "placement" in runs[0].data.params:  # a worker may have died before logging params
             logged = Params.from_mlflow(runs[0].data.params)
             if (logged.placement, logged.fraction) == (self.params.placement, self.params.fraction):
                 return runs[0].info.run_id
@@ -105,7 +109,7 @@ class MLflowTrialTracker:
         # The whole trial config: enough to rebuild (or retrain) this model from MLflow alone.
         self.client.log_dict(self.run_id, config.model_dump(mode="json"), "trial_config.yaml")
         # What it trained and was scored on: the runs table's Dataset column.
-        self.client.log_inputs(self.run_id, datasets=datasets(config))
+        self.client.log_inputs(self.run_id, datasets=datasets(config, self.data_digests or fingerprint(config.data)))
         return {"mlflow_run_id": self.run_id, "restarts": 0}
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
@@ -121,17 +125,23 @@ class MLflowTrialTracker:
             # Any finished trial can be loaded later without Ray (`promote` reads it from here).
             self.client.set_tag(self.run_id, "checkpoint_uri", checkpoint_uri)
             if self.log_models:
-                state = load_checkpoint(checkpoint_uri)
-                model, config = restore_model(state)
-                log_model(model, state["labels"], config.data.image_size, self.run_id, self.experiment)
+                self._log_model(checkpoint_uri)
         if error is not None:
             self.client.set_tag(self.run_id, "error", " ".join(f"{type(error).__name__}: {error}".split())[:5000])
         self.client.set_terminated(self.run_id, status="FAILED" if error is not None else "FINISHED")
 
+    def _log_model(self, checkpoint_uri: str) -> None:
+        """The trial's final model in its run's Models tab; a failure here costs the copy, not the result."""
+        try:
+            state = load_checkpoint(checkpoint_uri)
+            model, config = restore_model(state)
+            log_model(model, state["labels"], config.data.image_size, self.run_id, self.experiment)
+        except Exception as error:  # the trial is complete and its checkpoint is tagged: keep it
+            self.client.set_tag(self.run_id, "log_model_error", " ".join(f"{type(error).__name__}: {error}".split())[:5000])
 
-def datasets(config: TrialConfig) -> list[DatasetInput]:
+
+def datasets(config: TrialConfig, digests: dict[str, str]) -> list[DatasetInput]:
     """The trial's training data and its evaluation data (test split and stimuli) as MLflow inputs."""
-    digests = fingerprint(config.data)
     if isinstance(config.data, FolderData):
         sources = {part: LocalArtifactDatasetSource(str(getattr(config.data, f"{part}_dir"))) for part in ("train", "test", "stimuli")}
         names = {part: f"{path.parent.name}/{path.name}" for part, path in

@@ -16,13 +16,12 @@ from typing import Annotated, Any, Literal, Mapping, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from search_spaces.params import DENSE, OBJECTIVES, Params, placement_key
+from search_spaces.params import OBJECTIVES, Params, placement_key
 from trainables.config import FolderData, ModelConfig, SyntheticData, TrainingConfig, describe
 from trainables.models import check_placements
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
 
-__all__ = ["DENSE", "OBJECTIVES", "DEFAULT_TRACKING_URI", "ConfigError", "SearchSpec", "absolute_sqlite", "load_spec", "placement_key"]
 
 
 class Strict(BaseModel):
@@ -131,8 +130,7 @@ class SearchSpec(Strict):
 
     def resolved_tracking_uri(self) -> str:
         """Config value, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db; local paths made absolute."""
-        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-        return absolute_sqlite(uri)
+        return resolve_tracking_uri(self.tracking_uri)
 
     def resolved_optuna_storage(self) -> str:
         return absolute_sqlite(self.optuna_storage)
@@ -151,6 +149,11 @@ class SearchSpec(Strict):
         training = self.training.model_dump(mode="json") | params.knobs()
         model = self.model.model_dump(mode="json") | {"topk": params.topk()}
         return {"data": self.data.model_dump(mode="json"), "model": model, "training": training, "seed": seed}
+
+
+def resolve_tracking_uri(given: str | None) -> str:
+    """`given`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db; a SQLite path made absolute."""
+    return absolute_sqlite(given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 def absolute_sqlite(uri: str) -> str:

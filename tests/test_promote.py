@@ -177,6 +177,32 @@ def test_second_promotion_moves_the_alias_and_keeps_the_first_version(searched):
     assert client.get_model_version_by_alias(MODEL, "production").version == first.version
 
 
+class RefusingAlias(MlflowClient):
+    """A real client whose registry refuses the last step, as a server that dies there would."""
+
+    def set_registered_model_alias(self, name, alias, version):
+        if version != self.allowed:
+            raise mlflow.exceptions.MlflowException("injected: the registry went away")
+        super().set_registered_model_alias(name, alias, version)
+
+
+def test_a_failure_after_the_version_was_registered_takes_everything_back(searched):
+    from orchestrator import choice, registry, tracking as lookup
+
+    workdir, tracking, client = searched
+    search = lookup.find_search(client, EXPERIMENT, status="FINISHED")
+    chosen = choice.by_id(lookup.collect(client, search), "c002", ["c000", "c001", "c002"])
+    before = registry_state(client)
+    models_before = {m.model_id for m in client.search_logged_models([search.experiment_id])}
+    refusing = RefusingAlias(tracking)
+    refusing.allowed = before[1]["production"]  # putting the alias back is allowed
+    with pytest.raises(lookup.SearchError, match=r"promotion failed, registry left as it was \(alias 'production' on version"):
+        registry.promote(refusing, search, chosen, MODEL, "production", workdir / "refused")
+    assert registry_state(client) == before
+    assert {m.model_id for m in client.search_logged_models([search.experiment_id])} == models_before
+    assert not list((workdir / "refused").glob("production.yaml*"))
+
+
 def failing(workdir, tracking, client, *args, expect):
     before = registry_state(client)
     out = promote(workdir, tracking, *args)
@@ -234,5 +260,6 @@ def test_every_failure_is_one_line_and_leaves_the_registry_unchanged(searched):
                 shutil.move(moved.with_suffix(".bak"), moved)
     assert state.is_file()
 
-    # The registry refuses the alias after the version was created: the version is taken back.
-    failing(workdir, tracking, client, "--configuration", "c001", "--yes", "--alias", "v3", expect="registry left as it was")
+    # A name or alias the registry would refuse is found before anything is written.
+    failing(workdir, tracking, client, "--configuration", "c001", "--yes", "--alias", "v3", expect="'v3' is reserved")
+    failing(workdir, tracking, client, "--configuration", "c001", "--yes", "--model-name", "a/b", expect="model name 'a/b'")
