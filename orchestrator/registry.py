@@ -94,8 +94,11 @@ def promote(
     written: dict[str, Any] = {}
     try:
         mlflow.set_tracking_uri(client.tracking_uri)  # Model.log writes through the fluent API
-        info = log_model(model, state["labels"], config.data.image_size, replicate.run_id, search.experiment_id,
-                         extra_files=[staged], name=PROMOTED_MODEL)
+        with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
+            packaged = Path(tmp) / "production.yaml"  # the model's copy, under its final name
+            packaged.write_text(staged.read_text())
+            info = log_model(model, state["labels"], config.data.image_size, replicate.run_id, search.experiment_id,
+                             extra_files=[packaged], name=PROMOTED_MODEL)
         written["logged_model"] = info.model_id
         try:
             client.create_registered_model(model_name, description=(
@@ -144,7 +147,7 @@ def _read_checkpoint(client: MlflowClient, run_id: str) -> tuple[str, dict[str, 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
-        return client.get_model_version_by_alias(name, alias).version
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None  # no such model or alias yet
 

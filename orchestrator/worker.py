@@ -15,6 +15,7 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
@@ -80,6 +81,8 @@ class MLflowTrialTracker:
                 self.finished = True
                 return dict(saved)
             self.client.update_run(self.run_id, status="RUNNING")  # reattach, never duplicate
+            if not self.client.get_run(self.run_id).inputs.dataset_inputs:
+                self._log_inputs(config)  # the attempt that created the run died before logging them
             self.client.set_tag(self.run_id, "ray_trial_id", self.ray_trial_id)
             self.client.set_tag(self.run_id, "restarts", str(int(saved.get("restarts", 0)) + 1))
             return {"mlflow_run_id": self.run_id, "restarts": int(saved.get("restarts", 0)) + 1}
@@ -108,9 +111,22 @@ class MLflowTrialTracker:
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in logged.items()])
         # The whole trial config: enough to rebuild (or retrain) this model from MLflow alone.
         self.client.log_dict(self.run_id, config.model_dump(mode="json"), "trial_config.yaml")
-        # What it trained and was scored on: the runs table's Dataset column.
-        self.client.log_inputs(self.run_id, datasets=datasets(config, self.data_digests or fingerprint(config.data)))
+        self._log_inputs(config)
         return {"mlflow_run_id": self.run_id, "restarts": 0}
+
+    def _log_inputs(self, config: TrialConfig, attempts: int = 3) -> None:
+        """What it trained and was scored on: the runs table's Dataset column."""
+        inputs = datasets(config, self.data_digests or fingerprint(config.data))
+        for attempt in range(attempts):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except MlflowException:
+                # Trials that start together insert the same dataset row; the store lets one
+                # win and refuses the others (a unique constraint). Once it exists, it is reused.
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
         if self.finished:

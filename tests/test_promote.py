@@ -181,7 +181,7 @@ class RefusingAlias(MlflowClient):
     """A real client whose registry refuses the last step, as a server that dies there would."""
 
     def set_registered_model_alias(self, name, alias, version):
-        if version != self.allowed:
+        if str(version) != str(self.allowed):
             raise mlflow.exceptions.MlflowException("injected: the registry went away")
         super().set_registered_model_alias(name, alias, version)
 
