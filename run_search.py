@@ -226,7 +226,9 @@ def _one_line_errors(command: Callable[[argparse.Namespace], int], args: argpars
         if not reading or not isinstance(error, (MlflowException, OSError, ValueError)):
             raise
         # A store that refuses a query, a file that cannot be read, data that does not fit.
-        print(f"error: {type(error).__name__}: {' '.join(str(error).split())[:500]}", file=sys.stderr)
+        from trainables.trial import one_line
+
+        print(f"error: {type(error).__name__}: {one_line(error)[:500]}", file=sys.stderr)
     return 2
 
 

@@ -32,6 +32,7 @@ from orchestrator.tracking import SearchError, SearchRecord, git_commit, package
 from search_spaces.params import OBJECTIVES
 from trainables.checkpoint import load_checkpoint, restore_model
 from trainables.config import TrialConfig
+from trainables.trial import one_line
 
 PROMOTED_MODEL = "promoted-model"  # the logged model's name in the source run's Models tab
 
@@ -121,7 +122,7 @@ def promote(
         state_now = (f"registry left as it was (alias {alias!r} {'on version ' + previous if previous else 'unset'})"
                      if not left else f"could not undo {', '.join(left)}: check the registry")
         raise SearchError(f"promotion failed, {state_now}: {type(error).__name__}: "
-                          f"{' '.join(str(error).split())[:400]}") from None
+                          f"{one_line(error)[:400]}") from None
     os.replace(staged, local)  # never a half-written production.yaml
     return Promotion(version, f"models:/{model_name}@{alias}", local)
 
@@ -137,11 +138,11 @@ def _read_checkpoint(client: MlflowClient, run_id: str) -> tuple[str, dict[str, 
     except FileNotFoundError:
         raise SearchError(f"checkpoint of child run {run_id} is missing: no state.pt at {uri}") from None
     except Exception as error:  # torch raises several types for a truncated or foreign file
-        raise SearchError(f"checkpoint of child run {run_id} at {uri} cannot be read: {' '.join(str(error).split())[:300]}") from None
+        raise SearchError(f"checkpoint of child run {run_id} at {uri} cannot be read: {one_line(error)[:300]}") from None
     try:
         model, config = restore_model(state)
     except Exception as error:  # an older checkpoint format, or weights of another model
-        raise SearchError(f"checkpoint of child run {run_id} at {uri} cannot be rebuilt: {' '.join(str(error).split())[:300]}") from None
+        raise SearchError(f"checkpoint of child run {run_id} at {uri} cannot be rebuilt: {one_line(error)[:300]}") from None
     return uri, state, model, config
 
 
@@ -288,7 +289,7 @@ def evaluate(client: MlflowClient, model_uri: str, stimuli_dir: Path | None = No
     """Recompute accuracy and shape bias of a registered model on its data (or the folders given)."""
     import torch
 
-    from trainables.config import FolderData, describe
+    from trainables.config import FolderData
     from trainables.cue_conflict import evaluate_shape_bias
     from trainables.data import build_data
     from trainables.train import accuracy
@@ -318,7 +319,7 @@ def evaluate(client: MlflowClient, model_uri: str, stimuli_dir: Path | None = No
         # Validated again with the paths checked: the data must exist here.
         config = TrialConfig.model_validate(config.model_copy(update={"data": data}).model_dump(mode="json"))
     except Exception as error:
-        raise SearchError(f"cannot evaluate {model_uri}: {describe(error) if hasattr(error, 'errors') else error}") from None
+        raise SearchError(f"cannot evaluate {model_uri}: {one_line(error)}") from None
 
     if config.training.threads > 0:
         torch.set_num_threads(config.training.threads)  # the trial's own count: results depend on it

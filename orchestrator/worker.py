@@ -25,7 +25,7 @@ from search_spaces.params import Params
 from trainables.checkpoint import load_checkpoint, restore_model
 from trainables.config import FolderData, TrialConfig
 from trainables.data import fingerprint
-from trainables.trial import train_trial
+from trainables.trial import one_line, train_trial
 
 
 def search_trial(
@@ -143,7 +143,7 @@ class MLflowTrialTracker:
             if self.log_models:
                 self._log_model(checkpoint_uri)
         if error is not None:
-            self.client.set_tag(self.run_id, "error", " ".join(f"{type(error).__name__}: {error}".split())[:5000])
+            self.client.set_tag(self.run_id, "error", f"{type(error).__name__}: {one_line(error)}"[:5000])
         self.client.set_terminated(self.run_id, status="FAILED" if error is not None else "FINISHED")
 
     def _log_model(self, checkpoint_uri: str) -> None:
@@ -153,7 +153,7 @@ class MLflowTrialTracker:
             model, config = restore_model(state)
             log_model(model, state["labels"], config.data.image_size, self.run_id, self.experiment)
         except Exception as error:  # the trial is complete and its checkpoint is tagged: keep it
-            self.client.set_tag(self.run_id, "log_model_error", " ".join(f"{type(error).__name__}: {error}".split())[:5000])
+            self.client.set_tag(self.run_id, "log_model_error", f"{type(error).__name__}: {one_line(error)}"[:5000])
 
 
 def datasets(config: TrialConfig, digests: dict[str, str]) -> list[DatasetInput]:
