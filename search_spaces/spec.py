@@ -10,22 +10,33 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from search_spaces.params import OBJECTIVES, Params, placement_key
-from trainables.config import FolderData, ModelConfig, SyntheticData, TrainingConfig, describe
+from trainables.config import (
+    FolderData,
+    ModelConfig,
+    Strict,
+    SyntheticData,
+    TrainingConfig,
+    YamlError,
+    bounded,
+    describe,
+    parse_yaml,
+    read_yaml,
+    redact,
+)
 from trainables.models import check_placements
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
-
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# What MLflow's tracking stores and Optuna's RDBStorage accept (SQLAlchemy dialects take a
+# '+driver' suffix, e.g. postgresql+psycopg2). A tracking URI without a scheme is a local folder.
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
+OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
 
 
 class FloatRange(Strict):
@@ -104,6 +115,50 @@ class SearchSpec(Strict):
     optuna_storage: str = "sqlite:///optuna.db"
     address: str | None = None
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_scheme(cls, uri: str | None) -> str | None:
+        return uri if uri is None else check_url(uri, TRACKING_SCHEMES, "tracking_uri", allow_path=True)
+
+    @field_validator("optuna_storage")
+    @classmethod
+    def _optuna_scheme(cls, url: str) -> str:
+        return check_url(url, OPTUNA_SCHEMES, "optuna_storage")
+
+    @field_validator("address")
+    @classmethod
+    def _ray_address(cls, address: str | None) -> str | None:
+        if address is None or address in ("auto", "local"):
+            return address
+        host_port = address.removeprefix("ray://")
+        host, _, port = host_port.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{bounded(address)} is not a Ray address: use host:port (the head's GCS port, "
+                             "e.g. 10.0.0.5:6379), ray://host:10001, 'auto' or leave it unset")
+        return address
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_scheme(cls, path: str) -> str:
+        if "://" in path:
+            # Ray hands a URI to pyarrow: let it say now whether it knows the scheme.
+            import pyarrow.fs
+
+            try:
+                pyarrow.fs.FileSystem.from_uri(path)
+            except Exception as error:
+                raise ValueError(f"{bounded(redact(path))} is not a storage URI Ray can use ({' '.join(str(error).split())[:200]})") from None
+        return path
+
+    @model_validator(mode="after")
+    def _batches_fit_the_data(self) -> "SearchSpec":
+        if isinstance(self.data, SyntheticData):
+            largest = max([self.training.batch_size, *(self.search.batch_size or [])])
+            if largest > self.data.train_size:
+                raise ValueError(f"batch size {largest} is larger than data.train_size {self.data.train_size}: "
+                                 "an epoch would have no full batch; lower training.batch_size / search.batch_size")
+        return self
+
     @field_validator("objectives")
     @classmethod
     def _both(cls, objectives: list[str]) -> list[str]:
@@ -156,6 +211,36 @@ def resolve_tracking_uri(given: str | None) -> str:
     return absolute_sqlite(given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
+def check_url(url: str, schemes: tuple[str, ...], what: str, allow_path: bool = False) -> str:
+    """`url` if its scheme is one of `schemes` and it parses; ValueError naming it (password hidden) if not."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    shown = bounded(redact(url))
+    if not scheme and allow_path:
+        return url
+    if scheme.split("+")[0] not in schemes:
+        raise ValueError(f"{what} {shown} has scheme {scheme or 'none'!r}; valid: "
+                         + ", ".join(f"{s}://" for s in schemes) + (", or a local folder" if allow_path else ""))
+    if scheme in ("http", "https", "file", "databricks"):
+        parts = urllib.parse.urlsplit(url)
+        try:
+            parts.port  # raises for a port that is not a number
+        except ValueError:
+            raise ValueError(f"{what} {shown} has a port that is not a number") from None
+        if scheme.startswith("http") and not parts.hostname:
+            raise ValueError(f"{what} {shown} names no host")
+        return url
+    from sqlalchemy.engine import make_url  # both stores are SQLAlchemy URLs
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as error:
+        raise ValueError(f"{what} {shown} is not a database URL ({error})") from None
+    if parsed.get_backend_name() == "sqlite" and not parsed.database:
+        raise ValueError(f"{what} {shown} names no file: use sqlite:///path/to/file.db")
+    return url
+
+
 def absolute_sqlite(uri: str) -> str:
     """sqlite:///relative.db -> sqlite:////abs/relative.db, so Ray workers in other dirs agree."""
     prefix = "sqlite:///"
@@ -174,12 +259,12 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Set a dotted key in the parsed YAML: `search.fraction.high=0.3`, `seeds=[0,1,2]`."""
     if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r} is not key=value")
+        raise ConfigError(f"override {bounded(assignment)} is not key=value")
     key, text = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"override {key}: cannot parse value {text!r}: {error}") from None
+        value = parse_yaml(text)
+    except YamlError as error:
+        raise ConfigError(f"override {key}: cannot read value {bounded(text)}: {error}") from None
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         # YAML 1.1 reads '1e-2' as a string; a user typing it on a command line means a number.
         value = float(value)
@@ -198,12 +283,10 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 def load_spec(path: str | Path, overrides: list[str] = ()) -> SearchSpec:
     """Read, override and validate an experiment file; raise ConfigError with one line."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+        raw = read_yaml(path)
+    except YamlError as error:
+        raise ConfigError(str(error)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
     for assignment in overrides:

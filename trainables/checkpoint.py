@@ -32,16 +32,37 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
     return path
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, truncated, foreign, or of another model."""
+
+
+# What train_and_evaluate needs to continue a run; a file without them is not a trial checkpoint.
+RESUME_KEYS = {"model", "optimizer", "scheduler", "epoch", "metrics", "rng"}
+
+
 def load_checkpoint(location: str | Path) -> dict[str, Any]:
     """Read <location>/state.pt, a directory or a URI (s3://...), with weights_only=True (no pickled code runs)."""
     location = str(location)
-    if "://" not in location:
-        return torch.load(Path(location) / "state.pt", map_location="cpu", weights_only=True)
-    import pyarrow.fs  # Ray's own storage layer: the same schemes trial storage accepts
+    try:
+        if "://" not in location:
+            state = torch.load(Path(location) / "state.pt", map_location="cpu", weights_only=True)
+        else:
+            import pyarrow.fs  # Ray's own storage layer: the same schemes trial storage accepts
 
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
-    with filesystem.open_input_file(f"{path.rstrip('/')}/state.pt") as handle:
-        return torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
+            filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+            with filesystem.open_input_file(f"{path.rstrip('/')}/state.pt") as handle:
+                state = torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {location}: state.pt is missing") from None
+    except Exception as error:
+        # torch's own message for a foreign file suggests weights_only=False, which would run
+        # whatever code the file holds: never pass that advice on.
+        raise CheckpointError(f"{location}/state.pt is not a readable trial checkpoint (truncated, or written "
+                              f"by something else: {type(error).__name__}); delete it to start afresh") from None
+    if not isinstance(state, dict) or not RESUME_KEYS <= set(state):
+        raise CheckpointError(f"{location}/state.pt is not a trial checkpoint (it lacks "
+                              f"{sorted(RESUME_KEYS - set(state)) if isinstance(state, dict) else 'a mapping'})")
+    return state
 
 
 def temporary_checkpoint(state: dict[str, Any]) -> tempfile.TemporaryDirectory:

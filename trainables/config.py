@@ -6,9 +6,12 @@ validates it. Unknown keys are errors, so a typo never silently falls back to a 
 
 from __future__ import annotations
 
+import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from trainables.models import STEMS, check_placements
@@ -17,7 +20,8 @@ Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No unknown keys (a typo never falls back to a default) and no inf / nan where a number goes.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SyntheticData(Strict):
@@ -110,6 +114,85 @@ def describe(error: ValidationError) -> str:
         where = ".".join(str(p) for p in item["loc"] if p not in ("synthetic", "folder")) or "config"
         message = item["msg"].removeprefix("Value error, ")
         given = item.get("input")
-        shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
-        parts.append(f"{where}: {message}{shown}")
+        shown = "" if isinstance(given, dict) or given is None else redact(bounded(given))
+        if shown in message:  # our own validators already quote it
+            shown = ""
+        parts.append(f"{where}: {message}" + (f" (got {shown})" if shown else ""))
     return "; ".join(parts)
+
+
+_PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it (scheme://user:password@host) replaced by ***."""
+    return _PASSWORD.sub(r"\1:***@", text)
+
+
+_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 4
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 80
+
+
+def bounded(value: Any) -> str:
+    """repr of an input quoted in an error, cut to about a line whatever its size or nesting."""
+    return _REPR.repr(value)
+
+
+class YamlError(ValueError):
+    """Text that is not a plain YAML document of settings."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML's default is: the last wins)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise YamlError(f"key {bounded(key)} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+MAX_YAML_NODES = 100_000  # a large experiment file has hundreds
+
+
+def parse_yaml(text: str) -> Any:
+    """Settings from YAML text: safe (no code), unique keys, and no alias bomb (aliases expanded size-bounded)."""
+    try:
+        value = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as error:
+        raise YamlError(f"not valid YAML: {' '.join(str(error).split())[:300]}") from None
+    if _expanded_size(value, {}) > MAX_YAML_NODES:
+        raise YamlError(f"expands to more than {MAX_YAML_NODES} values through aliases (*name): "
+                        "write the settings out instead")
+    return value
+
+
+def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+    """Values in `value` with every alias expanded, computed without expanding (shared nodes counted once each)."""
+    if not isinstance(value, (list, dict)):
+        return 1
+    if id(value) not in sizes:
+        sizes[id(value)] = MAX_YAML_NODES + 1  # a self-reference is unbounded
+        children = value.values() if isinstance(value, dict) else value
+        sizes[id(value)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(value)]
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML settings file: one-line YamlError for a missing, undecodable or malformed file."""
+    if not path.is_file():
+        raise YamlError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise YamlError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise YamlError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        return parse_yaml(text)
+    except YamlError as error:
+        raise YamlError(f"{path}: {error}") from None

@@ -82,8 +82,16 @@ def _load_stimuli_cached(root: Path) -> Stimuli:
     if not root.is_dir():
         raise FileNotFoundError(f"cue-conflict directory not found: {root}")
     files = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(folder.glob("*.png")):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() or p.is_symlink()):
+        # Path.glob skips a folder it cannot list: then shape bias would quietly be scored on
+        # fewer stimuli, so an unreadable or empty shape folder is an error.
+        try:
+            pngs = sorted(p for p in folder.iterdir() if p.suffix == ".png")
+        except OSError as error:
+            raise ValueError(f"cannot read stimuli folder {folder}: {error.strerror}") from None
+        if not pngs:
+            raise ValueError(f"stimuli folder {folder} holds no .png stimuli")
+        for path in pngs:
             match = _STIMULUS_NAME.match(path.name)
             if match is None or match["shape"] != folder.name:
                 raise ValueError(

@@ -155,7 +155,13 @@ class StreamingBatches:
             self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator,
             num_workers=self.workers, pin_memory=self.pin_memory, persistent_workers=False,
         )
-        yield from loader
+        try:
+            yield from loader
+        except ValueError as error:
+            # A DataLoader worker's error arrives with its whole traceback in the message: keep
+            # the last line, which names the file ("cannot decode image ...").
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            raise ValueError(lines[-1].removeprefix("ValueError: ") if lines else str(error)) from None
 
 
 def folder_classes(config: FolderData, root: Path) -> tuple[tuple[str, ...], dict[str, int], LabelMapping]:
@@ -185,7 +191,14 @@ def folder_classes(config: FolderData, root: Path) -> tuple[tuple[str, ...], dic
 def _samples(root: Path, labels: dict[str, int], max_per_class: int | None) -> list[tuple[Path, int]]:
     samples = []
     for folder, label in sorted(labels.items()):
-        files = sorted(p for p in (root / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            files = sorted(p for p in (root / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as error:
+            raise ValueError(f"cannot read class folder {root / folder}: {error.strerror}") from None
+        if not files:
+            # Its class would be a head output no image ever trains or tests.
+            raise ValueError(f"class folder {root / folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                             "remove it or fill it")
         samples += [(path, label) for path in files[:max_per_class]]
     if not samples:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")

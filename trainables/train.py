@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.checkpoint import labels_of
+from trainables.checkpoint import CheckpointError, labels_of
 from trainables.config import TrainingConfig, TrialConfig
 from trainables.cue_conflict import evaluate_shape_bias, preprocess
 from trainables.data import Batches, TrialData, build_data
@@ -176,7 +176,12 @@ def train_and_evaluate(
 
     first_epoch, tracking = 1, {}
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        try:
+            model.load_state_dict(resume["model"])
+        except RuntimeError as error:
+            # torch lists every mismatched tensor over many lines; the first says enough.
+            first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+            raise CheckpointError(f"the checkpoint holds another model than this config builds ({first[:300]})") from None
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         if scaler is not None and "scaler" in resume:

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
 from pydantic import ValidationError
 
-from trainables.config import TrialConfig, describe
-from trainables.checkpoint import load_checkpoint, save_checkpoint, temporary_checkpoint
-from trainables.train import train_and_evaluate
+from trainables.config import TrialConfig, YamlError, describe, read_yaml, redact
+from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, temporary_checkpoint
+from trainables.train import NonFiniteLossError, train_and_evaluate
 
 
 class Tracker(Protocol):
@@ -85,11 +85,23 @@ _SCHEMES = {"gcs": "gs"}  # pyarrow type names that differ from the URI scheme
 
 
 def load_trial_config(path: str | Path) -> TrialConfig:
-    """Read and validate a trial YAML file (safe_load: no code in config text)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    return TrialConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    """Read and validate a trial YAML file (safe: no code in config text, no duplicate keys)."""
+    raw = read_yaml(Path(path))
+    if raw is not None and not isinstance(raw, dict):
+        raise YamlError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    return TrialConfig.model_validate(raw or {})
+
+
+def check_checkpoint_dir(directory: Path) -> None:
+    """A --checkpoint-dir that can hold state.pt, checked before any training is spent."""
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"--checkpoint-dir {directory} is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise CheckpointError(f"--checkpoint-dir {directory} is not writable ({error.strerror})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,20 +111,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-dir", type=Path, help="save state.pt here every epoch and resume from it")
     args = parser.parse_args(argv)
     try:
-        trial = load_trial_config(args.config)
-    except (FileNotFoundError, ValidationError, yaml.YAMLError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        return _train(args.config, args.checkpoint_dir)
+    except (ValidationError, ValueError, OSError, NonFiniteLossError) as error:
+        # Config, data, checkpoint and numerical failures: one line, exit 2 (CheckpointError and
+        # YamlError are ValueErrors).
+        print(f"error: {one_line(error)[:1000]}", file=sys.stderr)
         return 2
+
+
+def _train(config_path: str, checkpoint_dir: Path | None) -> int:
+    trial = load_trial_config(config_path)
     resume = None
-    if args.checkpoint_dir and (args.checkpoint_dir / "state.pt").is_file():
-        resume = load_checkpoint(args.checkpoint_dir)
-        print(f"resuming from {args.checkpoint_dir} after epoch {resume['epoch']}")
+    if checkpoint_dir:
+        check_checkpoint_dir(checkpoint_dir)
+        if (checkpoint_dir / "state.pt").exists():
+            resume = load_checkpoint(checkpoint_dir)
+            print(f"resuming from {checkpoint_dir} after epoch {resume['epoch']}")
     start = time.perf_counter()
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
-        if args.checkpoint_dir:
-            args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(state, args.checkpoint_dir)
+        if checkpoint_dir:
+            save_checkpoint(state, checkpoint_dir)
         print(
             f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.3f}  accuracy {metrics['accuracy']:.3f}  "
             f"shape bias {metrics['shape_bias']:.3f}  (shape acc {metrics['shape_accuracy']:.3f}, texture acc "
@@ -123,17 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     if resume is not None and resume["epoch"] >= trial.training.epochs:
         print(f"all {trial.training.epochs} epochs are already trained; final metrics: {resume['metrics']}")
         return 0
-    try:
-        train_and_evaluate(trial, report, resume=resume)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
+    train_and_evaluate(trial, report, resume=resume)
     return 0
 
 
 def one_line(error: BaseException) -> str:
     """A config or data error as one readable line."""
-    return describe(error) if isinstance(error, ValidationError) else " ".join(str(error).split())
+    text = describe(error) if isinstance(error, ValidationError) else " ".join(str(error).split())
+    return redact(text)
 
 
 if __name__ == "__main__":
