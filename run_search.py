@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -36,11 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         "under every seed as a Ray Tune trial, MLflow records a parent run with one child per trial, and the "
         "Pareto front is printed and written to pareto.csv / pareto.png."))
     _add_config_arguments(search)
-    resume = commands.add_parser("resume", help="continue the newest unfinished search of this config's name",
+    resume = commands.add_parser("resume", help="continue an interrupted search (default: the newest resumable one of this config's name)",
                                  description="Continue an interrupted search (Tuner.restore): finished trials are not rerun, "
                                  "unfinished ones restart from their last checkpoint and reattach to their MLflow runs, "
-                                 "and Optuna continues its stored study.")
+                                 "and Optuna continues its stored study. Starts that failed before any trial ran "
+                                 "have nothing to resume and are skipped.")
     _add_config_arguments(resume)
+    resume.add_argument("--search", help="the search id to resume (printed when it started, and its MLflow parent run's name)")
     front = commands.add_parser("pareto", help="print and plot the Pareto front of a finished search",
                                 description="Read a search's child runs from MLflow, print the front, write pareto.csv and pareto.png.")
     front.add_argument("--experiment", required=True, help="MLflow experiment name")
@@ -82,11 +85,19 @@ def existing_store(given: str | None) -> str:
     from orchestrator.tracking import SearchError
     from search_spaces.spec import resolve_tracking_uri
 
+    from orchestrator.preflight import check_reachable
+    from search_spaces.spec import TRACKING_SCHEMES, check_url
+
     uri = resolve_tracking_uri(given)
+    try:
+        check_url(uri, TRACKING_SCHEMES, "--tracking-uri", allow_path=True)
+    except ValueError as error:
+        raise SearchError(str(error)) from None
     # MLflow would create an empty database at a mistyped path and report nothing found in it.
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise SearchError(f"no MLflow database at {uri[len('sqlite:///'):]}: run from the search's directory, or pass "
                           "--tracking-uri (or set MLFLOW_TRACKING_URI)")
+    check_reachable(uri, "the MLflow tracking store", "start it, or pass --tracking-uri / set MLFLOW_TRACKING_URI")
     return uri
 
 
@@ -94,9 +105,11 @@ def pareto_command(args: argparse.Namespace) -> int:
     """`pareto`: the front of a finished search, from MLflow alone."""
     from mlflow.tracking import MlflowClient
 
+    from orchestrator.preflight import writable_dir
     from orchestrator.report import report_front
     from orchestrator.tracking import find_search
 
+    writable_dir(args.out, "--out")
     client = MlflowClient(existing_store(args.tracking_uri))
     search = find_search(client, args.experiment, search_id=args.search)
     report_front(client, search, args.out, args.seeds)
@@ -110,7 +123,7 @@ def promote_command(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     from orchestrator import choice as choosing
-    from orchestrator.registry import check_reachable, check_registry_names, default_model_name, promote
+    from orchestrator.registry import check_registry_names, default_model_name, promote
     from orchestrator.tracking import SearchError, child_runs, collect, find_search
 
     if args.floor and not args.maximize:
@@ -118,9 +131,7 @@ def promote_command(args: argparse.Namespace) -> int:
     floors = [choosing.parse_floor(text) for text in args.floor]
     name = args.model_name or default_model_name(args.experiment)
     check_registry_names(name, args.alias)  # before anything is written
-    uri = existing_store(args.tracking_uri)
-    check_reachable(uri)
-    client = MlflowClient(uri)
+    client = MlflowClient(existing_store(args.tracking_uri))
     search = find_search(client, args.experiment, search_id=args.search, status=None if args.search else "FINISHED")
     if search.status != "FINISHED":
         raise SearchError(f"search {search.search_id} is {search.status}, not FINISHED: wait for it to end, or finish it "
@@ -159,11 +170,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """`evaluate`: a registered model's objectives now, beside those recorded at promotion."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.registry import check_reachable, evaluate
+    from orchestrator.registry import evaluate
 
-    uri = existing_store(args.tracking_uri)
-    check_reachable(uri)
-    result = evaluate(MlflowClient(uri), args.model, args.stimuli, args.data)
+    result = evaluate(MlflowClient(existing_store(args.tracking_uri)), args.model, args.stimuli, args.data)
     source = result.provenance
     print(f"{args.model} = version {result.version.version}: configuration {source['configuration']} seed {source['seed']} "
           f"of search {source['search_id']}")
@@ -199,15 +208,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return _one_line_errors(lambda args: search_command(spec, resume=args.command == "resume"), args)
+    return _one_line_errors(lambda args: search_command(spec, args), args)
 
 
-def search_command(spec: SearchSpec, resume: bool) -> int:
+def search_command(spec: SearchSpec, args: argparse.Namespace) -> int:
     """`search` / `resume`: run the search to its end."""
     # Imported after validation: a config error is reported before Ray or MLflow load.
-    from orchestrator.driver import run_search
+    from orchestrator.driver import SearchInterrupted, run_search
 
-    run_search(spec, resume=resume)
+    resume = args.command == "resume"
+    try:
+        run_search(spec, resume=resume, search_id=getattr(args, "search", None))
+    except SearchInterrupted as stopped:
+        again = shlex.join(["run_search.py", "resume", "--config", args.config, *args.overrides, "--search", stopped.search_id])
+        print(f"{stopped}; its finished trials are kept. Continue it with:\n  {again}", file=sys.stderr)
+        return 130  # the shell's code for a run stopped by Ctrl+C
     return 0
 
 
@@ -215,19 +230,20 @@ def _one_line_errors(command: Callable[[argparse.Namespace], int], args: argpars
     """Run a command; what it cannot find or do is one line on stderr and exit code 2."""
     from orchestrator.tracking import SearchError
 
-    reading = args.command in COMMANDS  # pareto, promote, evaluate: MLflow and files, no Ray
+    from trainables.trial import one_line
+
     try:
         return command(args)
     except SearchError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)[:2000]}", file=sys.stderr)
     except Exception as error:
         from mlflow.exceptions import MlflowException
+        from optuna.exceptions import OptunaError
+        from sqlalchemy.exc import SQLAlchemyError
 
-        if not reading or not isinstance(error, (MlflowException, OSError, ValueError)):
-            raise
+        if not isinstance(error, (MlflowException, OptunaError, SQLAlchemyError, OSError, ValueError)):
+            raise  # a bug: its traceback is what a report needs
         # A store that refuses a query, a file that cannot be read, data that does not fit.
-        from trainables.trial import one_line
-
         print(f"error: {type(error).__name__}: {one_line(error)[:500]}", file=sys.stderr)
     return 2
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from orchestrator.pareto import ConfigurationResult, Replicate, front_of
 from orchestrator.tracking import SearchError
 from search_spaces.params import OBJECTIVES
+from trainables.config import bounded
 
 _FLOOR = re.compile(r"^(?P<objective>[a-z_]+)=(?:(?P<dense>dense)(?P<offset>[-+]\d*\.?\d+)?|(?P<value>\d*\.?\d+))$")
 
@@ -78,7 +79,7 @@ def by_id(results: list[ConfigurationResult], configuration: str, all_ids: list[
     if configuration in all_ids:
         raise SearchError(f"configuration {configuration} did not finish all its seeds; complete ones: "
                           f"{', '.join(r.configuration for r in results) or 'none'}")
-    raise SearchError(f"no configuration {configuration!r} in this search; valid: {', '.join(r.configuration for r in results) or 'none'}")
+    raise SearchError(f"no configuration {bounded(configuration)} in this search; valid: {', '.join(r.configuration for r in results) or 'none'}")
 
 
 def by_rule(results: list[ConfigurationResult], maximize: str, floors: list[Floor]) -> Choice:

@@ -1,15 +1,18 @@
 """The driver of a search: open it (or take up the one to resume), run Tune, close it.
 
-The driver validates nothing itself (the spec is already valid), opens the MLflow parent run,
-starts or joins Ray with the tracking URI in the runtime environment, and hands Tune the
-replicate searcher. When Tune returns it closes what dead workers left open, reports the Pareto
-front (`orchestrator.report`), and closes the parent run.
+The spec is already valid. The driver first checks what only the world can say (folders,
+services, resources: `orchestrator.preflight`), starts or joins Ray with the tracking URI in the
+runtime environment, and only then opens the MLflow parent run, so a refused start leaves nothing
+behind. Tune runs the replicate searcher; when it returns the driver closes what dead workers
+left open, reports the Pareto front (`orchestrator.report`), and closes the parent run: FINISHED,
+KILLED (interrupted: resumable), or FAILED with the reason in its `failure_reason` tag.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,22 +22,34 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from orchestrator import preflight
 from orchestrator.pareto import ConfigurationResult
 from orchestrator.progress import SearchProgress
 from orchestrator.report import report_front
 from orchestrator.searcher import ReplicateSearcher, make_optuna_search
 from orchestrator.tracking import (
     SearchError,
+    SearchRecord,
     close_open_children,
     experiment_id,
+    failure_summary,
     find_search,
     start_parent_run,
 )
 from orchestrator.worker import search_trial
 from search_spaces.spec import SearchSpec
+from trainables.config import redact
 from trainables.data import fingerprint
 
-__all__ = ["SearchError", "SearchOutcome", "run_search"]
+__all__ = ["SearchError", "SearchInterrupted", "SearchOutcome", "run_search"]
+
+
+class SearchInterrupted(SearchError):
+    """Ctrl+C or SIGTERM: the search is KILLED and can be resumed."""
+
+    def __init__(self, search_id: str) -> None:
+        super().__init__(f"search {search_id} was interrupted")
+        self.search_id = search_id
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,17 @@ def _start_ray(spec: SearchSpec, tracking_uri: str) -> None:
              configure_logging=True, logging_level=logging.WARNING, ignore_reinit_error=True)
 
 
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (a scheduler, `kill`, a container stop) ends the search as Ctrl+C does: KILLED, resumable.
+
+    ray.init installs its own SIGTERM handler (exit at once), so this is set after it.
+    """
+    def handler(signum, frame):
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)  # Tune's graceful stop, or KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _trainable(spec: SearchSpec, parent_run_id: str, experiment: str, data_digests: dict[str, str]):
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     trial = tune.with_parameters(search_trial, parent_run_id=parent_run_id, experiment=experiment,
@@ -70,45 +96,91 @@ def _trainable(spec: SearchSpec, parent_run_id: str, experiment: str, data_diges
     return tune.with_resources(trial, resources)
 
 
-def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
-    """Run the search described by `spec` (or resume its newest unfinished run) to the end."""
+def resumable_search(client: MlflowClient, spec: SearchSpec, storage: str, search_id: str | None) -> SearchRecord:
+    """The search to resume: `search_id`, else the newest unfinished one of this name that Ray can restore."""
+    if search_id:
+        candidates = [find_search(client, spec.mlflow_experiment, search_id=search_id)]
+        if candidates[0].status == "FINISHED":
+            raise SearchError(f"search {search_id} is already FINISHED: nothing to resume (see its front with "
+                              f"`run_search.py pareto --experiment {spec.mlflow_experiment} --search {search_id}`)")
+    else:
+        newest = find_search(client, spec.mlflow_experiment, name=spec.name, exclude_status="FINISHED")
+        runs = client.search_runs([newest.experiment_id], filter_string=f"tags.search_name = '{spec.name}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1000)
+        candidates = [SearchRecord(newest.experiment_id, newest.experiment_name, r) for r in runs if r.info.status != "FINISHED"]
+    for search in candidates:
+        _check_inside(search, storage)
+        if tune.Tuner.can_restore(search.path):
+            return search
+        if search_id:
+            raise SearchError(f"search {search_id} has no Ray Tune state at {redact(search.path)}: it failed before "
+                              "its first trial started, so there is nothing to resume; start a new search")
+    skipped = ", ".join(s.search_id for s in candidates)
+    raise SearchError(f"no unfinished search named {spec.name!r} has Ray Tune state to resume (skipped, never started: "
+                      f"{skipped}); start a new search, or name one with --search ID")
+
+
+def _check_inside(search: SearchRecord, storage: str) -> None:
+    """Refuse Ray state outside the configured storage_path: resume unpickles what it finds there."""
+    path, root = search.path, storage.rstrip("/")
+    inside = (Path(path).resolve().is_relative_to(Path(root)) if "://" not in root
+              else path.startswith(root + "/"))
+    if not inside:
+        raise SearchError(f"search {search.search_id} keeps its Ray state at {redact(path)}, outside storage_path "
+                          f"{redact(root)}: resume only reads state under the configured storage_path (set "
+                          "storage_path to where the search ran)")
+
+
+def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = None) -> SearchOutcome:
+    """Run the search described by `spec` (or resume `search_id`, default its newest unfinished run) to the end."""
     _quiet()
     tracking_uri = spec.resolved_tracking_uri()
-    client = MlflowClient(tracking_uri)
-    experiment = experiment_id(client, spec.mlflow_experiment)
-    storage = spec.resolved_storage_path()
+    # Everything that can be refused is refused here, before Ray starts or MLflow holds a run.
+    if resume and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise SearchError(f"no MLflow database at {tracking_uri[len('sqlite:///'):]}, so no search to resume: run "
+                          "from the search's folder, or set tracking_uri")
+    preflight.writable_dir(Path.cwd(), "the working directory (for the front's files)")
+    storage = preflight.check_storage_path(spec)
+    preflight.check_services(spec, tracking_uri)
+    preflight.check_local_resources(spec)
+    optuna_url = spec.resolved_optuna_storage()
+    with preflight.first_start_lock(tracking_uri, optuna_url):
+        client = MlflowClient(tracking_uri)
+        experiment = experiment_id(client, spec.mlflow_experiment)
+        optuna_storage = None if resume else optuna.storages.RDBStorage(optuna_url)
     # Once per search, not per trial: listing an ImageNet folder takes a while.
     data_digests = fingerprint(spec.data)
+    parent = resumable_search(client, spec, storage, search_id) if resume else None
 
-    if resume:
-        parent = find_search(client, spec.mlflow_experiment, name=spec.name, exclude_status="FINISHED")
-        parent_run_id, search_id, path = parent.run_id, parent.search_id, parent.path
-        if not tune.Tuner.can_restore(path):
-            raise SearchError(f"search {search_id} has no Ray Tune state to resume at {path}")
-        client.update_run(parent_run_id, status="RUNNING")
-        print(f"resuming search {search_id} (MLflow parent run {parent_run_id})", flush=True)
-    else:
-        search_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        path = f"{storage.rstrip('/')}/{search_id}"
-        parent_run_id = start_parent_run(client, experiment, search_id, spec.model_dump(mode="json"), path, data_digests)
-        print(f"search {search_id}: {spec.configurations} configurations x {len(spec.seeds)} seeds, "
-              f"sampler {spec.sampler}, MLflow parent run {parent_run_id}", flush=True)
-
-    start = time.monotonic()
-    status = "FAILED"
     started_ray = not ray.is_initialized()
+    parent_run_id = None
+    status, reason = "FAILED", None
     try:
         _start_ray(spec, tracking_uri)
+        _sigterm_as_ctrl_c()
+        preflight.check_cluster_resources(spec)
+        if parent is not None:
+            parent_run_id, search_id, path = parent.run_id, parent.search_id, parent.path
+            client.update_run(parent_run_id, status="RUNNING")
+            if "failure_reason" in parent.run.data.tags:
+                client.delete_tag(parent_run_id, "failure_reason")
+            print(f"resuming search {search_id} (MLflow parent run {parent_run_id})", flush=True)
+        else:
+            search_id = preflight.new_search_id(spec.name)
+            path = f"{storage.rstrip('/')}/{search_id}"
+            optuna_search = make_optuna_search(spec, study_name=search_id, storage=optuna_storage)
+            parent_run_id = start_parent_run(client, experiment, search_id, spec.model_dump(mode="json"), path, data_digests)
+            print(f"search {search_id}: {spec.configurations} configurations x {len(spec.seeds)} seeds, "
+                  f"sampler {spec.sampler}, MLflow parent run {parent_run_id}", flush=True)
+        start = time.monotonic()
         trainable = _trainable(spec, parent_run_id, experiment, data_digests)
-        if resume:
+        if parent is not None:
             # Finished trials stay finished; unfinished ones restart from their last checkpoint.
             # Errored trials already used their max_failures retries: they stay errored.
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         else:
-            searcher = ReplicateSearcher(
-                make_optuna_search(spec, study_name=search_id), spec.seeds, spec.configurations,
-                spec.trial_config, spec.training.epochs, spec.accuracy_floor,
-            )
+            searcher = ReplicateSearcher(optuna_search, spec.seeds, spec.configurations, spec.trial_config,
+                                         spec.training.epochs, spec.accuracy_floor)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -129,28 +201,40 @@ def run_search(spec: SearchSpec, resume: bool = False) -> SearchOutcome:
                 ),
             )
         results = tuner.fit()
-        # Tune swallows the first Ctrl+C and returns early: then the search is unfinished.
+        # Tune swallows the first Ctrl+C (or SIGTERM) and returns early: then the search is unfinished.
         ended = results.num_terminated + results.num_errors
         status = "FINISHED" if ended >= spec.configurations * len(spec.seeds) else "KILLED"
     except KeyboardInterrupt:
         status = "KILLED"
+    except BaseException as error:
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
         raise
     finally:
-        close_open_children(client, experiment, parent_run_id)
-        if status != "FINISHED":
-            client.set_terminated(parent_run_id, status=status)
+        if parent_run_id is not None:
+            close_open_children(client, experiment, parent_run_id)
+            if status != "FINISHED":
+                if reason:
+                    client.set_tag(parent_run_id, "failure_reason", redact(reason)[:5000])
+                client.set_terminated(parent_run_id, status=status)
         if started_ray:
             ray.shutdown()
     if status == "KILLED":
-        raise SearchError(f"search {search_id} was interrupted; continue it with: run_search.py resume --config ...")
+        if parent_run_id is None:
+            raise SearchError("interrupted before the search started: nothing was written")
+        raise SearchInterrupted(search_id)
 
     wall_s = time.monotonic() - start
+    search = find_search(client, spec.mlflow_experiment, search_id=search_id)
+    failures = failure_summary(client, search)
     try:
-        search = find_search(client, spec.mlflow_experiment, search_id=search_id)
         results, volume = report_front(client, search, Path.cwd())
-    except SearchError:
-        client.set_terminated(parent_run_id, status="FAILED")  # every configuration failed
-        raise
+    except SearchError as error:
+        # Every configuration failed: the trials' own reasons say why better than an empty front.
+        reason = failures or str(error)
+        client.set_tag(parent_run_id, "failure_reason", redact(reason)[:5000])
+        client.set_terminated(parent_run_id, status="FAILED")
+        raise SearchError(f"search {search_id} failed: {reason}") from None
+    if failures:
+        print(f"warning: {failures}", flush=True)
     client.set_terminated(parent_run_id, status="FINISHED")
     return SearchOutcome(search_id, parent_run_id, results, volume, wall_s)
-

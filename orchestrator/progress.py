@@ -23,10 +23,26 @@ class SearchProgress(Callback):
         self.done: dict[str, str] = {}  # trial id -> configuration
         self.failed: set[str] = set()
         self.best = {"accuracy": -math.inf, "shape_bias": -math.inf}
+        self.counted_earlier = False
 
+    # Tune pickles callbacks with the experiment state when a search starts, so a restored copy
+    # would carry that moment's (empty) counts: it starts afresh and counts the trials that
+    # ended before the resume on its first step (`on_step_begin`).
     def __getstate__(self) -> dict:
-        # The stream is not picklable; Tune pickles callbacks with the experiment state.
-        return {k: v for k, v in self.__dict__.items() if k != "stream"} | {"stream": None}
+        return {"configurations": self.configurations, "seeds": self.seeds, "epochs": self.epochs}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["configurations"], state["seeds"], state["epochs"])
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self.counted_earlier:
+            return
+        self.counted_earlier = True
+        for trial in trials:
+            if trial.status == "TERMINATED":
+                self._ended(trial)
+            elif trial.status == "ERROR":
+                self.failed.add(trial.trial_id)
 
     def _print(self) -> None:
         finished_configs = {c for c in self.done.values() if list(self.done.values()).count(c) == self.seeds}
@@ -50,15 +66,17 @@ class SearchProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.running.discard(trial.trial_id)
+        self._ended(trial)
+        self._print()
+
+    def _ended(self, trial) -> None:
         # The searcher's and the front's rule: a partial or non-finite result is not a result.
         if outcome(trial.last_result, self.epochs) is not Outcome.COMPLETE:
             self.failed.add(trial.trial_id)
-            self._print()
             return
         self.done[trial.trial_id] = trial.config.get("configuration", trial.trial_id)
         for name in self.best:
             self.best[name] = max(self.best[name], trial.last_result[name])
-        self._print()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.running.discard(trial.trial_id)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import datetime
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,18 +33,6 @@ from trainables.config import TrialConfig
 from trainables.trial import one_line
 
 PROMOTED_MODEL = "promoted-model"  # the logged model's name in the source run's Models tab
-
-
-def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
-    """An HTTP tracking server answers /health within seconds, or SearchError says it is down."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    try:
-        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s)
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise SearchError(f"cannot reach the MLflow tracking server at {tracking_uri} ({reason}); "
-                          "start it, or pass --tracking-uri / MLFLOW_TRACKING_URI") from None
 
 
 def default_model_name(experiment: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import shutil
+import tempfile
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -76,7 +78,7 @@ def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
 def report_front(
     client: MlflowClient, search: SearchRecord, out_dir: Path, seeds: int | None = None
 ) -> tuple[list[ConfigurationResult], float]:
-    """Print the front, write pareto.csv / pareto.png to out_dir and log both to the parent run."""
+    """Print the front, write pareto-<search id>.csv / .png to out_dir and log both to the parent run."""
     seeds = seeds or len(search.seeds)
     results = collect(client, search, seeds)
     if not results:
@@ -86,11 +88,15 @@ def report_front(
     print(f"\nPareto front of {search.search_id}: {len(front)} of {len(results)} configurations, hypervolume {volume:.4f}")
     print(format_table(results))
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out_dir / "pareto.csv", out_dir / "pareto.png"
+    # Named after the search, so two searches run in one folder never overwrite each other's.
+    csv_path, png_path = out_dir / f"pareto-{search.search_id}.csv", out_dir / f"pareto-{search.search_id}.png"
     write_csv(results, csv_path)
     plot(results, png_path, f"{search.search_id}: accuracy vs shape bias ({seeds} seeds per point)")
-    client.log_artifact(search.run_id, str(csv_path))
-    client.log_artifact(search.run_id, str(png_path))
+    with tempfile.TemporaryDirectory() as staging:
+        # In MLflow the parent run is the search already: there they keep their plain names.
+        shutil.copy(csv_path, Path(staging) / "pareto.csv")
+        shutil.copy(png_path, Path(staging) / "pareto.png")
+        client.log_artifacts(search.run_id, staging)
     client.log_metric(search.run_id, "hypervolume", volume)
     client.log_metric(search.run_id, "front_size", len(front))
     print(f"wrote {csv_path} and {png_path} (also logged to MLflow run {search.run_id})")

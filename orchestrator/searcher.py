@@ -53,9 +53,9 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def make_optuna_search(spec: SearchSpec, study_name: str) -> OptunaSearch:
+def make_optuna_search(spec: SearchSpec, study_name: str, storage: optuna.storages.BaseStorage | None = None) -> OptunaSearch:
     """OptunaSearch over the spec's space with its own study in the spec's Optuna storage."""
-    storage = optuna.storages.RDBStorage(spec.resolved_optuna_storage())
+    storage = storage or optuna.storages.RDBStorage(spec.resolved_optuna_storage())
     return OptunaSearch(
         space=SearchSpaceFunction(spec),
         metric=list(OBJECTIVES),

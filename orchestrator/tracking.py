@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,6 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from orchestrator.pareto import ConfigurationResult, Replicate
 from search_spaces.params import OBJECTIVES, Outcome, Params, outcome, placement_key
+from trainables.config import bounded, redact
 
 PACKAGES = ("torch", "torchvision", "ray", "optuna", "mlflow", "sparse-shape-search")
 
@@ -54,9 +56,29 @@ class SearchError(RuntimeError):
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """Id of the named experiment, created if missing."""
+    """Id of the named experiment, created if missing (by us, or by a search starting at the same moment)."""
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:
+        experiment = client.get_experiment_by_name(name)  # the other search created it first
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+# Search ids and configuration ids are generated from the spec's name (letters, digits, _ . -),
+# so anything else cannot name one; checking keeps user text out of MLflow filter strings.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_id(value: str, what: str, example: str) -> str:
+    """`value` if it can be a search or configuration id, else SearchError naming it."""
+    if not _ID.match(value):
+        raise SearchError(f"{bounded(value)} is not a {what}: ids are letters, digits, '_', '.' and '-' (e.g. {example})")
+    return value
 
 
 def child_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> list[mlflow.entities.Run]:
@@ -156,7 +178,12 @@ def find_search(
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         known = sorted(e.name for e in client.search_experiments())
-        raise SearchError(f"no MLflow experiment {experiment_name!r} at {client.tracking_uri}; known: {', '.join(known) or 'none'}")
+        raise SearchError(f"no MLflow experiment {bounded(experiment_name)} at {redact(client.tracking_uri)}; "
+                          f"known: {bounded(', '.join(known) or 'none')[1:-1]}")
+    if search_id:
+        check_id(search_id, "search id", "quickstart-20261128-101500-3fa2c1")
+    if name:
+        check_id(name, "search name", "quickstart")
     filters = [f"tags.search_id = '{search_id}'" if search_id else "tags.search_id != ''"]
     if name:
         filters.append(f"tags.search_name = '{name}'")
@@ -169,12 +196,12 @@ def find_search(
     everything = client.search_runs([experiment.experiment_id], filter_string="tags.search_id != ''",
                                     order_by=["attributes.start_time DESC"], max_results=10)
     known = ", ".join(f"{r.data.tags['search_id']} ({r.info.status})" for r in everything) or "none"
-    wanted = "search" + (f" {search_id!r}" if search_id else "") + (f" named {name!r}" if name else "")
+    wanted = "search" + (f" {bounded(search_id)}" if search_id else "") + (f" named {bounded(name)}" if name else "")
     if status:
         wanted += f" with status {status}"
     if exclude_status:
         wanted += f" not {exclude_status}"
-    raise SearchError(f"no {wanted} in MLflow experiment {experiment_name!r}; searches there: {known}")
+    raise SearchError(f"no {wanted} in MLflow experiment {bounded(experiment_name)}; searches there: {known}")
 
 
 def collect(client: MlflowClient, search: SearchRecord, seeds: int | None = None) -> list[ConfigurationResult]:
@@ -205,3 +232,20 @@ def run_outcome(run: mlflow.entities.Run) -> Outcome:
         # a FINISHED run trained every epoch.
         metrics["epoch"] = epochs
     return outcome(metrics, epochs, error=run.info.status != "FINISHED")
+
+
+def failure_summary(client: MlflowClient, search: SearchRecord, limit: int = 3) -> str | None:
+    """"2 of 6 trials failed: NonFiniteLossError: ... [2 trials]; ...": the failed child runs' reasons, grouped."""
+    children = child_runs(client, search.experiment_id, search.run_id)
+    failed = [r for r in children if r.info.status == "FAILED"]
+    if not failed:
+        return None
+    reasons: dict[str, int] = {}
+    for run in failed:
+        reason = run.data.tags.get("error", "no reason recorded (the worker died)")[:300]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    grouped = sorted(reasons.items(), key=lambda item: -item[1])
+    text = "; ".join(reason if len(reasons) == 1 else f"{reason} [{count} trials]" for reason, count in grouped[:limit])
+    if len(grouped) > limit:
+        text += f"; and {len(grouped) - limit} other reasons (see the child runs' error tags)"
+    return f"{len(failed)} of {len(children)} trials failed: {text}"

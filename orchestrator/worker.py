@@ -25,7 +25,14 @@ from search_spaces.params import Params
 from trainables.checkpoint import load_checkpoint, restore_model
 from trainables.config import FolderData, TrialConfig
 from trainables.data import fingerprint
+from trainables.train import NonFiniteLossError
 from trainables.trial import one_line, train_trial
+
+
+# Failures that a retry would repeat exactly: bad numbers, undecodable data, a bad config or
+# checkpoint (ValidationError and CheckpointError are ValueErrors). OSError and Ray's own errors
+# (a lost worker, an out-of-memory kill) stay retryable.
+DETERMINISTIC = (NonFiniteLossError, ValueError)
 
 
 def search_trial(
@@ -34,7 +41,13 @@ def search_trial(
 ) -> None:
     """The Tune trainable of a search: one trial, logged as a child of the search's MLflow run."""
     tracker = MLflowTrialTracker(parent_run_id, experiment, tune.get_context().get_trial_id(), config, log_models, data_digests)
-    train_trial(config["trial"], tracker)
+    try:
+        train_trial(config["trial"], tracker)
+    except DETERMINISTIC:
+        # The child run is already FAILED with the reason in its `error` tag. Returning ends the
+        # trial with its incomplete last result (which the searcher and the front count as failed)
+        # instead of Ray retrying it max_failures times to the same end.
+        return
 
 
 class MLflowTrialTracker:
@@ -51,6 +64,7 @@ class MLflowTrialTracker:
         self.client = MlflowClient()  # tracking URI from MLFLOW_TRACKING_URI (Ray runtime env)
         self.run_id: str | None = None
         self.finished = False
+        self.logged_steps: set[int] = set()  # epochs an earlier attempt already logged
 
     def _existing_run(self) -> str | None:
         """This (configuration, seed)'s run, if an earlier attempt created one.
@@ -81,6 +95,11 @@ class MLflowTrialTracker:
                 self.finished = True
                 return dict(saved)
             self.client.update_run(self.run_id, status="RUNNING")  # reattach, never duplicate
+            # A restart resumes from the last checkpoint Ray recorded, which can be older than
+            # the last epoch logged: those epochs are trained again but logged once.
+            self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "epoch")}
+            if "error" in self.client.get_run(self.run_id).data.tags:
+                self.client.delete_tag(self.run_id, "error")  # the failure this attempt retries
             if not self.client.get_run(self.run_id).inputs.dataset_inputs:
                 self._log_inputs(config)  # the attempt that created the run died before logging them
             self.client.set_tag(self.run_id, "ray_trial_id", self.ray_trial_id)
@@ -132,6 +151,9 @@ class MLflowTrialTracker:
         if self.finished:
             return
         now, step = int(time.time() * 1000), int(metrics["epoch"])
+        if step in self.logged_steps:
+            return
+        self.logged_steps.add(step)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None:

@@ -194,7 +194,7 @@ def train_and_evaluate(
         data.train.set_epoch(epoch)
         loss, images_per_s = train_one_epoch(forward, optimizer, data.train, data.image_size, device, amp_dtype, scaler, memory_format)
         if not math.isfinite(loss):
-            raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch} (lr {training.lr}); stopping")
+            raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch} (lr {training.lr:g}); stopping")
         scheduler.step()
         bias, _ = evaluate_shape_bias(forward, data.stimuli, data.mapping, data.image_size, device=device)
         metrics = {

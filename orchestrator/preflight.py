@@ -1,0 +1,147 @@
+"""What a search checks before it writes anything: folders it can write, services that answer,
+resources that exist. Each failure is one SearchError line naming the value and what to check.
+
+The spec has already validated the text of every setting (`search_spaces.spec`); these checks
+need the world: the disk, the network, this machine, the Ray cluster. They run before the MLflow
+parent run exists, so a refused start leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from orchestrator.tracking import SearchError
+from search_spaces.spec import SearchSpec
+from trainables.config import redact
+
+TIMEOUT_S = 5.0  # per connection attempt: a service that answers at all answers well within this
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """`path` as a directory this process can write (created if missing), or SearchError."""
+    if path.exists() and not path.is_dir():
+        raise SearchError(f"{what} {path} is a file, not a directory: choose a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise SearchError(f"{what} {path} is not writable ({error.strerror}): choose a directory you can write") from None
+    return path
+
+
+def check_storage_path(spec: SearchSpec) -> str:
+    """Ray's storage_path: a local folder created or found writable (URIs are checked by Ray itself)."""
+    storage = spec.resolved_storage_path()
+    if "://" not in storage:
+        writable_dir(Path(storage), "storage_path")
+    return storage
+
+
+def check_sqlite(url: str, what: str) -> None:
+    """A SQLite store's folder exists and is writable (SQLite would say only 'unable to open database file')."""
+    path = Path(url.split(":///", 1)[1].split("?", 1)[0])
+    if not path.parent.is_dir():
+        raise SearchError(f"{what} {url}: folder {path.parent} does not exist; create it or choose another path")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise SearchError(f"{what} {url}: {path if path.exists() else path.parent} is not writable")
+
+
+def check_reachable(url: str, what: str, hint: str) -> None:
+    """A network service at `url` accepts a connection (an HTTP one answers /health) within seconds."""
+    parts = urllib.parse.urlsplit(url if "://" in url else f"tcp://{url}")
+    shown = redact(url)
+    if parts.scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=TIMEOUT_S)
+        except urllib.error.HTTPError as error:
+            if error.code in (401, 403):
+                return  # it answers; credentials are the store's business, and its error says so
+            raise SearchError(f"{what} {shown} answers /health with HTTP {error.code}: {hint}") from None
+        except (urllib.error.URLError, OSError) as error:
+            raise SearchError(f"cannot reach {what} {shown} ({getattr(error, 'reason', error)}): {hint}") from None
+        return
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme.split("+")[0])
+    if not parts.hostname or port is None:
+        return
+    try:
+        socket.create_connection((parts.hostname, port), timeout=TIMEOUT_S).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise SearchError(f"cannot reach {what} {shown} ({reason} at {parts.hostname}:{port}): {hint}") from None
+
+
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433, "oracle": 1521, "ray": 10001}
+
+
+def check_services(spec: SearchSpec, tracking_uri: str) -> None:
+    """The MLflow store, the Optuna database and the Ray head answer, or the start is refused in seconds."""
+    optuna_url = spec.resolved_optuna_storage()
+    for url, what in ((tracking_uri, "tracking_uri"), (optuna_url, "optuna_storage")):
+        if url.startswith("sqlite:///"):
+            check_sqlite(url, what)
+    check_reachable(tracking_uri, "the MLflow tracking store", "start it, or set tracking_uri / MLFLOW_TRACKING_URI")
+    check_reachable(optuna_url, "the Optuna database", "start it, or set optuna_storage")
+    address = spec.address or os.environ.get("RAY_ADDRESS")
+    if address and address not in ("auto", "local"):
+        check_reachable(address, "the Ray cluster", "start its head (`ray start --head`), or fix address / RAY_ADDRESS")
+
+
+def check_local_resources(spec: SearchSpec) -> None:
+    """Without a cluster, a trial cannot ask for more CPUs or GPUs than this machine has (Ray would wait forever)."""
+    if spec.address or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    have = {"cpu": os.cpu_count() or 1, "gpu": torch.cuda.device_count()}
+    _refuse_unplaceable(spec, [have], "this machine has", "or set address to a cluster that has them")
+
+
+def check_cluster_resources(spec: SearchSpec) -> None:
+    """A trial fits on at least one live node of the cluster Ray joined (a trial never spans nodes)."""
+    import ray
+
+    nodes = [{"cpu": n["Resources"].get("CPU", 0), "gpu": n["Resources"].get("GPU", 0)} for n in ray.nodes() if n["Alive"]]
+    _refuse_unplaceable(spec, nodes, "its largest node has", "or add nodes that have them")
+
+
+def _refuse_unplaceable(spec: SearchSpec, nodes: list[dict[str, float]], where: str, remedy: str) -> None:
+    wanted = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    if any(all(node[k] >= v for k, v in wanted.items()) for node in nodes):
+        return
+    largest = max(nodes, key=lambda n: (n["gpu"], n["cpu"]), default={"cpu": 0, "gpu": 0})
+    short = [k for k, v in wanted.items() if largest[k] < v]
+    raise SearchError(
+        "a trial asks for " + ", ".join(f"resources.{k}={wanted[k]:g}" for k in short) + f" but {where} "
+        + ", ".join(f"{largest[k]:g} {k.upper()}s" for k in short) + f": no trial could ever start; lower it, {remedy}"
+    )
+
+
+@contextlib.contextmanager
+def first_start_lock(*urls: str) -> Iterator[None]:
+    """Serialise the creation of SQLite stores: two searches starting at once in a fresh folder
+    would both run MLflow's schema migration (and Optuna's table creation) and one would crash."""
+    import fcntl
+
+    paths = sorted({url.split(":///", 1)[1].split("?", 1)[0] for url in urls if url.startswith("sqlite:///")})
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            # flock on the database file itself (SQLite takes an empty file as a new database):
+            # no lock file is left behind, and SQLite's own fcntl locks are independent of it.
+            handle = stack.enter_context(open(path, "ab"))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def new_search_id(name: str) -> str:
+    """name-YYYYmmdd-HHMMSS-xxxxxx: sortable by start, and unique even for searches started in the same second."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"

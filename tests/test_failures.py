@@ -1,0 +1,369 @@
+"""Bad inputs and failure states: each is one line on stderr naming the bad value, exit code 2, no
+traceback, and nothing half-written (no MLflow parent run, no Ray experiment folder).
+
+The fast cases never reach Ray; the slow group at the end runs real searches (two at once,
+failing trials, SIGTERM then resume, a cluster too small for a trial).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+TINY = ["data.train_size=160", "data.test_size=60", "data.conflicts_per_pair=2", "training.epochs=2",
+        "training.batch_size=16", "seeds=[0]", "configurations=2", "concurrency=2"]
+
+
+def cli(*args, cwd, module=None, timeout=120):
+    """Run run_search.py (or `python -m module`) as a user would, with no terminal on stdin."""
+    command = [sys.executable, "-m", module] if module else [sys.executable, str(ROOT / "run_search.py")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([*command, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(out, *needles):
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, f"exit {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    assert "Traceback" not in out.stderr and "Traceback" not in out.stdout, out.stderr[-3000:]
+    assert len(lines) == 1, out.stderr[-3000:]
+    assert lines[0].startswith("error: ") and len(lines[0]) < 2500, lines[0][:3000]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def assert_nothing_written(cwd):
+    """A start refused before Ray: no parent run in MLflow, no Ray experiment folder."""
+    database = cwd / "mlflow.db"
+    if database.exists():
+        client = MlflowClient(f"sqlite:///{database}")
+        runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+        assert runs == [], [r.info.run_name for r in runs]
+    assert not (cwd / "ray_results").exists() or not any((cwd / "ray_results").iterdir())
+
+
+def closed_port() -> int:
+    return free_port()  # nothing listens there once the probe socket is closed
+
+
+# --- search: settings refused before Ray starts --------------------------------------------------
+
+CONFIG_ERRORS = {
+    "infinite lr": (["training.lr=.inf"], ["training.lr", "finite", "inf"]),
+    "nan in a search range": (["search.lr={low: 0.01, high: .nan}"], ["search.lr.high", "finite"]),
+    "optuna scheme": (["optuna_storage=foo://db"], ["optuna_storage", "'foo://db'", "sqlite://"]),
+    "tracking scheme": (["tracking_uri=htp://mlflow:5000"], ["tracking_uri", "'htp://mlflow:5000'", "http://"]),
+    "tracking port": (["tracking_uri=http://mlflow:50x0"], ["'http://mlflow:50x0'", "port"]),
+    "optuna url port": (["optuna_storage=postgresql://me@db:port/x"], ["optuna_storage", "not a database URL"]),
+    "sqlite without file": (["optuna_storage=sqlite://"], ["'sqlite://'", "names no file"]),
+    "ray address": (["address=headnode"], ["'headnode'", "host:port"]),
+    "storage scheme": (["storage_path=zz://bucket/x"], ["'zz://bucket/x'", "storage URI"]),
+    "batch above train_size": (["training.batch_size=5000"], ["batch size 5000", "train_size 1200"]),
+    "searched batch above train_size": (["search.batch_size=[16, 4000]"], ["batch size 4000", "train_size 1200"]),
+    "override without =": (["epochs"], ["'epochs'", "key=value"]),
+    "override duplicate key": (["search.fraction={low: 0.1, low: 0.2, high: 0.5}"], ["'low'", "twice"]),
+    "unknown key": (["trainng.lr=0.1"], ["trainng", "Extra inputs"]),
+    "folder data missing": (["data={kind: folder, train_dir: /nonexistent/train, test_dir: /nonexistent/test, "
+                             "stimuli_dir: /nonexistent/stimuli}"], ["/nonexistent/train", "not found"]),
+}
+
+
+@pytest.mark.parametrize("overrides, needles", CONFIG_ERRORS.values(), ids=CONFIG_ERRORS.keys())
+def test_bad_settings_are_one_line_before_ray(tmp_path, overrides, needles):
+    out = cli("search", "--config", str(QUICKSTART), *overrides, cwd=tmp_path)
+    assert_one_line_error(out, *needles)
+    assert sorted(os.listdir(tmp_path)) == []  # not even an empty store
+
+
+def test_password_never_reaches_the_console(tmp_path):
+    out = cli("search", "--config", str(QUICKSTART), "optuna_storage=postgresql://me:s3cret@db:port/x", cwd=tmp_path)
+    line = assert_one_line_error(out, "postgresql://me:***@db:port/x")
+    assert "s3cret" not in out.stderr + out.stdout, line
+
+
+CONFIG_FILES = {
+    "duplicate keys": ("name: a\nconfigurations: 2\nconfigurations: 5000\n", ["'configurations'", "twice", "line 3"]),
+    "alias bomb": ("a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")), ["aliases", "100000"]),
+    "not yaml": ("name: [unclosed\n", ["not valid YAML"]),
+    "not a mapping": ("- just\n- a list\n", ["expected a mapping", "list"]),
+}
+
+
+@pytest.mark.parametrize("text, needles", CONFIG_FILES.values(), ids=CONFIG_FILES.keys())
+def test_bad_config_files_are_one_line(tmp_path, text, needles):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    start = time.monotonic()
+    out = cli("search", "--config", str(config), cwd=tmp_path)
+    assert time.monotonic() - start < 60  # the bomb is refused, not expanded
+    assert_one_line_error(out, "bad.yaml", *needles)
+
+
+def test_non_utf8_and_missing_config_files(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert_one_line_error(cli("search", "--config", str(config), cwd=tmp_path), "latin1.yaml", "not UTF-8")
+    assert_one_line_error(cli("resume", "--config", str(tmp_path / "nope.yaml"), cwd=tmp_path), "nope.yaml", "not found")
+
+
+# --- search: what only the disk, the network and this machine can say --------------------------
+
+def world_errors(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    return {
+        "storage_path is a file": (["storage_path=" + str(a_file)], [str(a_file), "is a file"]),
+        "storage_path under a file": ([f"storage_path={a_file}/ray"], [f"{a_file}/ray", "not writable"]),
+        "optuna sqlite folder missing": (["optuna_storage=sqlite:////nonexistent/o.db"], ["/nonexistent", "does not exist"]),
+        "tracking sqlite folder missing": (["tracking_uri=sqlite:////nonexistent/m.db"], ["/nonexistent", "does not exist"]),
+        "more CPUs than the machine": (["resources.cpu=512"], ["resources.cpu=512", f"{os.cpu_count()} CPUs"]),
+        "a GPU on a CPU machine": (["resources.gpu=1"], ["resources.gpu=1", "0 GPUs"]),
+        "tracking server down": ([f"tracking_uri=http://127.0.0.1:{closed_port()}"], ["cannot reach the MLflow", "127.0.0.1"]),
+        "optuna database down": ([f"optuna_storage=postgresql://me:s3cret@127.0.0.1:{closed_port()}/db"],
+                                 ["cannot reach the Optuna database", "me:***@"]),
+        "ray head down": ([f"address=127.0.0.1:{closed_port()}"], ["cannot reach the Ray cluster", "ray start --head"]),
+        "mlflow postgres down": ([f"tracking_uri=postgresql://127.0.0.1:{closed_port()}/x"], ["cannot reach the MLflow"]),
+    }
+
+
+WORLD_CASES = ["storage_path is a file", "storage_path under a file", "optuna sqlite folder missing",
+               "tracking sqlite folder missing", "more CPUs than the machine", "tracking server down",
+               "optuna database down", "ray head down", "mlflow postgres down"]
+if not torch.cuda.is_available():
+    WORLD_CASES.append("a GPU on a CPU machine")
+
+
+@pytest.mark.parametrize("case", WORLD_CASES)
+def test_world_problems_are_one_line_within_seconds_and_leave_nothing(tmp_path, case):
+    overrides, needles = world_errors(tmp_path)[case]
+    start = time.monotonic()
+    out = cli("search", "--config", str(QUICKSTART), *overrides, cwd=tmp_path)
+    assert time.monotonic() - start < 60, "a service check must not hang"
+    line = assert_one_line_error(out, *needles)
+    assert "s3cret" not in line
+    assert_nothing_written(tmp_path)
+
+
+# --- resume, pareto: which search, which store, which folder ------------------------------------
+
+@pytest.fixture
+def store(tmp_path):
+    """A real MLflow store holding searches as three kinds of failed or finished start leave them."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("sparse-shape-search-quickstart")
+    storage = tmp_path / "ray_results"
+    storage.mkdir()
+    made = {}
+    for search_id, status, path in (
+        ("quickstart-20261101-100000-aaaaaa", "FINISHED", storage / "quickstart-20261101-100000-aaaaaa"),
+        ("quickstart-20261101-110000-bbbbbb", "FAILED", storage / "quickstart-20261101-110000-bbbbbb"),  # no Ray state
+        ("quickstart-20261101-120000-cccccc", "KILLED", Path("/etc/elsewhere")),  # state outside storage_path
+    ):
+        run = client.create_run(experiment, tags={"search_id": search_id, "search_name": "quickstart",
+                                                  "search_path": str(path), "mlflow.runName": search_id})
+        client.log_param(run.info.run_id, "seeds", "[0]")
+        client.set_terminated(run.info.run_id, status=status)
+        made[status] = search_id
+    return made
+
+
+def test_resume_chooses_only_what_can_be_resumed(tmp_path, store):
+    config = ["--config", str(QUICKSTART)]
+    assert_one_line_error(cli("resume", *config, "--search", "x' or '1'='1", cwd=tmp_path), "x' or '1'='1", "not a search id")
+    assert_one_line_error(cli("resume", *config, "--search", "quickstart-19990101-000000-000000", cwd=tmp_path),
+                          "quickstart-19990101-000000-000000", "searches there")
+    assert_one_line_error(cli("resume", *config, "--search", store["FINISHED"], cwd=tmp_path), store["FINISHED"], "already FINISHED")
+    assert_one_line_error(cli("resume", *config, "--search", store["FAILED"], cwd=tmp_path), store["FAILED"], "no Ray Tune state")
+    assert_one_line_error(cli("resume", *config, "--search", store["KILLED"], cwd=tmp_path), "/etc/elsewhere", "outside storage_path")
+    # By default the newest unfinished search is taken, and one whose state lies outside the
+    # storage_path is refused rather than unpickled.
+    assert_one_line_error(cli("resume", *config, cwd=tmp_path), "/etc/elsewhere", "outside storage_path")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    statuses = sorted(r.info.status for r in client.search_runs([client.get_experiment_by_name("sparse-shape-search-quickstart").experiment_id]))
+    assert statuses == ["FAILED", "FINISHED", "KILLED"]  # resume changed nothing
+
+
+def test_resume_skips_starts_that_never_ran(tmp_path, store):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    killed = client.search_runs([client.get_experiment_by_name("sparse-shape-search-quickstart").experiment_id],
+                                filter_string=f"tags.search_id = '{store['KILLED']}'")[0]
+    client.delete_run(killed.info.run_id)
+    out = cli("resume", "--config", str(QUICKSTART), cwd=tmp_path)
+    assert_one_line_error(out, "no unfinished search named 'quickstart' has Ray Tune state", store["FAILED"], "--search")
+
+
+def test_resume_in_a_folder_without_a_store(tmp_path):
+    assert_one_line_error(cli("resume", "--config", str(QUICKSTART), cwd=tmp_path), "no MLflow database", "no search to resume")
+    assert os.listdir(tmp_path) == []
+
+
+def test_pareto_refuses_bad_ids_folders_and_stores(tmp_path, store):
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = ["--experiment", "sparse-shape-search-quickstart", "--tracking-uri", db]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        ([*experiment, "--search", "it's"], ["\"it's\"", "not a search id"]),
+        ([*experiment, "--search", "a\" or tags.x = \"y"], ["not a search id"]),
+        ([*experiment, "--out", str(a_file)], [str(a_file), "is a file"]),
+        ([*experiment, "--out", f"{a_file}/sub"], [f"{a_file}/sub", "not writable"]),
+        ([*experiment, "--search", store["FAILED"]], [store["FAILED"], "no configuration"]),
+        (["--experiment", "x" * 20_000, "--tracking-uri", db], ["no MLflow experiment", "xxx..."]),
+        (["--experiment", "e", "--tracking-uri", "foo://bar"], ["'foo://bar'", "scheme"]),
+        (["--experiment", "e", "--tracking-uri", "sqlite:////nonexistent/m.db"], ["no MLflow database", "/nonexistent/m.db"]),
+        (["--experiment", "e", "--tracking-uri", f"http://me:s3cret@127.0.0.1:{closed_port()}"], ["cannot reach", "me:***@"]),
+    ]
+    for args, needles in cases:
+        line = assert_one_line_error(cli("pareto", *args, cwd=tmp_path), *needles)
+        assert "s3cret" not in line
+    assert not list(tmp_path.glob("pareto-*"))
+
+
+# --- the trial CLI: config, data, checkpoint and numerical failures -----------------------------
+
+TINY_TRIAL = """data: {kind: synthetic, num_classes: 3, image_size: 16, train_size: 32, test_size: 12, conflicts_per_pair: 1}
+training: {epochs: 1, batch_size: 16, lr: LR, threads: 1}
+"""
+
+
+def trial(tmp_path, *args, text=None):
+    config = tmp_path / "trial.yaml"
+    if text is not None:
+        config.write_text(text)
+    return cli("--config", str(config), *args, cwd=tmp_path, module="trainables.trial")
+
+
+def test_trial_cli_checkpoint_problems_are_one_line(tmp_path):
+    from trainables.models import build_model
+
+    text = TINY_TRIAL.replace("LR", "0.01")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    start = time.monotonic()
+    assert_one_line_error(trial(tmp_path, "--checkpoint-dir", str(a_file), text=text), str(a_file), "is a file")
+    assert time.monotonic() - start < 60, "checked before training"
+
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    torch.save({"model": build_model(3).state_dict()}, truncated / "state.pt")
+    (truncated / "state.pt").write_bytes((truncated / "state.pt").read_bytes()[:5000])
+    line = assert_one_line_error(trial(tmp_path, "--checkpoint-dir", str(truncated)), "truncated", "state.pt")
+    assert "weights_only=False" not in line
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    torch.save(socket.socket, foreign / "state.pt")  # a pickled class: weights_only refuses it
+    line = assert_one_line_error(trial(tmp_path, "--checkpoint-dir", str(foreign)), "not a readable trial checkpoint")
+    assert "weights_only" not in line
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    torch.save({"weights": torch.zeros(3)}, plain / "state.pt")
+    assert_one_line_error(trial(tmp_path, "--checkpoint-dir", str(plain)), "not a trial checkpoint", "'epoch'")
+
+    other = tmp_path / "other-shape"
+    other.mkdir()
+    state = {"model": build_model(num_classes=10).state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 0,
+             "metrics": {}, "rng": {}}
+    torch.save(state, other / "state.pt")
+    assert_one_line_error(trial(tmp_path, "--checkpoint-dir", str(other)), "another model", "fc.weight")
+
+
+def test_trial_cli_nan_loss_and_bad_text_are_one_line(tmp_path):
+    assert_one_line_error(trial(tmp_path, text=TINY_TRIAL.replace("LR", "1.0e12")), "training loss became", "lr 1e+12")
+    assert_one_line_error(trial(tmp_path, text=TINY_TRIAL.replace("LR", ".nan")), "training.lr", "finite")
+    assert_one_line_error(trial(tmp_path, text="seed: 1\nseed: 2\n"), "'seed'", "twice")
+    (tmp_path / "trial.yaml").write_bytes(b"seed: \xff\xfe\n")
+    assert_one_line_error(trial(tmp_path), "trial.yaml", "not UTF-8")
+
+
+def small_folders(tmp_path, shared_data):
+    """A 3-class copy of the shared CIFAR-10 folders, small enough to decode in a second."""
+    root = tmp_path / "cifar"
+    for split in ("train", "test"):
+        for name in ("airplane", "cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for image in sorted((shared_data / "cifar10" / split / name).iterdir())[:4]:
+                shutil.copy(image, root / split / name)
+    stimuli = tmp_path / "stimuli"
+    shutil.copytree(shared_data / "cue-conflict", stimuli)
+    return root, stimuli
+
+
+def folder_trial(root, stimuli, **extra):
+    data = {"kind": "folder", "train_dir": str(root / "train"), "test_dir": str(root / "test"),
+            "stimuli_dir": str(stimuli), "image_size": 16, "label_space": "categories", **extra}
+    return json.dumps({"data": data, "training": {"epochs": 1, "batch_size": 4, "threads": 1}})
+
+
+def test_silent_wrong_data_is_refused(tmp_path, shared_data):
+    root, stimuli = small_folders(tmp_path, shared_data)
+    (root / "train" / "bird").mkdir()
+    (root / "test" / "bird").mkdir()
+    assert_one_line_error(trial(tmp_path, text=folder_trial(root, stimuli)), str(root / "test" / "bird"), "no images")
+    shutil.rmtree(root / "train" / "bird")
+    shutil.rmtree(root / "test" / "bird")
+
+    for image in (stimuli / "cat").iterdir():
+        image.unlink()
+    assert_one_line_error(trial(tmp_path, text=folder_trial(root, stimuli)), str(stimuli / "cat"), "no .png stimuli")
+    shutil.rmtree(stimuli / "cat")
+    (stimuli / "cat").symlink_to(tmp_path / "nowhere")  # a folder that cannot be read
+    assert_one_line_error(trial(tmp_path, text=folder_trial(root, stimuli)), str(stimuli / "cat"), "cannot read")
+    (stimuli / "cat").unlink()
+
+    # A corrupt image in a streamed training set (not decoded up front) still ends as one line naming it.
+    broken = root / "train" / "dog" / "zz-broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    out = trial(tmp_path, text=folder_trial(root, stimuli, in_memory_limit=0, workers=1))
+    assert_one_line_error(out, "cannot decode image", str(broken))
+
+
+# --- the tracker: a restarted trial logs each epoch once and drops the error it retried ---------
+
+def test_reattached_child_run_logs_each_step_once_and_drops_a_stale_error(tmp_path, monkeypatch):
+    from orchestrator.worker import MLflowTrialTracker
+    from search_spaces.params import Params
+    from trainables.config import TrialConfig
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("tracker")
+    parent = client.create_run(experiment).info.run_id
+    search_config = {"configuration": "c001", "seed": 0, "params": Params("layer1", 0.1, 0.02, 5e-4, 16).to_dict()}
+    config = TrialConfig.model_validate({"data": {"kind": "synthetic", "train_size": 32, "test_size": 12}})
+
+    first = MLflowTrialTracker(parent, experiment, "t1", search_config)
+    slot = first.start(config, {})
+    for epoch in (1, 2):
+        first.log_epoch({"epoch": epoch, "accuracy": 0.1 * epoch})
+    first.finish(RuntimeError("worker lost"))
+    assert client.get_run(slot["mlflow_run_id"]).data.tags["error"] == "RuntimeError: worker lost"
+
+    # Ray restarts the trial from its epoch-1 checkpoint: epoch 2 is trained again.
+    again = MLflowTrialTracker(parent, experiment, "t1", search_config)
+    again.start(config, {"mlflow_run_id": slot["mlflow_run_id"]})
+    for epoch in (2, 3):
+        again.log_epoch({"epoch": epoch, "accuracy": 0.1 * epoch})
+    again.finish(None)
+    run = client.get_run(slot["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2, 3]
