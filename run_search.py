@@ -192,6 +192,7 @@ def _quiet_mlflow() -> None:
     import warnings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # its links carry the URI's password
     import mlflow  # noqa: F401  (it sets its loggers' levels on import; ours must come after)
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)

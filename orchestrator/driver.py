@@ -10,12 +10,16 @@ KILLED (interrupted: resumable), or FAILED with the reason in its `failure_reaso
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import ray
@@ -40,6 +44,7 @@ from orchestrator.worker import search_trial
 from search_spaces.spec import SearchSpec
 from trainables.config import redact
 from trainables.data import fingerprint
+from trainables.trial import one_line
 
 __all__ = ["SearchError", "SearchInterrupted", "SearchOutcome", "run_search"]
 
@@ -67,15 +72,50 @@ def _quiet() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow prints "View run ... at: <tracking URI>" as runs end: the URI as given, password included.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def _start_ray(spec: SearchSpec, tracking_uri: str) -> None:
     """Join the cluster at spec.address / RAY_ADDRESS, or start Ray in-process."""
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}}
     address = spec.address or os.environ.get("RAY_ADDRESS")
     logging.getLogger("ray").setLevel(logging.WARNING)
-    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
-             configure_logging=True, logging_level=logging.WARNING, ignore_reinit_error=True)
+    # "Token authentication is enabled" on every start: the default, and what we want; not news.
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    try:
+        with _held_stderr(when=bool(address)):
+            ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
+                     configure_logging=True, logging_level=logging.WARNING, ignore_reinit_error=True)
+    except ConnectionError as error:
+        raise SearchError(f"cannot join the Ray cluster at {redact(address or 'auto')} ({one_line(error)}): if the "
+                          "head answers, it refused us; Ray's heads use token authentication by default, so set "
+                          "RAY_AUTH_MODE=token and the head's token (~/.ray/auth_token, or RAY_AUTH_TOKEN)") from None
+
+
+@contextlib.contextmanager
+def _held_stderr(when: bool) -> Iterator[None]:
+    """Hold what is written to stderr (fd 2) meanwhile: replayed on success, dropped on failure.
+
+    Joining a cluster that refuses us (a wrong or missing token), Ray's C++ client logs a warning
+    a second for 20 s before it raises; our one line replaces them. Only for joining: a local
+    start spawns Ray's processes, which must not inherit a borrowed stderr.
+    """
+    if not when:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
 
 
 def _sigterm_as_ctrl_c() -> None:
@@ -96,8 +136,8 @@ def _trainable(spec: SearchSpec, parent_run_id: str, experiment: str, data_diges
     return tune.with_resources(trial, resources)
 
 
-def resumable_search(client: MlflowClient, spec: SearchSpec, storage: str, search_id: str | None) -> SearchRecord:
-    """The search to resume: `search_id`, else the newest unfinished one of this name that Ray can restore."""
+def resumable_search(client: MlflowClient, spec: SearchSpec, storage: str, search_id: str | None) -> tuple[SearchRecord, str]:
+    """The search to resume and its Ray state: `search_id`, else the newest unfinished one Ray can restore."""
     if search_id:
         candidates = [find_search(client, spec.mlflow_experiment, search_id=search_id)]
         if candidates[0].status == "FINISHED":
@@ -109,26 +149,29 @@ def resumable_search(client: MlflowClient, spec: SearchSpec, storage: str, searc
                                   order_by=["attributes.start_time DESC"], max_results=1000)
         candidates = [SearchRecord(newest.experiment_id, newest.experiment_name, r) for r in runs if r.info.status != "FINISHED"]
     for search in candidates:
-        _check_inside(search, storage)
-        if tune.Tuner.can_restore(search.path):
-            return search
+        path = _state_path(search, storage)
+        if tune.Tuner.can_restore(path):
+            return search, path
         if search_id:
-            raise SearchError(f"search {search_id} has no Ray Tune state at {redact(search.path)}: it failed before "
+            raise SearchError(f"search {search_id} has no Ray Tune state at {redact(path)}: it failed before "
                               "its first trial started, so there is nothing to resume; start a new search")
     skipped = ", ".join(s.search_id for s in candidates)
     raise SearchError(f"no unfinished search named {spec.name!r} has Ray Tune state to resume (skipped, never started: "
                       f"{skipped}); start a new search, or name one with --search ID")
 
 
-def _check_inside(search: SearchRecord, storage: str) -> None:
-    """Refuse Ray state outside the configured storage_path: resume unpickles what it finds there."""
+def _state_path(search: SearchRecord, storage: str) -> str:
+    """Where the search's Ray state is, refused if outside the configured storage_path: resume unpickles it."""
     path, root = search.path, storage.rstrip("/")
+    if path == redact(f"{root}/{search.search_id}"):
+        return f"{root}/{search.search_id}"  # the tag holds it with any password hidden
     inside = (Path(path).resolve().is_relative_to(Path(root)) if "://" not in root
               else path.startswith(root + "/"))
     if not inside:
         raise SearchError(f"search {search.search_id} keeps its Ray state at {redact(path)}, outside storage_path "
                           f"{redact(root)}: resume only reads state under the configured storage_path (set "
                           "storage_path to where the search ran)")
+    return path
 
 
 def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = None) -> SearchOutcome:
@@ -150,7 +193,7 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
         optuna_storage = None if resume else optuna.storages.RDBStorage(optuna_url)
     # Once per search, not per trial: listing an ImageNet folder takes a while.
     data_digests = fingerprint(spec.data)
-    parent = resumable_search(client, spec, storage, search_id) if resume else None
+    parent, path = resumable_search(client, spec, storage, search_id) if resume else (None, None)
 
     started_ray = not ray.is_initialized()
     parent_run_id = None
@@ -160,7 +203,7 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
         _sigterm_as_ctrl_c()
         preflight.check_cluster_resources(spec)
         if parent is not None:
-            parent_run_id, search_id, path = parent.run_id, parent.search_id, parent.path
+            parent_run_id, search_id = parent.run_id, parent.search_id
             client.update_run(parent_run_id, status="RUNNING")
             if "failure_reason" in parent.run.data.tags:
                 client.delete_tag(parent_run_id, "failure_reason")

@@ -8,6 +8,7 @@ parent run exists, so a refused start leaves nothing behind.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import socket
@@ -61,8 +62,14 @@ def check_reachable(url: str, what: str, hint: str) -> None:
     parts = urllib.parse.urlsplit(url if "://" in url else f"tcp://{url}")
     shown = redact(url)
     if parts.scheme in ("http", "https"):
+        # urllib takes no credentials in the URL: they travel as basic auth, as MLflow sends them.
+        netloc = parts.netloc.rpartition("@")[2]
+        request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health")
+        if parts.username:
+            token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=TIMEOUT_S)
+            urllib.request.urlopen(request, timeout=TIMEOUT_S)
         except urllib.error.HTTPError as error:
             if error.code in (401, 403):
                 return  # it answers; credentials are the store's business, and its error says so

@@ -29,7 +29,7 @@ from orchestrator.serving import log_model
 from orchestrator.tracking import SearchError, SearchRecord, git_commit, package_versions
 from search_spaces.params import OBJECTIVES
 from trainables.checkpoint import load_checkpoint, restore_model
-from trainables.config import TrialConfig
+from trainables.config import TrialConfig, read_yaml
 from trainables.trial import one_line
 
 PROMOTED_MODEL = "promoted-model"  # the logged model's name in the source run's Models tab
@@ -288,7 +288,7 @@ def evaluate(client: MlflowClient, model_uri: str, stimuli_dir: Path | None = No
         except MlflowException:
             raise SearchError(f"{model_uri} (version {version.version}) has no production.yaml: it was not registered by "
                               "`run_search.py promote`") from None
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = read_yaml(Path(path))
     config = TrialConfig.model_validate(raw, context={"check_paths": False})
     data = config.data
     if data_dir is not None:

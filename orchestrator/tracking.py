@@ -103,6 +103,8 @@ def start_parent_run(
     data_digests: dict[str, str],
 ) -> str:
     """Create the search's parent run: resolved config, search space, sampler, commit, versions, data digests."""
+    spec_dump = _redacted(spec_dump)  # URLs with passwords: the runs are readable by everyone with the UI
+    search_path = redact(search_path)
     tags = [
         RunTag(MLFLOW_RUN_NAME, search_id),
         RunTag("search_id", search_id),
@@ -128,6 +130,15 @@ def start_parent_run(
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     client.log_dict(run.info.run_id, spec_dump, "search_spec.yaml")
     return run.info.run_id
+
+
+def _redacted(value: Any) -> Any:
+    """`value` (plain data) with every string passed through `redact`."""
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return redact(value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)

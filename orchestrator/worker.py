@@ -8,6 +8,7 @@ and a restarted trial without a checkpoint finds its run by configuration and se
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -43,11 +44,12 @@ def search_trial(
     tracker = MLflowTrialTracker(parent_run_id, experiment, tune.get_context().get_trial_id(), config, log_models, data_digests)
     try:
         train_trial(config["trial"], tracker)
-    except DETERMINISTIC:
-        # The child run is already FAILED with the reason in its `error` tag. Returning ends the
-        # trial with its incomplete last result (which the searcher and the front count as failed)
-        # instead of Ray retrying it max_failures times to the same end.
-        return
+    except DETERMINISTIC as error:
+        # The child run is already FAILED with the reason in its `error` tag. A final result with
+        # no objectives ends the trial (the searcher, the front and the progress line count it as
+        # failed) instead of Ray retrying it max_failures times to the same end.
+        tune.report({"accuracy": math.nan, "shape_bias": math.nan, "epoch": 0,
+                     "failed": f"{type(error).__name__}: {one_line(error)}"[:1000]})
 
 
 class MLflowTrialTracker:

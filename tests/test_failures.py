@@ -27,10 +27,10 @@ TINY = ["data.train_size=160", "data.test_size=60", "data.conflicts_per_pair=2",
         "training.batch_size=16", "seeds=[0]", "configurations=2", "concurrency=2"]
 
 
-def cli(*args, cwd, module=None, timeout=120):
+def cli(*args, cwd, module=None, timeout=120, env=None):
     """Run run_search.py (or `python -m module`) as a user would, with no terminal on stdin."""
     command = [sys.executable, "-m", module] if module else [sys.executable, str(ROOT / "run_search.py")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([*command, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout)
@@ -367,3 +367,157 @@ def test_reattached_child_run_logs_each_step_once_and_drops_a_stale_error(tmp_pa
     run = client.get_run(slot["mlflow_run_id"])
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
     assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2, 3]
+
+
+# --- slow: real searches ------------------------------------------------------------------------
+
+def search_runs(tmp_path, experiment="sparse-shape-search-quickstart"):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    parents = [r for r in runs if "search_id" in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def popen_search(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args], cwd=cwd, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_searches_started_together_in_a_fresh_folder_stay_apart(tmp_path):
+    args = ["search", "--config", str(QUICKSTART), *TINY, "training.epochs=1"]
+    drivers = [popen_search(*args, cwd=tmp_path) for _ in range(2)]
+    outs = [d.communicate(timeout=900) for d in drivers]
+    for driver, (stdout, stderr) in zip(drivers, outs):
+        assert driver.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    ids = [next(line.split()[1].rstrip(":") for line in stdout.splitlines() if line.startswith("search ")) for stdout, _ in outs]
+    assert len(set(ids)) == 2, ids
+    for search_id in ids:
+        assert (tmp_path / f"pareto-{search_id}.csv").is_file() and (tmp_path / f"pareto-{search_id}.png").is_file()
+        assert (tmp_path / "ray_results" / search_id).is_dir()
+    _, parents, children = search_runs(tmp_path)
+    assert sorted(p.data.tags["search_id"] for p in parents) == sorted(ids)
+    assert {p.info.status for p in parents} == {"FINISHED"}
+    for parent in parents:
+        mine = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+        assert len(mine) == 2 and {c.info.status for c in mine} == {"FINISHED"}
+    import optuna
+
+    studies = {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")}
+    assert studies == set(ids)
+
+
+@pytest.mark.slow
+def test_failing_trials_end_the_search_with_their_reasons_without_retries(tmp_path):
+    start = time.monotonic()
+    out = cli("search", "--config", str(QUICKSTART), *TINY, "training.lr=1e12", "max_failures=3", cwd=tmp_path, timeout=900)
+    line = assert_one_line_error(out, "2 of 2 trials failed: NonFiniteLossError: training loss became nan at epoch 1 (lr 1e+12)")
+    _, parents, children = search_runs(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert "NonFiniteLossError" in parents[0].data.tags["failure_reason"]
+    assert len(children) == 2 and {c.info.status for c in children} == {"FAILED"}
+    assert all("restarts" not in c.data.tags for c in children), "a deterministic failure was retried"
+    assert time.monotonic() - start < 600, line
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_resume_counts_what_was_done(tmp_path):
+    args = ["--config", str(QUICKSTART), *TINY, "configurations=3", "seeds=[0, 1]"]
+    driver = popen_search("search", *args, cwd=tmp_path)
+
+    def finished():
+        try:
+            return [c for c in search_runs(tmp_path)[2] if c.info.status == "FINISHED"]
+        except Exception:  # the store may not exist yet
+            return []
+
+    deadline = time.monotonic() + 600
+    while len(finished()) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert driver.poll() is None, driver.communicate()[0][-3000:]
+    done_before = len(finished())
+    driver.send_signal(signal.SIGTERM)
+    stdout, stderr = driver.communicate(timeout=180)
+    assert driver.returncode == 130, stdout[-2000:] + stderr[-3000:]
+    _, parents, _ = search_runs(tmp_path)
+    search_id = parents[0].data.tags["search_id"]
+    assert parents[0].info.status == "KILLED"
+    assert f"--search {search_id}" in stderr and "run_search.py resume --config" in stderr
+
+    out = cli("resume", *args, "--search", search_id, cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    progress = [line for line in out.stdout.splitlines() if "trials " in line and " done" in line]
+    first_done = int(progress[0].split("trials ")[1].split(" done")[0])
+    assert first_done >= done_before, progress[0]
+    assert "configurations 3/3 done" in progress[-1] and "trials 6 done" in progress[-1], progress[-1]
+    client, parents, children = search_runs(tmp_path)
+    assert [p.info.status for p in parents] == ["FINISHED"] and "failure_reason" not in parents[0].data.tags
+    assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:
+        assert "error" not in child.data.tags
+        for metric in ("epoch", "accuracy", "train_loss"):
+            assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == [1, 2], metric
+
+
+@pytest.mark.slow
+def test_a_cluster_too_small_for_a_trial_is_refused_before_any_run(tmp_path):
+    import tempfile
+
+    port = free_port()
+    log = open(tmp_path / "ray-head.log", "w")
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "ray-head.log").read_text()[-3000:]
+                time.sleep(1)
+        time.sleep(5)  # the GCS accepts connections a moment before the node registers
+        search = ["search", "--config", str(QUICKSTART), *TINY, f"address=127.0.0.1:{port}", "resources.cpu=2"]
+        # Without the head's token (Ray's default authentication) the head refuses the driver.
+        start = time.monotonic()
+        out = cli(*search, cwd=tmp_path, timeout=300, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32})
+        assert_one_line_error(out, f"cannot join the Ray cluster at 127.0.0.1:{port}", "RAY_AUTH_MODE=token")
+        assert time.monotonic() - start < 60
+        assert_nothing_written(tmp_path)
+
+        out = cli(*search, cwd=tmp_path, timeout=300, env={"RAY_AUTH_MODE": "token"})
+        assert_one_line_error(out, "resources.cpu=2", "largest node has 1 CPUs")
+        assert_nothing_written(tmp_path)
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            head.wait(timeout=60)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_passwords_in_urls_reach_neither_mlflow_nor_the_console(tmp_path, mlflow_server):
+    from conftest import POSTGRES
+
+    tracking = mlflow_server.replace("http://", "http://me:s3cret@")  # the server has no auth: it ignores them
+    optuna_url = POSTGRES.replace("root@", "root:s3cret@")  # trust auth ignores the password
+    out = cli("search", "--config", str(QUICKSTART), *TINY, "training.epochs=1", f"tracking_uri={tracking}",
+              f"optuna_storage={optuna_url}", "experiment=redaction", cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "s3cret" not in out.stdout + out.stderr
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("redaction").experiment_id])
+    assert len(runs) == 3
+    for run in runs:
+        assert "s3cret" not in json.dumps([run.data.params, run.data.tags]), run.info.run_name
+    parent = next(r for r in runs if "search_id" in r.data.tags)
+    spec = client.download_artifacts(parent.info.run_id, "search_spec.yaml", str(tmp_path))
+    text = Path(spec).read_text()
+    assert "me:***@127.0.0.1" in text and "root:***@127.0.0.1" in text and "s3cret" not in text

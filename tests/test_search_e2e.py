@@ -68,7 +68,8 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     by_config = {}
     for child in children:
         by_config.setdefault(child.data.tags["configuration"], []).append(child.data.metrics)
-    rows = list(csv.DictReader((tmp_path / "pareto.csv").open()))
+    front_csv = tmp_path / f"pareto-{parent.data.tags['search_id']}.csv"  # named after its search
+    rows = list(csv.DictReader(front_csv.open()))
     assert {r["configuration"] for r in rows} == set(by_config)
     points = {}
     for row in rows:
@@ -84,7 +85,7 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     # `pareto` recomputes the same front from MLflow alone.
     again = run_search("pareto", "--experiment", "e2e-http", "--tracking-uri", mlflow_server, "--out", str(tmp_path / "again"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert (tmp_path / "again" / "pareto.csv").read_text() == (tmp_path / "pareto.csv").read_text()
+    assert (tmp_path / "again" / front_csv.name).read_text() == front_csv.read_text()
     missing = run_search("pareto", "--experiment", "no-such", "--tracking-uri", mlflow_server, cwd=tmp_path)
     assert missing.returncode == 2 and "no MLflow experiment 'no-such'" in missing.stderr
 

@@ -122,11 +122,12 @@ def describe(error: ValidationError) -> str:
 
 
 _PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
+_SECRET_QUERY = re.compile(r"([?&][\w.-]*(?:secret|password|token|credential)[\w.-]*=)[^&\s]+", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """`text` with the password of every URL in it (scheme://user:password@host) replaced by ***."""
-    return _PASSWORD.sub(r"\1:***@", text)
+    """`text` with URL passwords (scheme://user:password@host, ?secret_key=...) replaced by ***."""
+    return _SECRET_QUERY.sub(r"\1***", _PASSWORD.sub(r"\1:***@", text))
 
 
 _REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
