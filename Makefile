@@ -27,4 +27,4 @@ bench: $(STAMP)
 	$(PY) bench/search_overhead.py
 
 clean:
-	rm -rf $(VENV) mlflow.db optuna.db ray_results mlruns mlartifacts pareto.csv pareto.png production.yaml
+	rm -rf $(VENV) mlflow.db optuna.db ray_results mlruns mlartifacts pareto-*.csv pareto-*.png production.yaml

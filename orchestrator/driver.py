@@ -136,6 +136,31 @@ def _trainable(spec: SearchSpec, parent_run_id: str, experiment: str, data_diges
     return tune.with_resources(trial, resources)
 
 
+def _new_tuner(spec: SearchSpec, trainable, optuna_search, search_id: str, storage: str) -> tune.Tuner:
+    """Tune over the replicate searcher: every configuration under every seed, with our progress line."""
+    searcher = ReplicateSearcher(optuna_search, spec.seeds, spec.configurations, spec.trial_config,
+                                 spec.training.epochs, spec.accuracy_floor)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=spec.configurations * len(spec.seeds),
+            max_concurrent_trials=spec.concurrency,
+            # One worker process per concurrent slot, reused across trials: no torch
+            # import or data generation per trial (seconds each on a small machine).
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=search_id,
+            storage_path=storage,
+            verbose=0,
+            callbacks=[SearchProgress(spec.configurations, len(spec.seeds), spec.training.epochs)],
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
 def resumable_search(client: MlflowClient, spec: SearchSpec, storage: str, search_id: str | None) -> tuple[SearchRecord, str]:
     """The search to resume and its Ray state: `search_id`, else the newest unfinished one Ray can restore."""
     if search_id:
@@ -183,9 +208,9 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
         raise SearchError(f"no MLflow database at {tracking_uri[len('sqlite:///'):]}, so no search to resume: run "
                           "from the search's folder, or set tracking_uri")
     preflight.writable_dir(Path.cwd(), "the working directory (for the front's files)")
-    storage = preflight.check_storage_path(spec)
     preflight.check_services(spec, tracking_uri)
     preflight.check_local_resources(spec)
+    storage = preflight.check_storage_path(spec)  # the one check that writes: it creates the folder
     optuna_url = spec.resolved_optuna_storage()
     with preflight.first_start_lock(tracking_uri, optuna_url):
         client = MlflowClient(tracking_uri)
@@ -222,27 +247,7 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
             # Errored trials already used their max_failures retries: they stay errored.
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         else:
-            searcher = ReplicateSearcher(optuna_search, spec.seeds, spec.configurations, spec.trial_config,
-                                         spec.training.epochs, spec.accuracy_floor)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher,
-                    num_samples=spec.configurations * len(spec.seeds),
-                    max_concurrent_trials=spec.concurrency,
-                    # One worker process per concurrent slot, reused across trials: no torch
-                    # import or data generation per trial (seconds each on a small machine).
-                    reuse_actors=True,
-                ),
-                run_config=tune.RunConfig(
-                    name=search_id,
-                    storage_path=storage,
-                    verbose=0,
-                    callbacks=[SearchProgress(spec.configurations, len(spec.seeds), spec.training.epochs)],
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                ),
-            )
+            tuner = _new_tuner(spec, trainable, optuna_search, search_id, storage)
         results = tuner.fit()
         # Tune swallows the first Ctrl+C (or SIGTERM) and returns early: then the search is unfinished.
         ended = results.num_terminated + results.num_errors
@@ -250,7 +255,7 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
     except KeyboardInterrupt:
         status = "KILLED"
     except BaseException as error:
-        reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        reason = f"{type(error).__name__}: {one_line(error)}"
         raise
     finally:
         if parent_run_id is not None:

@@ -28,7 +28,7 @@ from orchestrator.pareto import ConfigurationResult
 from orchestrator.serving import log_model
 from orchestrator.tracking import SearchError, SearchRecord, git_commit, package_versions
 from search_spaces.params import OBJECTIVES
-from trainables.checkpoint import load_checkpoint, restore_model
+from trainables.checkpoint import CheckpointError, load_checkpoint, restore_model
 from trainables.config import TrialConfig, read_yaml
 from trainables.trial import one_line
 
@@ -121,10 +121,8 @@ def _read_checkpoint(client: MlflowClient, run_id: str) -> tuple[str, dict[str, 
                           "tagged); promote a configuration of a newer search")
     try:
         state = load_checkpoint(uri)
-    except FileNotFoundError:
-        raise SearchError(f"checkpoint of child run {run_id} is missing: no state.pt at {uri}") from None
-    except Exception as error:  # torch raises several types for a truncated or foreign file
-        raise SearchError(f"checkpoint of child run {run_id} at {uri} cannot be read: {one_line(error)[:300]}") from None
+    except CheckpointError as error:  # missing, truncated or foreign: its message names the path
+        raise SearchError(f"checkpoint of child run {run_id}: {one_line(error)[:1000]}") from None
     try:
         model, config = restore_model(state)
     except Exception as error:  # an older checkpoint format, or weights of another model
