@@ -10,16 +10,12 @@ KILLED (interrupted: resumable), or FAILED with the reason in its `failure_reaso
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import optuna
 import ray
@@ -84,38 +80,15 @@ def _start_ray(spec: SearchSpec, tracking_uri: str) -> None:
     # "Token authentication is enabled" on every start: the default, and what we want; not news.
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     try:
-        with _held_stderr(when=bool(address)):
+        with preflight.held_stderr(when=bool(address)):
+            if address and address not in ("auto", "local") and "://" not in address:  # ray:// has its own timeouts
+                preflight.check_ray_head(address)
             ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
                      configure_logging=True, logging_level=logging.WARNING, ignore_reinit_error=True)
     except ConnectionError as error:
         raise SearchError(f"cannot join the Ray cluster at {redact(address or 'auto')} ({one_line(error)}): if the "
                           "head answers, it refused us; Ray's heads use token authentication by default, so set "
                           "RAY_AUTH_MODE=token and the head's token (~/.ray/auth_token, or RAY_AUTH_TOKEN)") from None
-
-
-@contextlib.contextmanager
-def _held_stderr(when: bool) -> Iterator[None]:
-    """Hold what is written to stderr (fd 2) meanwhile: replayed on success, dropped on failure.
-
-    Joining a cluster that refuses us (a wrong or missing token), Ray's C++ client logs a warning
-    a second for 20 s before it raises; our one line replaces them. Only for joining: a local
-    start spawns Ray's processes, which must not inherit a borrowed stderr.
-    """
-    if not when:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        held.seek(0)
-        sys.stderr.write(held.read().decode(errors="replace"))
 
 
 def _sigterm_as_ctrl_c() -> None:

@@ -12,7 +12,9 @@ import base64
 import contextlib
 import os
 import socket
+import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -101,6 +103,55 @@ def check_services(spec: SearchSpec, tracking_uri: str) -> None:
     address = spec.address or os.environ.get("RAY_ADDRESS")
     if address and address not in ("auto", "local"):
         check_reachable(address, "the Ray cluster", "start its head (`ray start --head`), or fix address / RAY_ADDRESS")
+
+
+@contextlib.contextmanager
+def held_stderr(when: bool) -> Iterator[None]:
+    """Hold what is written to stderr (fd 2) meanwhile: replayed on success, dropped on failure.
+
+    Joining a cluster that refuses us (a wrong or missing token), Ray's C++ client logs a warning
+    a second for 20 s before it raises; our one line replaces them. Only for joining: a local
+    start spawns Ray's processes, which must not inherit a borrowed stderr.
+    """
+    if not when:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+
+
+def check_ray_head(address: str, timeout_s: float = 20.0) -> None:
+    """Something that accepts connections at `address` answers as a Ray head within `timeout_s`.
+
+    A wrong port that is open (a database, the dashboard) would otherwise keep ray.init
+    retrying for minutes. Ray's client blocks without a timeout of its own, so it runs in a
+    daemon thread that is abandoned if it does not return; its refusals (a missing token, say)
+    are left for ray.init to report. Call it inside `held_stderr`: the client logs every attempt.
+    """
+    from ray._raylet import GcsClient
+
+    answered = threading.Event()
+
+    def probe() -> None:
+        with contextlib.suppress(Exception):
+            GcsClient(address=address).cluster_id
+        answered.set()
+
+    threading.Thread(target=probe, daemon=True).start()
+    if not answered.wait(timeout_s):
+        raise SearchError(f"{redact(address)} accepts connections but did not answer as a Ray head within "
+                              f"{timeout_s:.0f} s: give the head's GCS address (port 6379 unless `ray start --port` "
+                              "says otherwise; `ray status` on the head prints it)")
 
 
 def check_local_resources(spec: SearchSpec) -> None:

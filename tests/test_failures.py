@@ -139,12 +139,14 @@ def world_errors(tmp_path):
                                  ["cannot reach the Optuna database", "me:***@"]),
         "ray head down": ([f"address=127.0.0.1:{closed_port()}"], ["cannot reach the Ray cluster", "ray start --head"]),
         "mlflow postgres down": ([f"tracking_uri=postgresql://127.0.0.1:{closed_port()}/x"], ["cannot reach the MLflow"]),
+        # PostgreSQL listens there: a port that answers, but not as a Ray head.
+        "not a ray head": (["address=127.0.0.1:5432"], ["127.0.0.1:5432", "did not answer as a Ray head"]),
     }
 
 
 WORLD_CASES = ["storage_path is a file", "storage_path under a file", "optuna sqlite folder missing",
                "tracking sqlite folder missing", "more CPUs than the machine", "tracking server down",
-               "optuna database down", "ray head down", "mlflow postgres down"]
+               "optuna database down", "ray head down", "mlflow postgres down", "not a ray head"]
 if not torch.cuda.is_available():
     WORLD_CASES.append("a GPU on a CPU machine")
 
