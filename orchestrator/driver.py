@@ -74,11 +74,13 @@ def _quiet() -> None:
 
 def _start_ray(spec: SearchSpec, tracking_uri: str) -> None:
     """Join the cluster at spec.address / RAY_ADDRESS, or start Ray in-process."""
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}}
+    runtime_env = {"env_vars": preflight.worker_env(tracking_uri)}
     address = spec.address or os.environ.get("RAY_ADDRESS")
     logging.getLogger("ray").setLevel(logging.WARNING)
     # "Token authentication is enabled" on every start: the default, and what we want; not news.
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    if address:
+        preflight.use_ray_token_if_present()
     try:
         with preflight.held_stderr(when=bool(address)):
             if address and address not in ("auto", "local") and "://" not in address:  # ray:// has its own timeouts
@@ -87,8 +89,9 @@ def _start_ray(spec: SearchSpec, tracking_uri: str) -> None:
                      configure_logging=True, logging_level=logging.WARNING, ignore_reinit_error=True)
     except ConnectionError as error:
         raise SearchError(f"cannot join the Ray cluster at {redact(address or 'auto')} ({one_line(error)}): if the "
-                          "head answers, it refused us; Ray's heads use token authentication by default, so set "
-                          "RAY_AUTH_MODE=token and the head's token (~/.ray/auth_token, or RAY_AUTH_TOKEN)") from None
+                          "head answers, it refused us; Ray clusters use token authentication by default: give this "
+                          "machine the head's token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token; RAY_AUTH_MODE=token "
+                          "turns it on)") from None
 
 
 def _sigterm_as_ctrl_c() -> None:
@@ -200,6 +203,7 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
         _start_ray(spec, tracking_uri)
         _sigterm_as_ctrl_c()
         preflight.check_cluster_resources(spec)
+        preflight.check_multi_node(tracking_uri, storage)
         if parent is not None:
             parent_run_id, search_id = parent.run_id, parent.search_id
             client.update_run(parent_run_id, status="RUNNING")

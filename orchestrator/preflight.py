@@ -154,6 +154,65 @@ def check_ray_head(address: str, timeout_s: float = 20.0) -> None:
                               "says otherwise; `ray status` on the head prints it)")
 
 
+def use_ray_token_if_present() -> None:
+    """Join with token authentication when a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    ~/.ray/auth_token) and RAY_AUTH_MODE is unset: what Ray's own CLI does, so `address` alone works."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+# Credentials that trials need as much as the driver: MLflow's (a server with auth, or an S3
+# artifact store behind it) and the object stores' (s3:// trial storage, MLflow artifacts).
+FORWARDED_ENV_PREFIXES = ("MLFLOW_TRACKING_", "MLFLOW_S3_", "AWS_", "AZURE_STORAGE_", "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def worker_env(tracking_uri: str) -> dict[str, str]:
+    """The environment every trial gets through Ray's runtime env, whichever node it runs on."""
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    # MLflow prints "View run ... at: <tracking URI>" as runs end: the URI as given, password included.
+    return forwarded | {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+def check_multi_node(tracking_uri: str, storage: str) -> None:
+    """On a cluster of several nodes, the tracking store and trial storage must be reachable from all."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return
+    scheme = tracking_uri.split("://", 1)[0] if "://" in tracking_uri else "file"
+    if scheme in ("sqlite", "file"):
+        raise SearchError(
+            f"tracking_uri {redact(tracking_uri)} is a file on the driver's machine, but the cluster has "
+            f"{len(nodes)} nodes: trials on the others cannot write to it; run an MLflow tracking server "
+            "(`mlflow server --backend-store-uri postgresql://... --serve-artifacts`) and set tracking_uri to its "
+            "http:// address")
+    if "://" not in storage:
+        _check_shared(Path(storage), nodes)
+
+
+def _check_shared(storage: Path, nodes: list[dict]) -> None:
+    """Every node sees a file the driver writes under `storage` (an NFS mount does; a local disk does not)."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = storage / f".shared-check-{uuid.uuid4().hex}"
+    marker.write_text("written by the driver; each node looks for it\n")
+    try:
+        seen = ray.remote(num_cpus=0)(os.path.exists)
+        checks = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: seen.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
+        blind = [node for node, ref in checks.items() if not ray.get(ref, timeout=120)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise SearchError(f"storage_path {storage} is not visible from node(s) {', '.join(blind)} (a marker file the "
+                          "driver wrote there is missing): use a folder every node mounts (NFS) or an s3:// URI")
+
+
 def check_local_resources(spec: SearchSpec) -> None:
     """Without a cluster, a trial cannot ask for more CPUs or GPUs than this machine has (Ray would wait forever)."""
     if spec.address or os.environ.get("RAY_ADDRESS"):

@@ -105,12 +105,14 @@ class MLflowTrialTracker:
             if not self.client.get_run(self.run_id).inputs.dataset_inputs:
                 self._log_inputs(config)  # the attempt that created the run died before logging them
             self.client.set_tag(self.run_id, "ray_trial_id", self.ray_trial_id)
+            self.client.set_tag(self.run_id, "ray_node_id", _node_id())  # where this attempt runs
             self.client.set_tag(self.run_id, "restarts", str(int(saved.get("restarts", 0)) + 1))
             return {"mlflow_run_id": self.run_id, "restarts": int(saved.get("restarts", 0)) + 1}
         tags = {
             MLFLOW_PARENT_RUN_ID: self.parent_run_id,
             MLFLOW_RUN_NAME: f"{self.configuration}-seed{self.seed}",
             "ray_trial_id": self.ray_trial_id,
+            "ray_node_id": _node_id(),
             "configuration": self.configuration,
             "seed": str(self.seed),
             "dense_reference": str(self.params.dense).lower(),
@@ -178,6 +180,13 @@ class MLflowTrialTracker:
             log_model(model, state["labels"], config.data.image_size, self.run_id, self.experiment)
         except Exception as error:  # the trial is complete and its checkpoint is tagged: keep it
             self.client.set_tag(self.run_id, "log_model_error", f"{type(error).__name__}: {one_line(error)}"[:5000])
+
+
+def _node_id() -> str:
+    """The Ray node this trial runs on ('' outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def datasets(config: TrialConfig, digests: dict[str, str]) -> list[DatasetInput]:
