@@ -85,7 +85,7 @@ def existing_store(given: str | None) -> str:
     from orchestrator.tracking import SearchError
     from search_spaces.spec import resolve_tracking_uri
 
-    from orchestrator.preflight import check_reachable
+    from orchestrator.preflight import check_reachable, sqlite_file
     from search_spaces.spec import TRACKING_SCHEMES, check_url
 
     uri = resolve_tracking_uri(given)
@@ -94,8 +94,9 @@ def existing_store(given: str | None) -> str:
     except ValueError as error:
         raise SearchError(str(error)) from None
     # MLflow would create an empty database at a mistyped path and report nothing found in it.
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise SearchError(f"no MLflow database at {uri[len('sqlite:///'):]}: run from the search's directory, or pass "
+    database = sqlite_file(uri)
+    if database is not None and not database.is_file():
+        raise SearchError(f"no MLflow database at {database}: run from the search's directory, or pass "
                           "--tracking-uri (or set MLFLOW_TRACKING_URI)")
     check_reachable(uri, "the MLflow tracking store", "start it, or pass --tracking-uri / set MLFLOW_TRACKING_URI")
     return uri

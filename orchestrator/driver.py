@@ -180,8 +180,9 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
     _quiet()
     tracking_uri = spec.resolved_tracking_uri()
     # Everything that can be refused is refused here, before Ray starts or MLflow holds a run.
-    if resume and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        raise SearchError(f"no MLflow database at {tracking_uri[len('sqlite:///'):]}, so no search to resume: run "
+    database = preflight.sqlite_file(tracking_uri)
+    if resume and database is not None and not database.is_file():
+        raise SearchError(f"no MLflow database at {database}, so no search to resume: run "
                           "from the search's folder, or set tracking_uri")
     preflight.writable_dir(Path.cwd(), "the working directory (for the front's files)")
     preflight.check_services(spec, tracking_uri)

@@ -50,9 +50,16 @@ def check_storage_path(spec: SearchSpec) -> str:
     return storage
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a sqlite:/// URL (its query string dropped), or None for any other URL."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///"):].split("?", 1)[0])
+
+
 def check_sqlite(url: str, what: str) -> None:
     """A SQLite store's folder exists and is writable (SQLite would say only 'unable to open database file')."""
-    path = Path(url.split(":///", 1)[1].split("?", 1)[0])
+    path = sqlite_file(url)
     if not path.parent.is_dir():
         raise SearchError(f"{what} {url}: folder {path.parent} does not exist; create it or choose another path")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -96,7 +103,7 @@ def check_services(spec: SearchSpec, tracking_uri: str) -> None:
     """The MLflow store, the Optuna database and the Ray head answer, or the start is refused in seconds."""
     optuna_url = spec.resolved_optuna_storage()
     for url, what in ((tracking_uri, "tracking_uri"), (optuna_url, "optuna_storage")):
-        if url.startswith("sqlite:///"):
+        if sqlite_file(url) is not None:
             check_sqlite(url, what)
     check_reachable(tracking_uri, "the MLflow tracking store", "start it, or set tracking_uri / MLFLOW_TRACKING_URI")
     check_reachable(optuna_url, "the Optuna database", "start it, or set optuna_storage")
@@ -249,7 +256,7 @@ def first_start_lock(*urls: str) -> Iterator[None]:
     would both run MLflow's schema migration (and Optuna's table creation) and one would crash."""
     import fcntl
 
-    paths = sorted({url.split(":///", 1)[1].split("?", 1)[0] for url in urls if url.startswith("sqlite:///")})
+    paths = sorted({sqlite_file(url) for url in urls} - {None})
     with contextlib.ExitStack() as stack:
         for path in paths:
             # flock on the database file itself (SQLite takes an empty file as a new database):
