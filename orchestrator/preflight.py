@@ -177,8 +177,12 @@ FORWARDED_ENV_PREFIXES = ("MLFLOW_TRACKING_", "MLFLOW_S3_", "AWS_", "AZURE_STORA
 def worker_env(tracking_uri: str) -> dict[str, str]:
     """The environment every trial gets through Ray's runtime env, whichever node it runs on."""
     forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    # A worker queues its metrics while the tracking server is away (orchestrator/outbox.py), so
+    # MLflow's own minutes of blocking retries would only stall training: two quick ones instead.
+    quick_retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    quick_retries = {k: os.environ.get(k, v) for k, v in quick_retries.items()}
     # MLflow prints "View run ... at: <tracking URI>" as runs end: the URI as given, password included.
-    return forwarded | {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    return forwarded | quick_retries | {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def check_multi_node(tracking_uri: str, storage: str) -> None:

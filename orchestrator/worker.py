@@ -15,12 +15,13 @@ from typing import Any
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.entities import DatasetInput, InputTag, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
+from orchestrator.outbox import Outbox
 from orchestrator.serving import log_model
 from search_spaces.params import Params
 from trainables.checkpoint import load_checkpoint, restore_model
@@ -66,7 +67,8 @@ class MLflowTrialTracker:
         self.client = MlflowClient()  # tracking URI from MLFLOW_TRACKING_URI (Ray runtime env)
         self.run_id: str | None = None
         self.finished = False
-        self.logged_steps: set[int] = set()  # epochs an earlier attempt already logged
+        self.logged_steps: set[int] = set()  # epochs an earlier attempt already logged or queued
+        self.outbox = Outbox(self.client, f"{self.configuration}-seed{self.seed}")
 
     def _existing_run(self) -> str | None:
         """This (configuration, seed)'s run, if an earlier attempt created one.
@@ -89,25 +91,20 @@ class MLflowTrialTracker:
         return None  # none yet, or the configuration id was reused for different parameters
 
     def start(self, config: TrialConfig, saved: dict[str, Any]) -> dict[str, Any]:
-        self.run_id = saved.get("mlflow_run_id") or self._existing_run()
+        # Queued metrics an earlier attempt could not send travel in its checkpoint.
+        self.outbox = Outbox(self.client, f"{self.configuration}-seed{self.seed}", list(saved.get("unsent", [])))
+        self.logged_steps = {int(step) for _, _, _, step in self.outbox.pending}
+        self.run_id = saved.get("mlflow_run_id") or self.outbox.call("find its MLflow run", self._existing_run)
         if self.run_id is not None:
-            if self.client.get_run(self.run_id).info.status == "FINISHED":
+            if self.outbox.call("reattach to its MLflow run", self._reattach, config):
                 # Restarted after its last epoch (the driver died before recording the end):
                 # the run is complete, so leave it exactly as it is.
                 self.finished = True
                 return dict(saved)
-            self.client.update_run(self.run_id, status="RUNNING")  # reattach, never duplicate
-            # A restart resumes from the last checkpoint Ray recorded, which can be older than
-            # the last epoch logged: those epochs are trained again but logged once.
-            self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "epoch")}
-            if "error" in self.client.get_run(self.run_id).data.tags:
-                self.client.delete_tag(self.run_id, "error")  # the failure this attempt retries
-            if not self.client.get_run(self.run_id).inputs.dataset_inputs:
-                self._log_inputs(config)  # the attempt that created the run died before logging them
-            self.client.set_tag(self.run_id, "ray_trial_id", self.ray_trial_id)
-            self.client.set_tag(self.run_id, "ray_node_id", _node_id())  # where this attempt runs
-            self.client.set_tag(self.run_id, "restarts", str(int(saved.get("restarts", 0)) + 1))
-            return {"mlflow_run_id": self.run_id, "restarts": int(saved.get("restarts", 0)) + 1}
+            restarts = int(saved.get("restarts", 0)) + 1
+            self.outbox.call("record its restart", self.client.set_tag, self.run_id, "restarts", str(restarts))
+            self.slot = {"mlflow_run_id": self.run_id, "restarts": restarts, "unsent": self.outbox.pending}
+            return self.slot
         tags = {
             MLFLOW_PARENT_RUN_ID: self.parent_run_id,
             MLFLOW_RUN_NAME: f"{self.configuration}-seed{self.seed}",
@@ -117,10 +114,32 @@ class MLflowTrialTracker:
             "seed": str(self.seed),
             "dense_reference": str(self.params.dense).lower(),
         }
-        run = self.client.create_run(self.experiment, tags=tags)
-        self.run_id = run.info.run_id
+        self.run_id = self.outbox.call("create its MLflow run", self.client.create_run, self.experiment, tags=tags).info.run_id
+        self.outbox.call("describe its MLflow run", self._describe, config)
+        self.slot = {"mlflow_run_id": self.run_id, "restarts": 0, "unsent": self.outbox.pending}
+        return self.slot
+
+    def _reattach(self, config: TrialConfig) -> bool:
+        """Take over the run of an earlier attempt; True if that run is already complete."""
+        run = self.client.get_run(self.run_id)
+        if run.info.status == "FINISHED":
+            return True
+        self.client.update_run(self.run_id, status="RUNNING")  # reattach, never duplicate
+        # A restart resumes from the last checkpoint Ray recorded, which can be older than
+        # the last epoch logged: those epochs are trained again but logged once.
+        self.logged_steps |= {m.step for m in self.client.get_metric_history(self.run_id, "epoch")}
+        if "error" in run.data.tags:
+            self.client.delete_tag(self.run_id, "error")  # the failure this attempt retries
+        if not run.inputs.dataset_inputs:
+            self._log_inputs(config)  # the attempt that created the run died before logging them
+        self.client.set_tag(self.run_id, "ray_trial_id", self.ray_trial_id)
+        self.client.set_tag(self.run_id, "ray_node_id", _node_id())  # where this attempt runs
+        return False
+
+    def _describe(self, config: TrialConfig) -> None:
+        """Parameters, the whole trial config and the data: the run alone says how the model was trained."""
         training = config.training
-        # The effective knobs, searched or not, so the run alone says how the model was trained.
+        # The effective knobs, searched or not.
         effective = Params(self.params.placement, self.params.fraction, training.lr, training.weight_decay, training.batch_size)
         logged = {
             **effective.to_mlflow(),
@@ -135,7 +154,6 @@ class MLflowTrialTracker:
         # The whole trial config: enough to rebuild (or retrain) this model from MLflow alone.
         self.client.log_dict(self.run_id, config.model_dump(mode="json"), "trial_config.yaml")
         self._log_inputs(config)
-        return {"mlflow_run_id": self.run_id, "restarts": 0}
 
     def _log_inputs(self, config: TrialConfig, attempts: int = 3) -> None:
         """What it trained and was scored on: the runs table's Dataset column."""
@@ -154,32 +172,36 @@ class MLflowTrialTracker:
     def log_epoch(self, metrics: dict[str, float]) -> None:
         if self.finished:
             return
-        now, step = int(time.time() * 1000), int(metrics["epoch"])
+        step = int(metrics["epoch"])
         if step in self.logged_steps:
             return
         self.logged_steps.add(step)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self.outbox.send(self.run_id, metrics, step)  # queued, not lost, while the server is away
 
     def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None:
         if self.run_id is None or self.finished:
             return
+        self.outbox.flush(self.run_id)
         if error is None and checkpoint_uri is not None:
             # Any finished trial can be loaded later without Ray (`promote` reads it from here).
-            self.client.set_tag(self.run_id, "checkpoint_uri", checkpoint_uri)
+            self.outbox.call("tag its checkpoint", self.client.set_tag, self.run_id, "checkpoint_uri", checkpoint_uri)
             if self.log_models:
                 self._log_model(checkpoint_uri)
         if error is not None:
-            self.client.set_tag(self.run_id, "error", f"{type(error).__name__}: {one_line(error)}"[:5000])
-        self.client.set_terminated(self.run_id, status="FAILED" if error is not None else "FINISHED")
+            reason = f"{type(error).__name__}: {one_line(error)}"[:5000]
+            self.outbox.call("record its error", self.client.set_tag, self.run_id, "error", reason)
+        status = "FAILED" if error is not None else "FINISHED"
+        self.outbox.call("close its MLflow run", self.client.set_terminated, self.run_id, status=status)
 
     def _log_model(self, checkpoint_uri: str) -> None:
         """The trial's final model in its run's Models tab; a failure here costs the copy, not the result."""
         try:
             state = load_checkpoint(checkpoint_uri)
             model, config = restore_model(state)
-            log_model(model, state["labels"], config.data.image_size, self.run_id, self.experiment)
+            self.outbox.call("log its model", log_model, model, state["labels"], config.data.image_size, self.run_id, self.experiment)
         except Exception as error:  # the trial is complete and its checkpoint is tagged: keep it
-            self.client.set_tag(self.run_id, "log_model_error", f"{type(error).__name__}: {one_line(error)}"[:5000])
+            reason = f"{type(error).__name__}: {one_line(error)}"[:5000]
+            self.outbox.call("record its model error", self.client.set_tag, self.run_id, "log_model_error", reason)
 
 
 def _node_id() -> str:

@@ -42,23 +42,36 @@ def wait_for_http(url: str, server: subprocess.Popen, log: Path, timeout: float 
             time.sleep(0.5)
 
 
+class MlflowServer:
+    """`mlflow server` on a fixed loopback port, which a test can stop and start again."""
+
+    def __init__(self, backend: str, artifacts: Path, log: Path, serve_artifacts: bool = False) -> None:
+        self.port, self.log_path = free_port(), log
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                     "--backend-store-uri", backend, "--artifacts-destination", str(artifacts), "--workers", "1",
+                     *(["--serve-artifacts"] if serve_artifacts else [])]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_http(f"{self.uri}/health", self.process, self.log_path)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self.process = None
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real MLflow tracking server over HTTP on loopback, stopped after the test."""
-    port = free_port()
-    log = open(tmp_path / "mlflow-server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{uri}/health", server, tmp_path / "mlflow-server.log")
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
-    log.close()
+    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts", tmp_path / "mlflow-server.log")
+    server.start()
+    yield server.uri
+    server.stop()
 
 
 POSTGRES = "postgresql://root@127.0.0.1:5432/test"

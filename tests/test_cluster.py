@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import POSTGRES, free_port, wait_for_http
+from conftest import POSTGRES, MlflowServer, free_port
 from test_failures import QUICKSTART, TINY, assert_nothing_written, assert_one_line_error, cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -85,37 +85,29 @@ def _two_nodes(port, env):
 
 
 @pytest.fixture
-def postgres_mlflow_server(tmp_path):
+def tracking_server(tmp_path):
     """`mlflow server` on loopback with its own PostgreSQL database and artifacts served over HTTP."""
     database = f"mlflow_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES, autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {database}")
-    port = free_port()
-    log_path = tmp_path / "mlflow-server.log"
-    log = open(log_path, "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", POSTGRES.rsplit("/", 1)[0] + f"/{database}",
-         "--serve-artifacts", "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = MlflowServer(POSTGRES.rsplit("/", 1)[0] + f"/{database}", tmp_path / "artifacts",
+                          tmp_path / "mlflow-server.log", serve_artifacts=True)
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", server, log_path)
-        yield f"http://127.0.0.1:{port}"
+        server.start()
+        yield server
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
+        server.stop()
         with psycopg.connect(POSTGRES, autocommit=True) as connection:
             connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
-def test_a_search_runs_on_both_nodes_and_writes_over_http(tmp_path, ray_cluster, postgres_mlflow_server):
+def test_a_search_runs_on_both_nodes_and_writes_over_http(tmp_path, ray_cluster, tracking_server):
     out = cli("search", "--config", str(QUICKSTART), *TINY, "seeds=[0, 1]", f"address={ray_cluster}",
-              f"tracking_uri={postgres_mlflow_server}", f"storage_path={tmp_path / 'shared'}", "experiment=cluster",
+              f"tracking_uri={tracking_server.uri}", f"storage_path={tmp_path / 'shared'}", "experiment=cluster",
               cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "configurations 2/2 done" in out.stdout
-    client = MlflowClient(postgres_mlflow_server)
+    client = MlflowClient(tracking_server.uri)
     runs = client.search_runs([client.get_experiment_by_name("cluster").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
