@@ -24,6 +24,7 @@ class SearchProgress(Callback):
         self.failed: set[str] = set()
         self.best = {"accuracy": -math.inf, "shape_bias": -math.inf}
         self.counted_earlier = False
+        self.holding: set[str] = set()  # trials whose metrics wait for the MLflow server
 
     # Tune pickles callbacks with the experiment state when a search starts, so a restored copy
     # would carry that moment's (empty) counts: it starts afresh and counts the trials that
@@ -64,8 +65,33 @@ class SearchProgress(Callback):
     def on_trial_restore(self, iteration, trials, trial, **info) -> None:
         self.running.add(trial.trial_id)
 
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        # Workers write MLflow themselves; their epoch results tell the driver when they cannot.
+        if result.get("tracking_unsent", 0) > 0 and not self.holding:
+            self._warn("the MLflow tracking server is not answering: trials keep training and hold their "
+                       "metrics until it answers")
+        if result.get("tracking_unsent", 0) > 0:
+            self.holding.add(trial.trial_id)
+        else:
+            self._released(trial)
+
+    def _released(self, trial) -> None:
+        if trial.trial_id in self.holding:
+            self.holding.discard(trial.trial_id)
+            if not self.holding:
+                self._warn("the MLflow tracking server answers again: the metrics trials held are written")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        name = f"{trial.config.get('configuration', trial.trial_id)}-seed{trial.config.get('seed', '?')}"
+        self._warn(f"trial {name} lost its worker (failure {trial.num_failures}); Ray restarts it "
+                   "from its last checkpoint")
+
+    def _warn(self, message: str) -> None:
+        print(f"warning: {message}", file=self.stream or sys.stdout, flush=True)
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.running.discard(trial.trial_id)
+        self._released(trial)  # a trial completes only once everything it held is written
         self._ended(trial)
         self._print()
 

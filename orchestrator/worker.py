@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import DatasetInput, InputTag, Param
+from mlflow.entities import DatasetInput, InputTag, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -69,6 +69,7 @@ class MLflowTrialTracker:
         self.finished = False
         self.logged_steps: set[int] = set()  # epochs an earlier attempt already logged or queued
         self.outbox = Outbox(self.client, f"{self.configuration}-seed{self.seed}")
+        self.slot: dict[str, Any] = {}  # what survives a restart, saved in every checkpoint
 
     def _existing_run(self) -> str | None:
         """This (configuration, seed)'s run, if an earlier attempt created one.
@@ -102,7 +103,10 @@ class MLflowTrialTracker:
                 self.finished = True
                 return dict(saved)
             restarts = int(saved.get("restarts", 0)) + 1
-            self.outbox.call("record its restart", self.client.set_tag, self.run_id, "restarts", str(restarts))
+            restart = [RunTag("restarts", str(restarts))]
+            if "epoch" in saved:  # restored from a checkpoint, not started afresh
+                restart.append(RunTag("resumed_after_epoch", str(saved["epoch"])))
+            self.outbox.call("record its restart", self.client.log_batch, self.run_id, tags=restart)
             self.slot = {"mlflow_run_id": self.run_id, "restarts": restarts, "unsent": self.outbox.pending}
             return self.slot
         tags = {
@@ -169,14 +173,14 @@ class MLflowTrialTracker:
                     raise
                 time.sleep(0.5 * (attempt + 1))
 
-    def log_epoch(self, metrics: dict[str, float]) -> None:
-        if self.finished:
-            return
+    def log_epoch(self, metrics: dict[str, float]) -> dict[str, float]:
         step = int(metrics["epoch"])
-        if step in self.logged_steps:
-            return
-        self.logged_steps.add(step)
-        self.outbox.send(self.run_id, metrics, step)  # queued, not lost, while the server is away
+        if not self.finished and step not in self.logged_steps:
+            self.logged_steps.add(step)
+            self.outbox.send(self.run_id, metrics, step)  # queued, not lost, while the server is away
+            self.slot["epoch"] = step  # saved with this epoch's checkpoint
+        # Reported to Tune with the epoch: the driver warns when trials hold metrics (SearchProgress).
+        return {"tracking_unsent": float(len(self.outbox.pending))}
 
     def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None:
         if self.run_id is None or self.finished:

@@ -1,5 +1,6 @@
 """A real two-node Ray cluster on loopback, started as users start theirs (`ray start`, token
-authentication on), with an MLflow tracking server on PostgreSQL that workers reach over HTTP."""
+authentication on), with an MLflow tracking server on PostgreSQL that workers reach over HTTP;
+and what the search does when a node, the driver or the tracking server is lost."""
 
 import os
 import shutil
@@ -16,72 +17,120 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import POSTGRES, MlflowServer, free_port
-from test_failures import QUICKSTART, TINY, assert_nothing_written, assert_one_line_error, cli
+from test_failures import QUICKSTART, TINY, assert_nothing_written, assert_one_line_error, cli, popen_search
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _start(args, log):
-    # --block keeps `ray start` in the foreground, owning its node's processes: killing its
-    # process group takes the node down, as losing the machine would.
-    return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+class RayCluster:
+    """A head and a second node on loopback, 1 CPU each, each owned by its own `ray start --block`."""
+
+    def __init__(self, logs: Path) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+        self.port, self.logs = free_port(), logs
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token"}  # the head writes ~/.ray/auth_token; nodes join with it
+        self.nodes: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp_dir}"])
+        self._wait(lambda: self._active_nodes() >= 1, "head")
+        self._start("node", [f"--address={self.address}"])
+        self._wait(lambda: self._active_nodes() >= 2, "node")
+
+    def _start(self, name: str, args: list[str]) -> None:
+        # --block keeps `ray start` in the foreground, owning its node's processes.
+        with open(self.logs / f"{name}.log", "w") as log:
+            self.nodes.append(subprocess.Popen(
+                [RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
+                 "--disable-usage-stats", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env))
+
+    def _wait(self, ready, name: str) -> None:
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert self.nodes[-1].poll() is None and time.monotonic() < deadline, (self.logs / f"{name}.log").read_text()[-3000:]
+            time.sleep(1)
+
+    def _active_nodes(self) -> int:
+        status = subprocess.run([RAY, "status", f"--address={self.address}"], env=self.env, capture_output=True, text=True).stdout
+        return status.split("Active:", 1)[-1].split("Pending:", 1)[0].count("node_")
+
+    def node_id(self, index: int) -> str:
+        """The Ray node id of node `index` (0 is the head), read from its raylet's command line."""
+        for pid in _descendants(self.nodes[index].pid):
+            argv = _argv(pid)
+            if argv and argv[0].endswith("raylet"):
+                return next(a.split("=", 1)[1] for a in argv if a.startswith("--node_id="))
+        raise AssertionError(f"node {index} has no raylet")
+
+    def kill(self, index: int) -> None:
+        """Lose node `index` as a machine is lost: SIGKILL every process it runs, no goodbye."""
+        node = self.nodes[index]
+        for pid in [node.pid, *_descendants(node.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        node.wait(timeout=30)
+
+    def processes(self) -> list[int]:
+        found = subprocess.run(["pgrep", "-f", self.temp_dir], capture_output=True, text=True).stdout.split()
+        return [int(pid) for pid in found]
+
+    def stop(self) -> None:
+        """Stop every node and check that no Ray process outlives the cluster."""
+        for node in reversed(self.nodes):
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGTERM)
+                node.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(1)
+        left = self.processes()
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        assert not left, f"Ray processes outlived their node: {left}"
 
 
-def _ray_processes(temp_dir):
-    found = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in found]
+def _process_children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue  # ended while we looked
+            children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    children, found, todo = _process_children(), [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
 
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A head and a second node, 1 CPU each; yields the head's address."""
-    temp_dir = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    logs = tmp_path_factory.mktemp("ray-logs")
-    port = free_port()
-    env_token = {**os.environ, "RAY_AUTH_MODE": "token"}  # the head wrote ~/.ray/auth_token; the node joins with it
-    head_log, node_log = open(logs / "head.log", "w"), open(logs / "node.log", "w")
-    head = _start(["--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
-                   f"--temp-dir={temp_dir}"], head_log)
-    nodes = [head]
+    """A two-node cluster shared by the module's tests (the node-loss test, last, ends it)."""
+    cluster = RayCluster(tmp_path_factory.mktemp("ray-logs"))
     try:
-        deadline = time.monotonic() + 120
-        while subprocess.run([RAY, "status", f"--address=127.0.0.1:{port}"], env=env_token, capture_output=True).returncode:
-            assert head.poll() is None and time.monotonic() < deadline, (logs / "head.log").read_text()[-3000:]
-            time.sleep(1)
-        node = subprocess.Popen([RAY, "start", "--block", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                                 "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"],
-                                stdout=node_log, stderr=subprocess.STDOUT, start_new_session=True, env=env_token)
-        nodes.append(node)
-        while not _two_nodes(port, env_token):
-            assert node.poll() is None and time.monotonic() < deadline, (logs / "node.log").read_text()[-3000:]
-            time.sleep(1)
-        yield f"127.0.0.1:{port}"
+        cluster.start()
+        yield cluster
     finally:
-        for process in reversed(nodes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=60)
-        head_log.close()
-        node_log.close()
-        deadline = time.monotonic() + 30
-        while _ray_processes(temp_dir) and time.monotonic() < deadline:
-            time.sleep(1)
-        left = _ray_processes(temp_dir)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not left, f"Ray processes outlived their node: {left}"
-
-
-def _status(port, env):
-    return subprocess.run([RAY, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True).stdout
-
-
-def _two_nodes(port, env):
-    active = _status(port, env).split("Active:", 1)[-1].split("Pending:", 1)[0]
-    return active.count("node_") >= 2
+        cluster.stop()
 
 
 @pytest.fixture
@@ -101,23 +150,113 @@ def tracking_server(tmp_path):
             connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
-def test_a_search_runs_on_both_nodes_and_writes_over_http(tmp_path, ray_cluster, tracking_server):
-    out = cli("search", "--config", str(QUICKSTART), *TINY, "seeds=[0, 1]", f"address={ray_cluster}",
-              f"tracking_uri={tracking_server.uri}", f"storage_path={tmp_path / 'shared'}", "experiment=cluster",
-              cwd=tmp_path, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "configurations 2/2 done" in out.stdout
+def _search_args(tmp_path, cluster, server, *extra):
+    return ["--config", str(QUICKSTART), *TINY, f"address={cluster.address}", f"tracking_uri={server.uri}",
+            f"storage_path={tmp_path / 'shared'}", "experiment=cluster", *extra]
+
+
+def _runs(server):
+    """(client, the search's parent runs, its child runs) on the tracking server."""
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("cluster")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
+    return (client, [r for r in runs if "search_id" in r.data.tags],
+            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
+
+
+def _wait_for(condition, driver, timeout=600):
+    """Poll `condition` until it returns something true, while the search driver is still running."""
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert driver.poll() is None, driver.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out waiting for the search"
+        time.sleep(0.5)
+    return found
+
+
+def _assert_each_epoch_once(client, children, epochs):
+    for child in children:
+        for metric in ("epoch", "accuracy", "shape_bias", "train_loss"):
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, metric))
+            assert steps == list(range(1, epochs + 1)), (child.info.run_name, metric, steps)
+
+
+def test_a_search_on_both_nodes_loses_nothing_while_its_tracking_server_is_away(tmp_path, ray_cluster, tracking_server):
+    driver = popen_search("search", *_search_args(tmp_path, ray_cluster, tracking_server, "seeds=[0, 1]",
+                                                  "training.epochs=3"), cwd=tmp_path)
     client = MlflowClient(tracking_server.uri)
-    runs = client.search_runs([client.get_experiment_by_name("cluster").experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    # Stopped right after a trial's first epoch: that trial reports its second one while the server is away.
+    _wait_for(lambda: any(client.get_metric_history(c.info.run_id, "epoch") for c in _runs(tracking_server)[2]), driver)
+    tracking_server.stop()
+    time.sleep(20)
+    tracking_server.start()
+    stdout, stderr = driver.communicate(timeout=900)
+    assert driver.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "warning: the MLflow tracking server is not answering" in stdout, stdout[-3000:]
+    assert "warning: the MLflow tracking server answers again" in stdout, stdout[-3000:]
+    assert "configurations 2/2 done · trials 4 done, 0 running, 0 failed" in stdout, stdout[-3000:]
+
+    client, parents, children = _runs(tracking_server)
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
-    # 1 CPU per node and 2 trials at a time: both nodes trained.
+    assert not [c.info.run_name for c in children if "restarts" in c.data.tags], "a trial failed over the outage"
+    _assert_each_epoch_once(client, children, epochs=3)
+    # 1 CPU per node and 2 trials at a time: both nodes trained, writing over HTTP only.
     assert len({c.data.tags["ray_node_id"] for c in children}) == 2, [c.data.tags["ray_node_id"] for c in children]
-    parent = next(r for r in runs if "search_id" in r.data.tags)
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "search_spec.yaml"}
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"pareto.csv", "search_spec.yaml"}
 
 
 def test_a_file_tracking_store_is_refused_on_two_nodes(tmp_path, ray_cluster):
-    out = cli("search", "--config", str(QUICKSTART), *TINY, f"address={ray_cluster}", cwd=tmp_path, timeout=300)
+    out = cli("search", "--config", str(QUICKSTART), *TINY, f"address={ray_cluster.address}", cwd=tmp_path, timeout=300)
     assert_one_line_error(out, "is a file on the driver's machine", "the cluster has 2 nodes", "mlflow server")
     assert_nothing_written(tmp_path)
+
+
+def test_a_killed_driver_resumes_on_the_cluster_without_rerunning_finished_trials(tmp_path, ray_cluster, tracking_server):
+    args = _search_args(tmp_path, ray_cluster, tracking_server, "seeds=[0, 1]")
+    driver = popen_search("search", *args, cwd=tmp_path)
+    _wait_for(lambda: [c for c in _runs(tracking_server)[2] if c.info.status == "FINISHED"], driver)
+    driver.kill()  # SIGKILL: no handler runs, the parent run stays RUNNING
+    driver.communicate(timeout=60)
+    _, parents, children = _runs(tracking_server)
+    finished = {c.info.run_id: c.info.end_time for c in children if c.info.status == "FINISHED"}
+    assert len(finished) < 4, "the search ended before its driver was killed"
+
+    out = cli("resume", *args, "--search", parents[0].data.tags["search_id"], cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "configurations 2/2 done · trials 4 done" in out.stdout, out.stdout[-3000:]
+    client, parents, children = _runs(tracking_server)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:
+        if child.info.run_id in finished:  # trained once, before the driver was lost
+            assert child.info.end_time == finished[child.info.run_id] and "restarts" not in child.data.tags
+    _assert_each_epoch_once(client, children, epochs=2)
+
+
+def test_a_lost_node_costs_its_trial_a_restart_from_its_last_checkpoint(tmp_path, ray_cluster, tracking_server):
+    # Last in the module: it ends the shared cluster's second node.
+    second = ray_cluster.node_id(1)
+    driver = popen_search("search", *_search_args(tmp_path, ray_cluster, tracking_server, "training.epochs=4"), cwd=tmp_path)
+    client = MlflowClient(tracking_server.uri)
+
+    def checkpointed_on_the_second_node():
+        for child in _runs(tracking_server)[2]:
+            trial = child.data.tags["ray_trial_id"]
+            if (child.data.tags["ray_node_id"] == second and child.info.status == "RUNNING"
+                    and list((tmp_path / "shared").glob(f"*/*{trial}*/checkpoint_*"))):
+                return child
+        return None
+
+    victim = _wait_for(checkpointed_on_the_second_node, driver)
+    ray_cluster.kill(1)
+    stdout, stderr = driver.communicate(timeout=900)
+    assert driver.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert f"trial {victim.info.run_name} lost its worker (failure 1)" in stdout, stdout[-3000:]
+    assert "configurations 2/2 done · trials 2 done, 0 running, 0 failed" in stdout, stdout[-3000:]
+
+    client, _, children = _runs(tracking_server)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    restarted = client.get_run(victim.info.run_id).data.tags
+    assert restarted["restarts"] == "1" and int(restarted["resumed_after_epoch"]) >= 1, restarted
+    assert restarted["ray_node_id"] != second  # finished on the surviving node
+    _assert_each_epoch_once(client, children, epochs=4)

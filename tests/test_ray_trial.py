@@ -32,6 +32,7 @@ class CrashOnceAfterEpoch:
         if metrics["epoch"] == self.epoch + 1 and not self.marker.exists():
             self.marker.touch()
             raise RuntimeError("injected crash")
+        return {}
 
     def finish(self, error, checkpoint_uri=None):
         pass
@@ -104,7 +105,7 @@ class CrashAtFinishOnce(CrashOnceAfterEpoch):
     """Dies after the last epoch was reported and checkpointed, before the trial could end."""
 
     def log_epoch(self, metrics):
-        pass
+        return {}
 
     def finish(self, error, checkpoint_uri=None):
         if error is None and not self.marker.exists():

@@ -28,7 +28,9 @@ class Tracker(Protocol):
     """Logs a trial somewhere; `start` returns what must survive a restart (kept in checkpoints)."""
 
     def start(self, config: TrialConfig, saved: dict[str, Any]) -> dict[str, Any]: ...
-    def log_epoch(self, metrics: dict[str, float]) -> None: ...
+    def log_epoch(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Log one epoch; returns values to report to Tune beside the metrics (the tracker's health)."""
+        ...
     def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None: ...
 
 
@@ -42,16 +44,16 @@ def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = load_checkpoint(directory)
+        print(f"resuming from its checkpoint after epoch {resume['epoch']}", flush=True)
     slot = tracker.start(trial, resume.get("tracking", {}) if resume else {}) if tracker else {}
     if resume is not None:
         resume["tracking"] = slot
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
         state["tracking"] = slot
-        if tracker:
-            tracker.log_epoch(metrics)
+        health = tracker.log_epoch(metrics) if tracker else {}
         with temporary_checkpoint(state) as directory:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**metrics, **health}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     if resume is not None and resume["epoch"] >= trial.training.epochs:
         # Restarted after its last epoch (the driver died before it recorded the end): report
