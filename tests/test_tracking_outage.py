@@ -61,7 +61,7 @@ def test_epochs_logged_while_the_server_is_away_reach_it_even_through_a_lost_wor
     again.finish(None)
 
     run = client.get_run(slot["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["restarts"] == "1"
+    assert run.info.status == "FINISHED" and run.data.tags["restarts"] == "1" and run.data.tags["resumed_after_epoch"] == "2"
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "accuracy")] == [(1, 0.1), (2, 0.2), (3, 0.3)]
     assert "answers again after" in capsys.readouterr().err
     assert len(client.search_runs([run.info.experiment_id], "tags.configuration = 'c001'")) == 1
@@ -99,3 +99,25 @@ def test_a_refused_write_is_not_retried(server):
     outbox = Outbox(client, "c001-seed0", patience_s=60)
     with pytest.raises(Exception, match="RESOURCE_DOES_NOT_EXIST|not found"):
         outbox.call("read a run", client.get_run, "0" * 32)
+
+
+def test_a_trial_costs_the_tracking_server_one_request_per_epoch_and_a_few_around_them(server, tmp_path):
+    """The request budget docs/scaling.md scales up: counted in the server's own access log."""
+    client = MlflowClient(server.uri)
+    tracker = _tracker(client)()
+    served = _requests(server)
+    tracker.start(CONFIG, {})
+    for epoch in range(1, 6):
+        tracker.log_epoch({"epoch": epoch, "accuracy": 0.1 * epoch, "shape_bias": 0.5, "train_loss": 1.0})
+    tracker.finish(None, checkpoint_uri=str(tmp_path / "checkpoint"))
+    server.stop()  # flushes the access log
+    requests = _requests(server)[len(served):]
+    assert sum("/runs/log-batch" in r for r in requests) == 1 + 5, requests  # the parameters, then one per epoch
+    # Around the epochs: search for an earlier attempt's run, create, parameters, trial_config.yaml
+    # (a run lookup and an upload), inputs, the checkpoint tag, and closing (a lookup and an update).
+    assert len(requests) <= 5 + 9, requests
+    server.start()
+
+
+def _requests(server):
+    return [line.split('"')[1] for line in server.log_path.read_text().splitlines() if 'HTTP/1.1"' in line]
