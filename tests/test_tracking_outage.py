@@ -54,9 +54,11 @@ def test_epochs_logged_while_the_server_is_away_reach_it_even_through_a_lost_wor
     checkpoint = copy.deepcopy(slot)
     back = threading.Timer(3, server.start)
     back.start()
-    again = new_tracker()
-    again.start(CONFIG, checkpoint)
-    back.join()
+    try:
+        again = new_tracker()
+        again.start(CONFIG, checkpoint)
+    finally:
+        back.join()  # so the fixture stops the server this started, even if the test failed
     again.log_epoch({"epoch": 3, "accuracy": 0.3})
     again.finish(None)
 
