@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/topk.py
 	$(PY) bench/trial_throughput.py
 	$(PY) bench/search_overhead.py
+	$(PY) bench/scaling.py
 
 clean:
 	rm -rf $(VENV) mlflow.db optuna.db ray_results mlruns mlartifacts pareto-*.csv pareto-*.png production.yaml
