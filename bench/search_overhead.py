@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import io
 import os
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -39,10 +40,10 @@ def main() -> None:
         f"tracking_uri=sqlite:///{workdir}/mlflow.db", f"optuna_storage=sqlite:///{workdir}/optuna.db",
         f"storage_path={workdir}/ray_results", "experiment=overhead",
     ])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()):
         outcome = run_search(spec)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
 
     client = MlflowClient(spec.resolved_tracking_uri())
     experiment = client.get_experiment_by_name("overhead").experiment_id
@@ -51,6 +52,16 @@ def main() -> None:
     trials = len(runs)
     print(f"{trials} trials, one at a time: search wall {wall:.1f} s, inside trials {inside:.1f} s "
           f"({inside / trials:.2f} s per trial), workdir {workdir}")
+    print(f"driver CPU {cpu:.1f} s: {cpu / trials:.3f} s per trial (each trial: start, 1 epoch result, end)")
+    with sqlite3.connect(workdir / "optuna.db") as optuna_db:
+        tables = [t for (t,) in optuna_db.execute("select name from sqlite_master where type = 'table'")]
+        rows = {t: optuna_db.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables if t.startswith("trial")}
+    studied = rows.get("trials", 0) or 1  # one Optuna trial per configuration; seeds are replicates
+    print(f"Optuna rows per configuration: {sum(rows.values()) / studied:.1f} "
+          f"({', '.join(f'{t} {n}' for t, n in rows.items() if n)})")
+    checkpoints = [p for p in (workdir / "ray_results").rglob("state.pt")]
+    size = sum(p.stat().st_size for p in checkpoints) / len(checkpoints)
+    print(f"one trial checkpoint (state.pt, model + optimizer): {size / 1e6:.1f} MB")
     print(f"driver_overhead_s_per_trial: {(wall - inside) / trials:.3f}")
 
 
