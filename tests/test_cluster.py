@@ -3,6 +3,7 @@ authentication on), with an MLflow tracking server on PostgreSQL that workers re
 and what the search does when a node, the driver or the tracking server is lost."""
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,10 @@ class RayCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
         self.port, self.logs = free_port(), logs
         self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token"}  # the head writes ~/.ray/auth_token; nodes join with it
+        # Token authentication, as Ray 2.60 recommends: `ray start --head` turns it on only when it
+        # finds a token (RAY_AUTH_TOKEN, or ~/.ray/auth_token, which a fresh machine lacks).
+        self.token = secrets.token_hex(32)
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
         self.nodes: list[subprocess.Popen] = []
 
     def start(self) -> None:
@@ -127,8 +131,10 @@ def ray_cluster(tmp_path_factory):
     """A two-node cluster shared by the module's tests (the node-loss test, last, ends it)."""
     cluster = RayCluster(tmp_path_factory.mktemp("ray-logs"))
     try:
-        cluster.start()
-        yield cluster
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("RAY_AUTH_TOKEN", cluster.token)  # the drivers the tests start join as users do
+            cluster.start()
+            yield cluster
     finally:
         cluster.stop()
 
