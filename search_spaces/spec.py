@@ -30,7 +30,7 @@ from trainables.config import (
     read_yaml,
     redact,
 )
-from trainables.models import check_placements
+from trainables.models import ARCHITECTURES, check_placements, expand_preset
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
 # What MLflow's tracking stores and Optuna's RDBStorage accept (SQLAlchemy dialects take a
@@ -77,7 +77,6 @@ class SearchSpace(Strict):
                 raise ValueError(f"placement set {i} is empty; the dense reference is always run anyway")
             if len(set(names)) != len(names):
                 raise ValueError(f"placement set {i} names a placement twice: {names}")
-            check_placements({name: 1.0 for name in names})
         keys = [placement_key(sorted(names)) for names in placements]
         if len(set(keys)) != len(keys):
             raise ValueError(f"placement sets repeat: {keys}")
@@ -172,6 +171,27 @@ class SearchSpec(Strict):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds repeat: {seeds}")
         return seeds
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_presets(cls, raw: Any) -> Any:
+        """`[after_every_pool]` becomes the placements it names for model.arch, before anything else."""
+        search, model = (raw.get("search"), raw.get("model")) if isinstance(raw, dict) else (None, None)
+        arch = model.get("arch", "resnet18") if isinstance(model, dict) else "resnet18"
+        if not (isinstance(search, dict) and isinstance(search.get("placements"), list) and arch in ARCHITECTURES):
+            return raw  # malformed: the field validators say what is wrong
+        sets = [expand_preset(names, arch) if isinstance(names, list) and all(isinstance(n, str) for n in names)
+                else names for names in search["placements"]]
+        return {**raw, "search": {**search, "placements": sets}}
+
+    @model_validator(mode="after")
+    def _placements_fit_arch(self) -> "SearchSpec":
+        for names in self.search.placements:
+            try:
+                check_placements({name: 1.0 for name in names}, self.model.arch)
+            except ValueError as error:
+                raise ValueError(f"search.placements: {error}") from None
+        return self
 
     @model_validator(mode="after")
     def _topk_comes_from_the_search(self) -> "SearchSpec":

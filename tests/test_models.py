@@ -66,3 +66,96 @@ def test_trains_end_to_end_with_channels_last():
     loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     assert model.conv1.weight.grad is not None and torch.isfinite(model.conv1.weight.grad).all()
+
+
+# --- any torchvision architecture, against the authors' way: Top-K spliced into the Sequential ---
+
+def reference_topk(x, fraction):
+    """Top-K from the definition, as the authors wrote it: topk of |x| per channel, a scattered mask."""
+    n, c, h, w = x.shape
+    k = max(1, int(fraction * h * w))
+    flat = x.flatten(2)
+    mask = torch.zeros_like(flat).scatter(-1, flat.abs().topk(k, dim=-1).indices, 1.0)
+    return (flat * mask).view_as(x)
+
+
+class Spliced(torch.nn.Module):
+    def __init__(self, fraction):
+        super().__init__()
+        self.fraction = fraction
+
+    def forward(self, x):
+        return reference_topk(x, self.fraction)
+
+
+def spliced_by_hand(arch, state, topk):
+    """The torchvision model with Top-K modules inserted after the named modules of its Sequentials."""
+    import torchvision
+
+    model = getattr(torchvision.models, arch)(weights=None)
+    model.load_state_dict(state)
+    if arch.startswith("resnet"):
+        for name, fraction in topk.items():
+            setattr(model, name, torch.nn.Sequential(getattr(model, name), Spliced(fraction)))
+    else:
+        layers = []
+        for i, layer in enumerate(model.features):
+            layers.append(layer)
+            if f"features.{i}" in topk:
+                layers.append(Spliced(topk[f"features.{i}"]))
+        model.features = torch.nn.Sequential(*layers)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch, size, fraction", [("resnet18", 64, 0.2), ("resnet50", 64, 0.1),
+                                                  ("vgg16", 96, 0.05), ("alexnet", 128, 0.3)])
+def test_each_architecture_matches_topk_spliced_by_hand(tmp_path, arch, size, fraction):
+    from trainables.models import PRESETS, expand_preset
+    import torchvision
+
+    torch.manual_seed(0)
+    state = getattr(torchvision.models, arch)(weights=None).state_dict()
+    torch.save(state, tmp_path / "weights.pth")
+    topk = {name: fraction for name in expand_preset(["after_every_pool"], arch)}
+    assert list(topk) == list(PRESETS["after_every_pool"][arch])
+    ours = build_model(num_classes=1000, topk=topk, arch=arch, weights=tmp_path / "weights.pth").eval()
+    reference = spliced_by_hand(arch, state, topk)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        logits, expected = ours(x), reference(x)
+        dense = getattr(torchvision.models, arch)(weights=None)
+        dense.load_state_dict(state)
+        unsparse = dense.eval()(x)
+    assert torch.allclose(logits, expected, rtol=1e-4, atol=1e-5), (logits - expected).abs().max()
+    assert not torch.allclose(logits, unsparse, atol=1e-3)  # Top-K changed what the network computes
+
+
+def test_weights_are_a_local_file_that_must_fit():
+    with pytest.raises(FileNotFoundError, match=r"weights file /nowhere/vgg16.pth not found: expected torchvision's vgg16 .*vgg16-397923af.pth"):
+        build_model(arch="vgg16", weights="/nowhere/vgg16.pth")
+
+
+def test_weights_of_another_shape_are_one_clear_error(tmp_path):
+    torch.save(build_model(num_classes=10).state_dict(), tmp_path / "ten.pth")
+    with pytest.raises(ValueError, match="does not fit resnet18: .*fc.weight"):
+        build_model(num_classes=1000, weights=tmp_path / "ten.pth")
+    with pytest.raises(ValueError, match="does not fit alexnet: missing"):
+        build_model(arch="alexnet", weights=tmp_path / "ten.pth")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"arch": "vgg19"}, "unknown architecture 'vgg19'; valid: resnet18, resnet50, vgg16, alexnet"),
+    ({"arch": "vgg16", "stem": "cifar"}, "cifar stem is a ResNet stem"),
+    ({"arch": "alexnet", "topk": {"features.13": 0.1}}, r"unknown Top-K placement 'features.13' for alexnet; valid: features, features.0, .*features.12, avgpool, classifier"),
+    ({"arch": "vgg16", "topk": {"feature.4": 0.1}}, r"nearest: features.4"),
+    ({"arch": "vgg16", "topk": {"features": 0.1, "features.30": 0.2}}, "'features' and 'features.30' are the same tensor"),
+])
+def test_bad_architecture_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(**kwargs)
+
+
+def test_describe_placements_for_vgg16_at_224():
+    rows = {r.name: r for r in describe_placements(224, topk={"features.4": 0.05}, arch="vgg16")}
+    assert (rows["features.4"].channels, rows["features.4"].height, rows["features.4"].kept) == (64, 112, int(0.05 * 112 * 112))
+    assert rows["features.30"].height == 7 and rows["features.30"].kept == 49

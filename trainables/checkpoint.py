@@ -92,6 +92,7 @@ def restore_model(state: dict[str, Any]) -> tuple[torch.nn.Module, TrialConfig]:
     if missing:
         raise ValueError(f"checkpoint lacks {sorted(missing)}: it predates checkpoints that carry their config")
     config = TrialConfig.model_validate(state["config"], context={"check_paths": False})
-    model = build_model(num_classes=len(state["labels"]["class_names"]), stem=config.model.stem, topk=config.model.topk)
+    model = build_model(num_classes=len(state["labels"]["class_names"]), stem=config.model.stem, topk=config.model.topk,
+                        arch=config.model.arch)
     model.load_state_dict(state["model"])
     return model.eval(), config

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from trainables.models import STEMS, check_placements
+from trainables.models import ARCHITECTURES, RESNETS, STEMS, check_placements
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 
@@ -70,13 +70,30 @@ class FolderData(Strict):
 
 
 class ModelConfig(Strict):
+    """Which torchvision network, its stem, where Top-K sits, and optional starting weights."""
+
+    arch: Literal[tuple(ARCHITECTURES)] = "resnet18"  # type: ignore[valid-type]
     stem: Literal[STEMS] = "imagenet"  # type: ignore[valid-type]
     topk: dict[str, Fraction] = Field(default_factory=dict)
+    # A local torchvision state dict (e.g. vgg16-397923af.pth); nothing is ever downloaded.
+    weights: Path | None = None
 
-    @field_validator("topk")
+    @model_validator(mode="after")
+    def _fits_arch(self) -> "ModelConfig":
+        if self.stem == "cifar" and self.arch not in RESNETS:
+            raise ValueError(f"stem: cifar is a ResNet stem; {self.arch} takes stem: imagenet")
+        check_placements(self.topk, self.arch)
+        return self
+
+    @field_validator("weights")
     @classmethod
-    def _placements(cls, topk: dict[str, float]) -> dict[str, float]:
-        return check_placements(topk)
+    def _weights_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            return None
+        path = path.expanduser().resolve()  # absolute: Ray runs each trial in its own directory
+        if (info.context or {}).get("check_paths", True) and not path.is_file():
+            raise ValueError(f"weights file not found: {path} (a torchvision state dict such as vgg16-397923af.pth)")
+        return path
 
 
 class TrainingConfig(Strict):

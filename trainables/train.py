@@ -165,7 +165,8 @@ def train_and_evaluate(
         raise ValueError(f"training.batch_size {training.batch_size} exceeds the {data.train_size} training images")
 
     seed_everything(config.seed)
-    model = build_model(num_classes=len(data.class_names), stem=config.model.stem, topk=config.model.topk)
+    model = build_model(num_classes=len(data.class_names), stem=config.model.stem, topk=config.model.topk,
+                        arch=config.model.arch, weights=config.model.weights)
     memory_format = torch.channels_last if device.type == "cuda" and training.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay)
