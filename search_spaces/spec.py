@@ -25,6 +25,7 @@ from trainables.config import (
     TrainingConfig,
     YamlError,
     bounded,
+    check_sections,
     describe,
     parse_yaml,
     read_yaml,
@@ -191,6 +192,11 @@ class SearchSpec(Strict):
                 check_placements({name: 1.0 for name in names}, self.model.arch)
             except ValueError as error:
                 raise ValueError(f"search.placements: {error}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> "SearchSpec":
+        check_sections(self.data, self.model, self.training)
         return self
 
     @model_validator(mode="after")

@@ -13,12 +13,11 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from trainables.config import TrialConfig
-from trainables.data import TrialData
 from trainables.label_spaces import LabelMapping
 from trainables.models import build_model
 
@@ -72,12 +71,12 @@ def temporary_checkpoint(state: dict[str, Any]) -> tempfile.TemporaryDirectory:
     return directory
 
 
-def labels_of(data: TrialData) -> dict[str, list]:
+def labels_of(class_names: Sequence[str], mapping: LabelMapping) -> dict[str, list]:
     """The model's output classes and their mapping to cue-conflict categories, as plain lists."""
     return {
-        "class_names": list(data.class_names),
-        "categories": list(data.mapping.categories),
-        "members": [list(m) for m in data.mapping.members],
+        "class_names": list(class_names),
+        "categories": list(mapping.categories),
+        "members": [list(m) for m in mapping.members],
     }
 
 
@@ -93,6 +92,6 @@ def restore_model(state: dict[str, Any]) -> tuple[torch.nn.Module, TrialConfig]:
         raise ValueError(f"checkpoint lacks {sorted(missing)}: it predates checkpoints that carry their config")
     config = TrialConfig.model_validate(state["config"], context={"check_paths": False})
     model = build_model(num_classes=len(state["labels"]["class_names"]), stem=config.model.stem, topk=config.model.topk,
-                        arch=config.model.arch)
+                        arch=config.model.arch)  # the weights are the checkpoint's, not config.model.weights
     model.load_state_dict(state["model"])
     return model.eval(), config

@@ -77,6 +77,9 @@ class ModelConfig(Strict):
     topk: dict[str, Fraction] = Field(default_factory=dict)
     # A local torchvision state dict (e.g. vgg16-397923af.pth); nothing is ever downloaded.
     weights: Path | None = None
+    # `data`: one output per data class. `imagenet1k`: torchvision's 1000-way ImageNet head, scored
+    # through the 16-category decision; only for evaluating pretrained weights (epochs: 0).
+    head: Literal["data", "imagenet1k"] = "data"
 
     @model_validator(mode="after")
     def _fits_arch(self) -> "ModelConfig":
@@ -99,7 +102,7 @@ class ModelConfig(Strict):
 class TrainingConfig(Strict):
     """The authors' recipe: SGD, momentum 0.9, weight decay 5e-4, cosine schedule."""
 
-    epochs: int = Field(50, ge=1)
+    epochs: int = Field(50, ge=0)  # 0: evaluate the weights as loaded, train nothing
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -121,6 +124,26 @@ class TrialConfig(Strict):
     # Where this config came from (written by `run_search.py promote`: metrics, source runs, data
     # fingerprints, versions). Training ignores it, so a promoted config retrains as it is.
     provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> "TrialConfig":
+        check_sections(self.data, self.model, self.training)
+        return self
+
+
+def check_sections(data: Union[SyntheticData, FolderData], model: ModelConfig, training: TrainingConfig) -> None:
+    """What the data, model and training sections require of each other (ValueError if not met)."""
+    if model.head == "imagenet1k":
+        if training.epochs != 0:
+            raise ValueError("model.head: imagenet1k scores pretrained ImageNet weights and trains nothing; "
+                             "set training.epochs: 0")
+        if model.weights is None:
+            raise ValueError("model.head: imagenet1k needs model.weights (torchvision's ImageNet weights file)")
+        if not isinstance(data, FolderData) or data.label_space not in ("imagenet16", "categories"):
+            raise ValueError("model.head: imagenet1k needs folder data with label_space imagenet16 (WordNet-id "
+                             "folders) or categories (folders named by the 16 categories)")
+    if training.epochs == 0 and model.weights is None:
+        raise ValueError("training.epochs: 0 evaluates a model without training it: set model.weights")
 
 
 def describe(error: ValidationError) -> str:

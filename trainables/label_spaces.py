@@ -90,6 +90,10 @@ def imagenet16_table() -> dict[str, dict[str, list]]:
     return json.loads(text)
 
 
+# torchvision's 1000-way ImageNet head, by output index (the 16-category table needs only indices).
+IMAGENET_OUTPUTS = tuple(f"imagenet-{i}" for i in range(1000))
+
+
 def imagenet_mapping() -> LabelMapping:
     """ImageNet-1k: 207 member classes over the 16 categories."""
     table = imagenet16_table()

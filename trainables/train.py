@@ -21,6 +21,7 @@ from trainables.checkpoint import CheckpointError, labels_of
 from trainables.config import TrainingConfig, TrialConfig
 from trainables.cue_conflict import evaluate_shape_bias, preprocess
 from trainables.data import Batches, TrialData, build_data
+from trainables.label_spaces import IMAGENET_OUTPUTS, LabelMapping, imagenet_mapping
 from trainables.models import build_model
 
 METRICS = ("epoch", "train_loss", "accuracy", "shape_bias", "shape_accuracy", "texture_accuracy", "images_per_s")
@@ -138,15 +139,30 @@ def train_one_epoch(
 @torch.no_grad()
 def accuracy(
     model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, image_size: int,
-    device: torch.device, batch_size: int = 256,
+    device: torch.device, batch_size: int = 256, mapping: LabelMapping | None = None,
 ) -> float:
-    """Top-1 accuracy on held-out uint8 images."""
+    """Top-1 accuracy on held-out uint8 images; with `mapping`, of the category decision (labels are categories)."""
     model.eval()
     correct = 0
     for start in range(0, len(labels), batch_size):
-        x = preprocess(images[start : start + batch_size].to(device), image_size)
-        correct += (model(x).argmax(dim=-1).cpu() == labels[start : start + batch_size]).sum().item()
+        logits = model(preprocess(images[start : start + batch_size].to(device), image_size)).cpu()
+        predicted = mapping.category_scores(logits).argmax(dim=-1) if mapping else logits.argmax(dim=-1)
+        correct += (predicted == labels[start : start + batch_size]).sum().item()
     return correct / len(labels)
+
+
+def model_outputs(config: TrialConfig, data: TrialData) -> tuple[tuple[str, ...], LabelMapping, torch.Tensor, bool]:
+    """(the model's output classes, their categories, the test targets, whether targets are categories).
+
+    A model trained here has one output per data class. torchvision's 1000-way ImageNet head
+    (`model.head: imagenet1k`) is scored as the authors did: the category whose member classes
+    have the highest mean probability, against the category of each test image's folder.
+    """
+    if config.model.head != "imagenet1k":
+        return data.class_names, data.mapping, data.test_labels, False
+    mapping = imagenet_mapping()
+    targets = torch.tensor([mapping.categories.index(data.class_names[label]) for label in data.test_labels.tolist()])
+    return IMAGENET_OUTPUTS, mapping, targets, True
 
 
 def train_and_evaluate(
@@ -165,12 +181,13 @@ def train_and_evaluate(
         raise ValueError(f"training.batch_size {training.batch_size} exceeds the {data.train_size} training images")
 
     seed_everything(config.seed)
-    model = build_model(num_classes=len(data.class_names), stem=config.model.stem, topk=config.model.topk,
+    outputs, mapping, test_targets, by_category = model_outputs(config, data)
+    model = build_model(num_classes=len(outputs), stem=config.model.stem, topk=config.model.topk,
                         arch=config.model.arch, weights=config.model.weights)
     memory_format = torch.channels_last if device.type == "cuda" and training.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=training.epochs)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, training.epochs))
     amp_dtype = autocast_dtype(device, training.amp)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     forward = torch.compile(model) if training.compile else model
@@ -190,23 +207,26 @@ def train_and_evaluate(
         set_rng_state(resume["rng"])
         first_epoch, tracking = resume["epoch"] + 1, dict(resume.get("tracking", {}))
 
+    def evaluate() -> dict[str, float]:
+        bias, _ = evaluate_shape_bias(forward, data.stimuli, mapping, data.image_size, device=device)
+        score = accuracy(forward, data.test_images, test_targets, data.image_size, device, mapping=mapping if by_category else None)
+        return {"accuracy": score, "shape_bias": bias.shape_bias, "shape_accuracy": bias.shape_accuracy,
+                "texture_accuracy": bias.texture_accuracy}
+
     metrics: dict[str, float] = {}
-    for epoch in range(first_epoch, training.epochs + 1):
-        data.train.set_epoch(epoch)
-        loss, images_per_s = train_one_epoch(forward, optimizer, data.train, data.image_size, device, amp_dtype, scaler, memory_format)
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch} (lr {training.lr:g}); stopping")
-        scheduler.step()
-        bias, _ = evaluate_shape_bias(forward, data.stimuli, data.mapping, data.image_size, device=device)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": loss,
-            "accuracy": accuracy(forward, data.test_images, data.test_labels, data.image_size, device),
-            "shape_bias": bias.shape_bias,
-            "shape_accuracy": bias.shape_accuracy,
-            "texture_accuracy": bias.texture_accuracy,
-            "images_per_s": images_per_s,
-        }
+    # epochs: 0 trains nothing: the weights as loaded, evaluated and reported once (as epoch 0).
+    for epoch in range(first_epoch, training.epochs + 1) if training.epochs else ([0] if first_epoch == 1 else []):
+        if epoch:
+            data.train.set_epoch(epoch)
+            loss, images_per_s = train_one_epoch(forward, optimizer, data.train, data.image_size, device, amp_dtype, scaler, memory_format)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch} (lr {training.lr:g}); stopping")
+            scheduler.step()
+            metrics = {"epoch": epoch, "train_loss": loss, **evaluate(), "images_per_s": images_per_s}
+        else:
+            start = time.perf_counter()
+            metrics = {"epoch": 0, **evaluate()}
+            metrics["images_per_s"] = (len(test_targets) + len(data.stimuli)) / (time.perf_counter() - start)
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -216,7 +236,7 @@ def train_and_evaluate(
             "rng": rng_state(),
             # What built this model, so a checkpoint alone rebuilds it (torchvision saves "args").
             "config": config.model_dump(mode="json"),
-            "labels": labels_of(data),
+            "labels": labels_of(outputs, mapping),
             "threads": threads,  # the count actually used (0 in the config means Ray's allocation)
             # A free slot for the tracking system (e.g. the MLflow run id), carried across resumes.
             "tracking": tracking,

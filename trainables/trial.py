@@ -135,7 +135,8 @@ def _train(config_path: str, checkpoint_dir: Path | None) -> int:
         if checkpoint_dir:
             save_checkpoint(state, checkpoint_dir)
         print(
-            f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.3f}  accuracy {metrics['accuracy']:.3f}  "
+            (f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.3f}  " if metrics["epoch"] else "evaluated as loaded  ")
+            + f"accuracy {metrics['accuracy']:.3f}  "
             f"shape bias {metrics['shape_bias']:.3f}  (shape acc {metrics['shape_accuracy']:.3f}, texture acc "
             f"{metrics['texture_accuracy']:.3f})  {metrics['images_per_s']:.0f} img/s  {time.perf_counter() - start:.0f}s",
             flush=True,
