@@ -115,7 +115,7 @@ def _choice(results: list[ConfigurationResult], result: ConfigurationResult, rea
 def describe(choice: Choice, search_id: str) -> str:
     """What was chosen and why, as the promote command prints it."""
     r, rep, dense = choice.result, choice.replicate, choice.dense
-    placement = "dense (no Top-K)" if r.dense else f"Top-K {r.params.fraction:.3f} after {r.params.placement}"
+    placement = "dense (no Top-K)" if r.dense else f"Top-K {r.params.fraction_label()} after {r.params.placement}"
     lines = [
         f"search {search_id}: {choice.reason}",
         f"  chosen      {r.configuration}  {placement}  (lr {r.params.lr:g}, weight decay {r.params.weight_decay:g}, "

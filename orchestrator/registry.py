@@ -227,7 +227,7 @@ def version_tags(search: SearchRecord, choice: Choice) -> dict[str, str]:
         "seed": str(choice.replicate.seed),
         "source_run_id": choice.replicate.run_id,
         "placement": r.params.placement,
-        "fraction": str(r.params.fraction),
+        "fraction": r.params.fraction_label(6) if r.params.fractions else str(r.params.fraction),
         "on_front": "yes" if choice.on_front else "no",
         "git_commit": git_commit(),
     }
@@ -241,7 +241,7 @@ def version_tags(search: SearchRecord, choice: Choice) -> dict[str, str]:
 
 def version_description(search: SearchRecord, choice: Choice) -> str:
     r, dense = choice.result, choice.dense
-    what = "dense ResNet-18 (no Top-K)" if r.dense else f"Top-K {r.params.fraction:.3f} after {r.params.placement}"
+    what = "dense ResNet-18 (no Top-K)" if r.dense else f"Top-K {r.params.fraction_label()} after {r.params.placement}"
     text = (f"{what}: configuration {r.configuration} of search {search.search_id}, seed {choice.replicate.seed} "
             f"(child run {choice.replicate.run_id}). Accuracy {r.accuracy:.4f} +- {r.accuracy_std:.4f}, shape bias "
             f"{r.shape_bias:.4f} +- {r.shape_bias_std:.4f} over {r.seeds} seeds")

@@ -23,7 +23,7 @@ def format_table(results: list[ConfigurationResult]) -> str:
     for r in rows:
         p = r.params
         placement = "dense (no Top-K)" if r.dense else p.placement
-        fraction = "-" if r.dense else f"{p.fraction:.3f}"
+        fraction = p.fraction_label()
         lines.append(
             f"{r.configuration:<7} {placement:<24} {fraction:>8} {p.lr:>7.4f} {p.weight_decay:>7.0e} {p.batch_size:>5}  "
             f"{r.accuracy:.3f} +- {r.accuracy_std:.3f}  {r.shape_bias:.3f} +- {r.shape_bias_std:.3f}  "
@@ -42,7 +42,8 @@ def write_csv(results: list[ConfigurationResult], path: Path) -> None:
                          "dense_reference", "child_run_ids"])
         for r in results:
             p = r.params
-            writer.writerow([r.configuration, p.placement, p.fraction, p.lr, p.weight_decay, p.batch_size, r.seeds,
+            fraction = "; ".join(f"{n}={v}" for n, v in p.fractions) if p.fractions else p.fraction
+            writer.writerow([r.configuration, p.placement, fraction, p.lr, p.weight_decay, p.batch_size, r.seeds,
                              r.accuracy, r.accuracy_std, r.shape_bias, r.shape_bias_std, r in front, r.dense,
                              " ".join(r.run_ids)])
 
@@ -61,7 +62,7 @@ def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
         axis.errorbar(r.accuracy, r.shape_bias, xerr=r.accuracy_std, yerr=r.shape_bias_std, fmt="none", ecolor=colour, alpha=0.6, lw=1)
         axis.scatter(r.accuracy, r.shape_bias, s=160 if r.dense else 40, marker="*" if r.dense else "o", color=colour,
                      edgecolor="black", zorder=3, label="dense reference (no Top-K)" if r.dense else None)
-        axis.annotate("dense" if r.dense else f"{r.params.placement} {r.params.fraction:.2f}", (r.accuracy, r.shape_bias),
+        axis.annotate("dense" if r.dense else (f"{r.params.placement} {r.params.fraction:.2f}" if not r.params.fractions else r.params.fraction_label(2)), (r.accuracy, r.shape_bias),
                       fontsize=7, xytext=(4, 4), textcoords="offset points")
     steps = sorted(((r.accuracy, r.shape_bias) for r in front), key=lambda p: p[0])
     axis.plot([p[0] for p in steps], [p[1] for p in steps], color="tab:red", lw=1.5, label="Pareto front")

@@ -30,8 +30,13 @@ class SearchSpaceFunction:
 
     def __call__(self, trial: optuna.Trial) -> None:
         space = self.space
-        trial.suggest_categorical("placement", [placement_key(p) for p in space.placements])
-        trial.suggest_float("fraction", space.fraction.low, space.fraction.high, log=space.fraction.log)
+        placement = trial.suggest_categorical("placement", [placement_key(p) for p in space.placements])
+        fraction = space.fraction
+        if space.fraction_per_placement:  # per-layer K: one parameter per placement of the chosen set
+            for name in placement.split("+"):
+                trial.suggest_float(f"fraction.{name}", fraction.low, fraction.high, log=fraction.log)
+        else:
+            trial.suggest_float("fraction", fraction.low, fraction.high, log=fraction.log)
         for knob in ("lr", "weight_decay"):
             value_range = getattr(space, knob)
             if value_range is not None:

@@ -124,6 +124,8 @@ def start_parent_run(
         "accuracy_floor": spec_dump["accuracy_floor"],
         "fraction_range": f"[{search['fraction']['low']}, {search['fraction']['high']}]" + (" log" if search["fraction"]["log"] else ""),
         "placements": [placement_key(p) for p in search["placements"]],
+        "fraction_per_placement": search["fraction_per_placement"],
+        "arch": spec_dump["model"]["arch"],
         "epochs": spec_dump["training"]["epochs"],
         "data": spec_dump["data"]["kind"],
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -87,7 +88,7 @@ class MLflowTrialTracker:
         )
         if runs and "placement" in runs[0].data.params:  # a worker may have died before logging params
             logged = Params.from_mlflow(runs[0].data.params)
-            if (logged.placement, logged.fraction) == (self.params.placement, self.params.fraction):
+            if (logged.placement, logged.topk()) == (self.params.placement, self.params.topk()):
                 return runs[0].info.run_id
         return None  # none yet, or the configuration id was reused for different parameters
 
@@ -144,7 +145,7 @@ class MLflowTrialTracker:
         """Parameters, the whole trial config and the data: the run alone says how the model was trained."""
         training = config.training
         # The effective knobs, searched or not.
-        effective = Params(self.params.placement, self.params.fraction, training.lr, training.weight_decay, training.batch_size)
+        effective = replace(self.params, lr=training.lr, weight_decay=training.weight_decay, batch_size=training.batch_size)
         logged = {
             **effective.to_mlflow(),
             "seed": str(self.seed),

@@ -66,6 +66,8 @@ class SearchSpace(Strict):
 
     fraction: FractionRange
     placements: list[list[str]] = Field(min_length=1)
+    # Per-layer K: each placement of the chosen set gets its own fraction (`fraction.layer2`, ...).
+    fraction_per_placement: bool = False
     lr: FloatRange | None = None
     weight_decay: FloatRange | None = None
     batch_size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)

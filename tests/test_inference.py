@@ -82,12 +82,12 @@ def test_inference_settings_that_cannot_work_are_refused(shared_data, alexnet_we
 
 
 @pytest.mark.slow
-def test_a_reduced_paper_search_maps_k_at_inference(tmp_path, shared_data, alexnet_weights):
+def test_a_reduced_paper_search_maps_per_layer_k_at_inference(tmp_path, shared_data, alexnet_weights):
     out = cli("search", "--config", str(ROOT / "search_spaces" / "paper_alexnet.yaml"),
               f"data.train_dir={shared_data}/filled-silhouettes", f"data.test_dir={shared_data}/filled-silhouettes",
               f"data.stimuli_dir={shared_data}/cue-conflict", "data.label_space=categories", "data.image_size=64",
               f"model.weights={alexnet_weights}", "configurations=3", "concurrency=2", "resources={cpu: 1, gpu: 0}",
-              "training.device=cpu", cwd=tmp_path, timeout=900)
+              "training.device=cpu", "search.fraction_per_placement=true", cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "configurations 3/3 done" in out.stdout, out.stdout[-2000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -99,7 +99,12 @@ def test_a_reduced_paper_search_maps_k_at_inference(tmp_path, shared_data, alexn
         assert child.data.params["epochs"] == "0"
     sparse = [c for c in children if c.data.params["placement"] != "dense"]
     assert all(c.data.params["placement"] == "+".join(TOPK) for c in sparse), [c.data.params["placement"] for c in sparse]
-    assert list(tmp_path.glob("pareto-paper-alexnet-*.csv"))
+    for child in sparse:  # per-layer K: each of the five points got its own fraction, and used it
+        fractions = {name: child.data.params[f"fraction.{name}"] for name in TOPK}
+        assert fractions == {name: child.data.params[f"topk.{name}"] for name in TOPK}
+        assert len(set(fractions.values())) == 5 and "fraction" not in child.data.params
+    front = next(tmp_path.glob("pareto-paper-alexnet-*.csv")).read_text()
+    assert "features.2=" in front and "; features.12=" in front, front
 
 
 @pytest.mark.parametrize("arch", ["vgg16", "alexnet"])

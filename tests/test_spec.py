@@ -127,3 +127,21 @@ def test_relative_data_paths_become_absolute(shared_data, tmp_path, monkeypatch)
                      "data.test_dir=data/cifar10/test", "data.stimuli_dir=data/cue-conflict"])
     assert spec.data.train_dir.is_absolute()
     assert spec.trial_config({"placement": "dense"}, 0)["data"]["train_dir"] == str((shared_data / "cifar10" / "train").resolve())
+
+
+def test_per_layer_k_gives_each_placement_its_own_parameter_everywhere():
+    import optuna
+
+    from orchestrator.searcher import SearchSpaceFunction
+    from search_spaces.params import Params
+
+    spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml", ["search.fraction_per_placement=true",
+                     "search.placements=[[layer2, layer3]]"])
+    trial = optuna.create_study().ask()
+    SearchSpaceFunction(spec)(trial)
+    assert set(trial.params) == {"placement", "fraction.layer2", "fraction.layer3"}
+    params = Params.from_dict(trial.params)
+    topk = spec.trial_config(params, seed=0)["model"]["topk"]
+    assert topk == {"layer2": trial.params["fraction.layer2"], "layer3": trial.params["fraction.layer3"]}
+    assert Params.from_mlflow(params.to_mlflow()) == params  # a child run's params read back
+    assert params.fraction_label(2) == f"layer2 {topk['layer2']:.2f}, layer3 {topk['layer3']:.2f}"
