@@ -9,6 +9,7 @@ and a restarted trial without a checkpoint finds its run by configuration and se
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import replace
 from typing import Any
@@ -65,7 +66,8 @@ class MLflowTrialTracker:
         self.log_models, self.data_digests = log_models, data_digests
         self.configuration, self.seed = search_config["configuration"], search_config["seed"]
         self.params = Params.from_dict(search_config["params"])
-        self.client = MlflowClient()  # tracking URI from MLFLOW_TRACKING_URI (Ray runtime env)
+        # The URI the driver forwarded (Ray runtime env), even where this process has set another.
+        self.client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
         self.run_id: str | None = None
         self.finished = False
         self.logged_steps: set[int] = set()  # epochs an earlier attempt already logged or queued
