@@ -97,6 +97,8 @@ def test_a_reduced_paper_search_maps_per_layer_k_at_inference(tmp_path, shared_d
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "shape_bias")] == [0]
         assert child.data.params["epochs"] == "0"
+        per_category = {k for k in child.data.metrics if k.startswith("shape_bias.")}
+        assert per_category and per_category <= {f"shape_bias.{c}" for c in imagenet16_table()}, per_category
     sparse = [c for c in children if c.data.params["placement"] != "dense"]
     assert all(c.data.params["placement"] == "+".join(TOPK) for c in sparse), [c.data.params["placement"] for c in sparse]
     for child in sparse:  # per-layer K: each of the five points got its own fraction, and used it

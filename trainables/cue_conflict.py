@@ -156,6 +156,20 @@ def score_decisions(
     )
 
 
+def shape_bias_per_category(
+    decisions: Sequence[str], shapes: Sequence[str], textures: Sequence[str], nameable: Iterable[str],
+) -> dict[str, float]:
+    """Shape bias over the conflict images of each shape category the model can name (NaN-free)."""
+    nameable = set(nameable)
+    biases = {}
+    for category in sorted({shape for shape in shapes if shape in nameable}):
+        mine = [i for i, shape in enumerate(shapes) if shape == category]
+        result = score_decisions([decisions[i] for i in mine], [shapes[i] for i in mine], [textures[i] for i in mine], nameable)
+        if math.isfinite(result.shape_bias):  # no shape or texture decision at all: nothing to report
+            biases[category] = result.shape_bias
+    return biases
+
+
 def preprocess(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float, resized to the model's training size, ImageNet-normalised."""
     x = images.float().div_(255)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from trainables.checkpoint import CheckpointError, labels_of
 from trainables.config import TrainingConfig, TrialConfig
-from trainables.cue_conflict import evaluate_shape_bias, preprocess
+from trainables.cue_conflict import evaluate_shape_bias, preprocess, shape_bias_per_category
 from trainables.data import Batches, TrialData, build_data
 from trainables.label_spaces import IMAGENET_OUTPUTS, LabelMapping, imagenet_mapping
 from trainables.models import build_model
@@ -207,11 +207,15 @@ def train_and_evaluate(
         set_rng_state(resume["rng"])
         first_epoch, tracking = resume["epoch"] + 1, dict(resume.get("tracking", {}))
 
-    def evaluate() -> dict[str, float]:
-        bias, _ = evaluate_shape_bias(forward, data.stimuli, mapping, data.image_size, device=device)
+    def evaluate(last: bool) -> dict[str, float]:
+        bias, decisions = evaluate_shape_bias(forward, data.stimuli, mapping, data.image_size, device=device)
         score = accuracy(forward, data.test_images, test_targets, data.image_size, device, mapping=mapping if by_category else None)
-        return {"accuracy": score, "shape_bias": bias.shape_bias, "shape_accuracy": bias.shape_accuracy,
-                "texture_accuracy": bias.texture_accuracy}
+        metrics = {"accuracy": score, "shape_bias": bias.shape_bias, "shape_accuracy": bias.shape_accuracy,
+                   "texture_accuracy": bias.texture_accuracy}
+        if last:  # categories differ (the paper's ablation): each shape category's own, at the last epoch
+            per_category = shape_bias_per_category(decisions, data.stimuli.shapes, data.stimuli.textures, mapping.categories)
+            metrics |= {f"shape_bias.{category}": value for category, value in per_category.items()}
+        return metrics
 
     metrics: dict[str, float] = {}
     # epochs: 0 trains nothing: the weights as loaded, evaluated and reported once (as epoch 0).
@@ -222,10 +226,10 @@ def train_and_evaluate(
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch} (lr {training.lr:g}); stopping")
             scheduler.step()
-            metrics = {"epoch": epoch, "train_loss": loss, **evaluate(), "images_per_s": images_per_s}
+            metrics = {"epoch": epoch, "train_loss": loss, **evaluate(epoch == training.epochs), "images_per_s": images_per_s}
         else:
             start = time.perf_counter()
-            metrics = {"epoch": 0, **evaluate()}
+            metrics = {"epoch": 0, **evaluate(True)}
             metrics["images_per_s"] = (len(test_targets) + len(data.stimuli)) / (time.perf_counter() - start)
         state = {
             "model": model.state_dict(),
