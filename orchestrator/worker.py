@@ -176,12 +176,14 @@ class MLflowTrialTracker:
                     raise
                 time.sleep(0.5 * (attempt + 1))
 
-    def log_epoch(self, metrics: dict[str, float]) -> dict[str, float]:
+    def log_epoch(self, metrics: dict[str, float], files: dict[str, str] | None = None) -> dict[str, float]:
         step = int(metrics["epoch"])
         if not self.finished and step not in self.logged_steps:
             self.logged_steps.add(step)
             self.outbox.send(self.run_id, metrics, step)  # queued, not lost, while the server is away
             self.slot["epoch"] = step  # saved with this epoch's checkpoint
+            for name, text in (files or {}).items():
+                self.outbox.call(f"log {name}", self.client.log_text, self.run_id, text, name)
         # Reported to Tune with the epoch: the driver warns when trials hold metrics (SearchProgress).
         return {"tracking_unsent": float(len(self.outbox.pending))}
 

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from test_failures import cli
 from test_models import spliced_by_hand
 from trainables.config import TrialConfig
+from trainables.cue_conflict import shape_bias_from_csv
 from trainables.data import build_data
 from trainables.label_spaces import imagenet16_table
 from trainables.models import expand_preset
@@ -46,11 +47,13 @@ def trial_config(shared_data, weights, **model):
 def test_the_trial_cli_evaluates_a_pretrained_file_as_the_definition_says(tmp_path, shared_data, alexnet_weights):
     config = trial_config(shared_data, alexnet_weights)
     (tmp_path / "trial.yaml").write_text(yaml.safe_dump(config))
-    out = subprocess.run([sys.executable, "-m", "trainables.trial", "--config", str(tmp_path / "trial.yaml")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "trainables.trial", "--config", str(tmp_path / "trial.yaml"),
+                          "--checkpoint-dir", str(tmp_path / "state")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(line for line in out.stdout.splitlines() if line.startswith("evaluated as loaded"))
     reported = float(line.split("accuracy ")[1].split()[0])
+    shape_bias = float(line.split("shape bias ")[1].split()[0])
+    assert f"{shape_bias_from_csv(tmp_path / 'state' / 'decisions.csv').shape_bias:.3f}" == f"{shape_bias:.3f}"
 
     # The same accuracy from the definition: the torchvision model with Top-K spliced in by hand;
     # per image, the category whose member ImageNet classes have the highest mean probability.
@@ -97,6 +100,9 @@ def test_a_reduced_paper_search_maps_per_layer_k_at_inference(tmp_path, shared_d
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "shape_bias")] == [0]
         assert child.data.params["epochs"] == "0"
+        # The last epoch's decisions, in model-vs-human format, give the logged shape bias exactly.
+        csv_path = client.download_artifacts(child.info.run_id, "decisions.csv", str(tmp_path))
+        assert shape_bias_from_csv(csv_path).shape_bias == child.data.metrics["shape_bias"]
         per_category = {k for k in child.data.metrics if k.startswith("shape_bias.")}
         assert per_category and per_category <= {f"shape_bias.{c}" for c in imagenet16_table()}, per_category
     sparse = [c for c in children if c.data.params["placement"] != "dense"]

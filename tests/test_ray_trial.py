@@ -28,7 +28,7 @@ class CrashOnceAfterEpoch:
     def start(self, config, saved):
         return {"starts": saved.get("starts", 0) + 1}
 
-    def log_epoch(self, metrics):
+    def log_epoch(self, metrics, files=None):
         if metrics["epoch"] == self.epoch + 1 and not self.marker.exists():
             self.marker.touch()
             raise RuntimeError("injected crash")
@@ -104,7 +104,7 @@ def test_nan_trial_errors_without_poisoning_its_neighbour(local_ray, tmp_path):
 class CrashAtFinishOnce(CrashOnceAfterEpoch):
     """Dies after the last epoch was reported and checkpointed, before the trial could end."""
 
-    def log_epoch(self, metrics):
+    def log_epoch(self, metrics, files=None):
         return {}
 
     def finish(self, error, checkpoint_uri=None):

@@ -10,6 +10,7 @@ Per-image decisions read and write as model-vs-human CSV.
 from __future__ import annotations
 
 import csv
+import io
 import functools
 import math
 import re
@@ -215,16 +216,26 @@ def evaluate_shape_bias(
     return result, decisions
 
 
+def decisions_csv(stimuli: Stimuli, decisions: Sequence[str], subject: str) -> str:
+    """Per-image decisions as the text of a model-vs-human CSV."""
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(CSV_COLUMNS)
+    for trial, (decision, shape, name) in enumerate(zip(decisions, stimuli.shapes, stimuli.names, strict=True), 1):
+        writer.writerow([subject, 1, trial, "NaN", decision, shape, 0, name])
+    return handle.getvalue()
+
+
 def write_decisions_csv(path: str | Path, stimuli: Stimuli, decisions: Sequence[str], subject: str) -> None:
     """Per-image decisions in the model-vs-human CSV format."""
-    path = Path(path)
+    write_text_atomically(Path(path), decisions_csv(stimuli, decisions, subject))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` so that no half-written file ever carries the real name."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for trial, (decision, shape, name) in enumerate(zip(decisions, stimuli.shapes, stimuli.names, strict=True), 1):
-            writer.writerow([subject, 1, trial, "NaN", decision, shape, 0, name])
-    tmp.replace(path)  # never leave a half-written CSV under the real name
+    tmp.write_text(text, newline="")
+    tmp.replace(path)
 
 
 def read_decisions_csv(path: str | Path) -> tuple[list[str], list[str], list[str]]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from trainables.checkpoint import CheckpointError, labels_of
 from trainables.config import TrainingConfig, TrialConfig
-from trainables.cue_conflict import evaluate_shape_bias, preprocess, shape_bias_per_category
+from trainables.cue_conflict import decisions_csv, evaluate_shape_bias, preprocess, shape_bias_per_category
 from trainables.data import Batches, TrialData, build_data
 from trainables.label_spaces import IMAGENET_OUTPUTS, LabelMapping, imagenet_mapping
 from trainables.models import build_model
@@ -207,7 +207,10 @@ def train_and_evaluate(
         set_rng_state(resume["rng"])
         first_epoch, tracking = resume["epoch"] + 1, dict(resume.get("tracking", {}))
 
+    decisions: list[str] = []
+
     def evaluate(last: bool) -> dict[str, float]:
+        nonlocal decisions
         bias, decisions = evaluate_shape_bias(forward, data.stimuli, mapping, data.image_size, device=device)
         score = accuracy(forward, data.test_images, test_targets, data.image_size, device, mapping=mapping if by_category else None)
         metrics = {"accuracy": score, "shape_bias": bias.shape_bias, "shape_accuracy": bias.shape_accuracy,
@@ -247,5 +250,8 @@ def train_and_evaluate(
         }
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
+        if epoch == training.epochs:
+            # The last epoch's per-image decisions, for any model-vs-human tool to re-score.
+            state["decisions_csv"] = decisions_csv(data.stimuli, decisions, subject=config.model.arch)
         report(metrics, state)
     return metrics

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from trainables.config import TrialConfig, YamlError, describe, read_yaml, redact
 from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, temporary_checkpoint
+from trainables.cue_conflict import write_text_atomically
 from trainables.train import NonFiniteLossError, train_and_evaluate
 
 
@@ -28,8 +29,8 @@ class Tracker(Protocol):
     """Logs a trial somewhere; `start` returns what must survive a restart (kept in checkpoints)."""
 
     def start(self, config: TrialConfig, saved: dict[str, Any]) -> dict[str, Any]: ...
-    def log_epoch(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Log one epoch; returns values to report to Tune beside the metrics (the tracker's health)."""
+    def log_epoch(self, metrics: dict[str, float], files: dict[str, str] | None = None) -> dict[str, float]:
+        """Log one epoch (and text files, by name); returns values to report to Tune beside the metrics."""
         ...
     def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None: ...
 
@@ -51,7 +52,8 @@ def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
         state["tracking"] = slot
-        health = tracker.log_epoch(metrics) if tracker else {}
+        files = {"decisions.csv": state.pop("decisions_csv")} if "decisions_csv" in state else {}
+        health = tracker.log_epoch(metrics, files) if tracker else {}
         with temporary_checkpoint(state) as directory:
             tune.report({**metrics, **health}, checkpoint=tune.Checkpoint.from_directory(directory))
 
@@ -132,8 +134,11 @@ def _train(config_path: str, checkpoint_dir: Path | None) -> int:
     start = time.perf_counter()
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
+        decisions = state.pop("decisions_csv", None)
         if checkpoint_dir:
             save_checkpoint(state, checkpoint_dir)
+            if decisions is not None:
+                write_text_atomically(checkpoint_dir / "decisions.csv", decisions)
         print(
             (f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.3f}  " if metrics["epoch"] else "evaluated as loaded  ")
             + f"accuracy {metrics['accuracy']:.3f}  "
