@@ -26,7 +26,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
-from trainables.config import redact
+from trainables.trial import one_line
 
 T = TypeVar("T")
 BATCH = 1000  # MLflow's limit of metrics per log_batch
@@ -57,7 +57,7 @@ class Outbox:
         now = int(time.time() * 1000)  # fixed here, so a re-sent metric is an exact duplicate
         self.pending.extend([key, float(value), now, step] for key, value in metrics.items())
         if len(self.pending) > self.max_pending:
-            self.call(f"write {len(self.pending)} queued metric values", self._flush, run_id)
+            self.flush(run_id)  # bounded: past it, this epoch waits for the server
             return
         try:
             self._flush(run_id)
@@ -116,7 +116,7 @@ class Outbox:
 
 
 def _short(error: BaseException) -> str:
-    text = redact(" ".join(str(error).split()))
+    text = one_line(error)
     return text if len(text) <= 200 else text[:200] + "..."
 
 

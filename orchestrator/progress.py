@@ -67,10 +67,10 @@ class SearchProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         # Workers write MLflow themselves; their epoch results tell the driver when they cannot.
-        if result.get("tracking_unsent", 0) > 0 and not self.holding:
-            self._warn("the MLflow tracking server is not answering: trials keep training and hold their "
-                       "metrics until it answers")
         if result.get("tracking_unsent", 0) > 0:
+            if not self.holding:
+                self._warn("the MLflow tracking server is not answering: trials keep training and hold their "
+                           "metrics until it answers")
             self.holding.add(trial.trial_id)
         else:
             self._released(trial)

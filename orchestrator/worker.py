@@ -96,7 +96,7 @@ class MLflowTrialTracker:
 
     def start(self, config: TrialConfig, saved: dict[str, Any]) -> dict[str, Any]:
         # Queued metrics an earlier attempt could not send travel in its checkpoint.
-        self.outbox = Outbox(self.client, f"{self.configuration}-seed{self.seed}", list(saved.get("unsent", [])))
+        self.outbox.pending.extend(saved.get("unsent", []))
         self.logged_steps = {int(step) for _, _, _, step in self.outbox.pending}
         self.run_id = saved.get("mlflow_run_id") or self.outbox.call("find its MLflow run", self._existing_run)
         if self.run_id is not None:

@@ -10,8 +10,8 @@ Per-image decisions read and write as model-vs-human CSV.
 from __future__ import annotations
 
 import csv
-import io
 import functools
+import io
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor

@@ -60,11 +60,17 @@ def _skeleton(arch: str, stem: str, num_classes: int = 1000) -> nn.Module:
 
 
 @lru_cache(maxsize=None)
+def _layout(arch: str) -> nn.Module:
+    """`arch`'s module tree on the meta device, built once: names and nesting, no memory. Read only."""
+    _check_arch(arch)
+    with torch.device("meta"):
+        return _skeleton(arch, "imagenet")
+
+
+@lru_cache(maxsize=None)
 def module_names(arch: str = "resnet18") -> tuple[str, ...]:
     """Every placement name `arch` accepts: `stem` for ResNets, then its modules in definition order."""
-    _check_arch(arch)
-    with torch.device("meta"):  # names only: no memory, no initialisation cost
-        names = tuple(name for name, _ in _skeleton(arch, "imagenet").named_modules() if name)
+    names = tuple(name for name, _ in _layout(arch).named_modules() if name)
     return (("stem",) if arch in RESNETS else ()) + names
 
 
@@ -115,12 +121,10 @@ def check_placements(topk: Mapping[str, float], arch: str = "resnet18") -> dict[
                         + f"; the main ones: {', '.join(placements(arch))}")
             raise ValueError(f"unknown Top-K placement {name!r} for {arch}; {hint}")
         checked[name] = check_fraction(fraction)
-    with torch.device("meta"):
-        model = _skeleton(arch, "imagenet")
     seen: dict[str, str] = {}
     for name in checked:
         # A stage's output is its last block's output: the same tensor under two names.
-        tensor = _output_of(model, name)
+        tensor = _output_of(_layout(arch), name)
         if tensor in seen:
             raise ValueError(f"Top-K placements {seen[tensor]!r} and {name!r} are the same tensor; give one")
         seen[tensor] = name
@@ -204,7 +208,8 @@ def describe_placements(
 ) -> list[PlacementInfo]:
     """For a square input of `input_size` px: each listed placement's feature-map size and kept count."""
     checked = check_placements(topk or {}, arch)
-    names = list(placements(arch)) + [n for n in checked if n not in placements(arch)]
+    listed = placements(arch)
+    names = list(listed) + [n for n in checked if n not in listed]
     with torch.device("meta"):  # shapes only
         model = _skeleton(arch, stem, 2).eval()
     shapes: dict[str, torch.Size] = {}

@@ -207,10 +207,7 @@ def train_and_evaluate(
         set_rng_state(resume["rng"])
         first_epoch, tracking = resume["epoch"] + 1, dict(resume.get("tracking", {}))
 
-    decisions: list[str] = []
-
-    def evaluate(last: bool) -> dict[str, float]:
-        nonlocal decisions
+    def evaluate(last: bool) -> tuple[dict[str, float], list[str]]:
         bias, decisions = evaluate_shape_bias(forward, data.stimuli, mapping, data.image_size, device=device)
         score = accuracy(forward, data.test_images, test_targets, data.image_size, device, mapping=mapping if by_category else None)
         metrics = {"accuracy": score, "shape_bias": bias.shape_bias, "shape_accuracy": bias.shape_accuracy,
@@ -218,22 +215,24 @@ def train_and_evaluate(
         if last:  # categories differ (the paper's ablation): each shape category's own, at the last epoch
             per_category = shape_bias_per_category(decisions, data.stimuli.shapes, data.stimuli.textures, mapping.categories)
             metrics |= {f"shape_bias.{category}": value for category, value in per_category.items()}
-        return metrics
+        return metrics, decisions
 
     metrics: dict[str, float] = {}
     # epochs: 0 trains nothing: the weights as loaded, evaluated and reported once (as epoch 0).
     for epoch in range(first_epoch, training.epochs + 1) if training.epochs else ([0] if first_epoch == 1 else []):
+        last = epoch == training.epochs
         if epoch:
             data.train.set_epoch(epoch)
             loss, images_per_s = train_one_epoch(forward, optimizer, data.train, data.image_size, device, amp_dtype, scaler, memory_format)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch} (lr {training.lr:g}); stopping")
             scheduler.step()
-            metrics = {"epoch": epoch, "train_loss": loss, **evaluate(epoch == training.epochs), "images_per_s": images_per_s}
+            scores, decisions = evaluate(last)
+            metrics = {"epoch": epoch, "train_loss": loss, **scores, "images_per_s": images_per_s}
         else:
             start = time.perf_counter()
-            metrics = {"epoch": 0, **evaluate(True)}
-            metrics["images_per_s"] = (len(test_targets) + len(data.stimuli)) / (time.perf_counter() - start)
+            scores, decisions = evaluate(last)
+            metrics = {"epoch": 0, **scores, "images_per_s": (len(test_targets) + len(data.stimuli)) / (time.perf_counter() - start)}
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -250,7 +249,7 @@ def train_and_evaluate(
         }
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
-        if epoch == training.epochs:
+        if last:
             # The last epoch's per-image decisions, for any model-vs-human tool to re-score.
             state["decisions_csv"] = decisions_csv(data.stimuli, decisions, subject=config.model.arch)
         report(metrics, state)
