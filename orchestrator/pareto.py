@@ -8,6 +8,7 @@ dominates above the reference point (0, 0).
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -16,12 +17,15 @@ from search_spaces.params import Params
 
 @dataclass(frozen=True)
 class Replicate:
-    """One seed of a configuration: its child run and final objectives."""
+    """One seed of a configuration: its child run, final objectives and report-set numbers."""
 
     run_id: str
     seed: int
     accuracy: float
     shape_bias: float
+    # On the report set, which nothing selects on (NaN / empty when the search ran with split: none).
+    shape_bias_holdout: float = math.nan
+    per_category: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,20 @@ class ConfigurationResult:
     @property
     def shape_bias_std(self) -> float:
         return statistics.pstdev(r.shape_bias for r in self.replicates)
+
+    @property
+    def shape_bias_holdout(self) -> float:
+        """Seed mean of the report set's shape bias: the number to quote (NaN without a report set)."""
+        return statistics.fmean(r.shape_bias_holdout for r in self.replicates)
+
+    @property
+    def shape_bias_holdout_std(self) -> float:
+        return statistics.pstdev(r.shape_bias_holdout for r in self.replicates)
+
+    def per_category(self) -> dict[str, float]:
+        """Seed mean of each category's shape bias, over the categories every seed reports."""
+        shared = set.intersection(*(set(dict(r.per_category)) for r in self.replicates))
+        return {c: statistics.fmean(dict(r.per_category)[c] for r in self.replicates) for c in sorted(shared)}
 
     def mean(self, objective: str) -> float:
         """Seed mean of one objective by name."""

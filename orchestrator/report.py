@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,7 +19,7 @@ def format_table(results: list[ConfigurationResult]) -> str:
     front = front_of(results)
     rows = front + [r for r in results if r.dense and r not in front]
     header = (f"{'config':<7} {'placement':<24} {'fraction':>8} {'lr':>7} {'wd':>7} {'batch':>5}  {'accuracy':>15}  "
-              f"{'shape bias':>15}  front  child runs")
+              f"{'shape bias':>15}  {'held-out bias':>15}  front  child runs")
     lines = [header, "-" * len(header)]
     for r in rows:
         p = r.params
@@ -27,9 +28,22 @@ def format_table(results: list[ConfigurationResult]) -> str:
         lines.append(
             f"{r.configuration:<7} {placement:<24} {fraction:>8} {p.lr:>7.4f} {p.weight_decay:>7.0e} {p.batch_size:>5}  "
             f"{r.accuracy:.3f} +- {r.accuracy_std:.3f}  {r.shape_bias:.3f} +- {r.shape_bias_std:.3f}  "
-            f"{'yes' if r in front else 'no':<5}  {','.join(i[:8] for i in r.run_ids)}"
+            f"{_holdout(r):>15}  {'yes' if r in front else 'no':<5}  {','.join(i[:8] for i in r.run_ids)}"
         )
     return "\n".join(lines)
+
+
+def _holdout(r: ConfigurationResult) -> str:
+    if math.isnan(r.shape_bias_holdout):
+        return "-"  # the search ran with data.split: none
+    return f"{r.shape_bias_holdout:.3f} +- {r.shape_bias_holdout_std:.3f}"
+
+
+def _label(r: ConfigurationResult) -> str:
+    """'layer2 0.10', or per placement 'layer2 0.10, layer3 0.20', or 'dense', for plots."""
+    if r.dense:
+        return "dense"
+    return r.params.fraction_label(2) if r.params.fractions else f"{r.params.placement} {r.params.fraction_label(2)}"
 
 
 def write_csv(results: list[ConfigurationResult], path: Path) -> None:
@@ -38,13 +52,15 @@ def write_csv(results: list[ConfigurationResult], path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["configuration", "placement", "fraction", "lr", "weight_decay", "batch_size", "seeds",
-                         "accuracy_mean", "accuracy_std", "shape_bias_mean", "shape_bias_std", "on_front",
+                         "accuracy_mean", "accuracy_std", "shape_bias_mean", "shape_bias_std",
+                         "shape_bias_holdout_mean", "shape_bias_holdout_std", "on_front",
                          "dense_reference", "child_run_ids"])
         for r in results:
             p = r.params
             fraction = "; ".join(f"{n}={v}" for n, v in p.fractions) if p.fractions else p.fraction
             writer.writerow([r.configuration, p.placement, fraction, p.lr, p.weight_decay, p.batch_size, r.seeds,
-                             r.accuracy, r.accuracy_std, r.shape_bias, r.shape_bias_std, r in front, r.dense,
+                             r.accuracy, r.accuracy_std, r.shape_bias, r.shape_bias_std,
+                             r.shape_bias_holdout, r.shape_bias_holdout_std, r in front, r.dense,
                              " ".join(r.run_ids)])
 
 
@@ -62,7 +78,7 @@ def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
         axis.errorbar(r.accuracy, r.shape_bias, xerr=r.accuracy_std, yerr=r.shape_bias_std, fmt="none", ecolor=colour, alpha=0.6, lw=1)
         axis.scatter(r.accuracy, r.shape_bias, s=160 if r.dense else 40, marker="*" if r.dense else "o", color=colour,
                      edgecolor="black", zorder=3, label="dense reference (no Top-K)" if r.dense else None)
-        axis.annotate("dense" if r.dense else (f"{r.params.placement} {r.params.fraction:.2f}" if not r.params.fractions else r.params.fraction_label(2)), (r.accuracy, r.shape_bias),
+        axis.annotate(_label(r), (r.accuracy, r.shape_bias),
                       fontsize=7, xytext=(4, 4), textcoords="offset points")
     steps = sorted(((r.accuracy, r.shape_bias) for r in front), key=lambda p: p[0])
     axis.plot([p[0] for p in steps], [p[1] for p in steps], color="tab:red", lw=1.5, label="Pareto front")
@@ -74,6 +90,39 @@ def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_categories(results: list[ConfigurationResult], path: Path, title: str) -> bool:
+    """Each category's shape bias for the front configurations and the dense reference; False if none reported."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = front_of(results)
+    shown = front + [r for r in results if r.dense and r not in front]
+    per_category = {r.configuration: r.per_category() for r in shown}
+    categories = sorted(set().union(*per_category.values()))
+    if not categories:
+        return False
+    figure, axis = plt.subplots(figsize=(max(6.4, 0.55 * len(categories) + 2), 4.8))
+    for r in shown:
+        values = per_category[r.configuration]
+        xs = [i for i, c in enumerate(categories) if c in values]
+        label = "dense reference" if r.dense else f"{r.configuration} {_label(r)}"
+        axis.plot(xs, [values[categories[i]] for i in xs], marker="*" if r.dense else "o", ms=10 if r.dense else 5,
+                  color="black" if r.dense else None, lw=1.5 if r.dense else 1, alpha=1 if r.dense else 0.8, label=label)
+    axis.set_xticks(range(len(categories)), categories, rotation=45, ha="right")
+    axis.set_ylim(-0.02, 1.02)
+    held_out = any(not math.isnan(r.shape_bias_holdout) for r in shown)
+    axis.set_ylabel(f"shape bias per category ({'report set' if held_out else 'all stimuli'}; mean over seeds)")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7, loc="best")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
 
 
 def report_front(
@@ -93,12 +142,16 @@ def report_front(
     csv_path, png_path = out_dir / f"pareto-{search.search_id}.csv", out_dir / f"pareto-{search.search_id}.png"
     write_csv(results, csv_path)
     plot(results, png_path, f"{search.search_id}: accuracy vs shape bias ({seeds} seeds per point)")
+    categories_path = out_dir / f"pareto-{search.search_id}-categories.png"
+    written = [csv_path, png_path]
+    if plot_categories(results, categories_path, f"{search.search_id}: shape bias per category, front vs dense"):
+        written.append(categories_path)
     with tempfile.TemporaryDirectory() as staging:
         # In MLflow the parent run is the search already: there they keep their plain names.
-        shutil.copy(csv_path, Path(staging) / "pareto.csv")
-        shutil.copy(png_path, Path(staging) / "pareto.png")
+        for path in written:
+            shutil.copy(path, Path(staging) / path.name.replace(f"-{search.search_id}", ""))
         client.log_artifacts(search.run_id, staging)
     client.log_metric(search.run_id, "hypervolume", volume)
     client.log_metric(search.run_id, "front_size", len(front))
-    print(f"wrote {csv_path} and {png_path} (also logged to MLflow run {search.run_id})")
+    print(f"wrote {', '.join(str(p) for p in written)} (also logged to MLflow run {search.run_id})")
     return results, volume

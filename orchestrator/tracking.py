@@ -9,6 +9,7 @@ its results.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import re
 import subprocess
@@ -228,12 +229,18 @@ def collect(client: MlflowClient, search: SearchRecord, seeds: int | None = None
         complete = [r for r in runs if run_outcome(r) is Outcome.COMPLETE]
         if len(complete) < seeds or len(complete) != len(runs):
             continue  # one failed seed fails the configuration
-        replicates = tuple(
-            Replicate(r.info.run_id, int(r.data.tags["seed"]), r.data.metrics["accuracy"], r.data.metrics["shape_bias"])
-            for r in sorted(complete, key=lambda r: int(r.data.tags["seed"]))
-        )
+        replicates = tuple(replicate(r) for r in sorted(complete, key=lambda r: int(r.data.tags["seed"])))
         results.append(ConfigurationResult(configuration, Params.from_mlflow(complete[0].data.params), replicates))
     return results
+
+
+def replicate(run: mlflow.entities.Run) -> Replicate:
+    """A complete child run as a Replicate; per-category numbers from the report set when there is one."""
+    metrics = run.data.metrics
+    prefix = "shape_bias_holdout." if "shape_bias_holdout" in metrics else "shape_bias."
+    per_category = tuple(sorted((k[len(prefix):], v) for k, v in metrics.items() if k.startswith(prefix)))
+    return Replicate(run.info.run_id, int(run.data.tags["seed"]), metrics["accuracy"], metrics["shape_bias"],
+                     metrics.get("shape_bias_holdout", math.nan), per_category)
 
 
 def run_outcome(run: mlflow.entities.Run) -> Outcome:

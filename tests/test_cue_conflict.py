@@ -136,3 +136,35 @@ def test_per_category_shape_bias_adds_up_to_the_whole(shared_data):
     hits = sum(r.shape_decisions for r in counts.values())
     cues = sum(r.shape_decisions + r.texture_decisions for r in counts.values())
     assert hits / cues == pytest.approx(score_decisions(decisions, shapes, textures, CATEGORIES).shape_bias)
+
+
+def test_the_stimuli_split_is_stratified_disjoint_and_the_same_every_time(shared_data):
+    from collections import Counter
+
+    from trainables.cue_conflict import load_stimuli, split_stimuli
+
+    stimuli = load_stimuli(shared_data / "cue-conflict")
+    selection, report = split_stimuli(stimuli)
+    assert len(selection) + len(report) == len(stimuli) == 1280
+    assert not set(selection.names) & set(report.names)
+    groups = [Counter(zip(half.shapes, half.textures)) for half in (selection, report)]
+    # Every (shape, texture) group of 5 gives 2 or 3 images to each half, so both halves hold every
+    # group and the halves differ by at most one image per group.
+    assert set(groups[0]) == set(groups[1]) == set(zip(stimuli.shapes, stimuli.textures))
+    assert all(abs(groups[0][key] - groups[1][key]) <= 1 for key in groups[0])
+    assert abs(len(selection) - len(report)) <= 1
+    again = split_stimuli(stimuli)
+    assert again[0].names == selection.names and torch.equal(again[1].images, report.images)
+    index = stimuli.names.index(report.names[0])
+    assert torch.equal(report.images[0], stimuli.images[index])
+
+
+def test_the_synthetic_report_set_is_the_same_design_on_other_images():
+    from trainables.synthetic import make_benchmark
+
+    bench = make_benchmark(num_classes=3, train_size=30, test_size=12, conflicts_per_pair=4, report_set=True)
+    assert bench.holdout.names == bench.conflict.names and bench.holdout.shapes == bench.conflict.shapes
+    assert not any(torch.equal(a, b) for a, b in zip(bench.holdout.images, bench.conflict.images))
+    plain = make_benchmark(num_classes=3, train_size=30, test_size=12, conflicts_per_pair=4)
+    # Asking for the report set changes nothing a search without one would see.
+    assert plain.holdout is None and torch.equal(plain.conflict.images, bench.conflict.images)

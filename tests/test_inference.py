@@ -54,6 +54,8 @@ def test_the_trial_cli_evaluates_a_pretrained_file_as_the_definition_says(tmp_pa
     reported = float(line.split("accuracy ")[1].split()[0])
     shape_bias = float(line.split("shape bias ")[1].split()[0])
     assert f"{shape_bias_from_csv(tmp_path / 'state' / 'decisions.csv').shape_bias:.3f}" == f"{shape_bias:.3f}"
+    held_out = float(line.split("held-out shape bias ")[1].split()[0])
+    assert f"{shape_bias_from_csv(tmp_path / 'state' / 'decisions_holdout.csv').shape_bias:.3f}" == f"{held_out:.3f}"
 
     # The same accuracy from the definition: the torchvision model with Top-K spliced in by hand;
     # per image, the category whose member ImageNet classes have the highest mean probability.
@@ -100,11 +102,12 @@ def test_a_reduced_paper_search_maps_per_layer_k_at_inference(tmp_path, shared_d
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "shape_bias")] == [0]
         assert child.data.params["epochs"] == "0"
-        # The last epoch's decisions, in model-vs-human format, give the logged shape bias exactly.
-        csv_path = client.download_artifacts(child.info.run_id, "decisions.csv", str(tmp_path))
-        assert shape_bias_from_csv(csv_path).shape_bias == child.data.metrics["shape_bias"]
-        per_category = {k for k in child.data.metrics if k.startswith("shape_bias.")}
-        assert per_category and per_category <= {f"shape_bias.{c}" for c in imagenet16_table()}, per_category
+        # The last epoch's decisions on each half, in model-vs-human format, give the logged shape bias exactly.
+        for name, metric in (("decisions.csv", "shape_bias"), ("decisions_holdout.csv", "shape_bias_holdout")):
+            csv_path = client.download_artifacts(child.info.run_id, name, str(tmp_path))
+            assert shape_bias_from_csv(csv_path).shape_bias == child.data.metrics[metric]
+        per_category = {k for k in child.data.metrics if k.startswith("shape_bias_holdout.")}
+        assert per_category and per_category <= {f"shape_bias_holdout.{c}" for c in imagenet16_table()}, per_category
     sparse = [c for c in children if c.data.params["placement"] != "dense"]
     assert all(c.data.params["placement"] == "+".join(TOPK) for c in sparse), [c.data.params["placement"] for c in sparse]
     for child in sparse:  # per-layer K: each of the five points got its own fraction, and used it

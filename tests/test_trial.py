@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from trainables.config import TrialConfig
-from trainables.train import METRICS, NonFiniteLossError, train_and_evaluate
+from trainables.train import HOLDOUT_METRICS, METRICS, NonFiniteLossError, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -33,11 +33,15 @@ def test_every_epoch_reports_all_metrics_and_the_last_is_the_result():
     reports = []
     result = train_and_evaluate(TrialConfig.model_validate(TINY), collect(reports))
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
-    assert all(set(m) == set(METRICS) for m, _ in reports[:-1])
-    # The last epoch adds each shape category's own shape bias (the synthetic classes here).
-    per_category = set(reports[-1][0]) - set(METRICS)
-    assert set(METRICS) <= set(reports[-1][0]) and per_category and all(k.startswith("shape_bias.") for k in per_category)
+    assert all(set(m) == set(METRICS) | set(HOLDOUT_METRICS) for m, _ in reports[:-1])
+    # The last epoch adds each shape category's own shape bias on the report set (the synthetic classes here).
+    per_category = set(reports[-1][0]) - set(METRICS) - set(HOLDOUT_METRICS)
+    assert per_category == {f"shape_bias_holdout.{c}" for c in ("circle", "square", "triangle", "star", "cross", "ring")}
     assert result == reports[-1][0]
+    # The two sets are different images: the numbers differ, and each CSV re-scores to its own.
+    files = reports[-1][1]["decision_files"]
+    assert set(files) == {"decisions.csv", "decisions_holdout.csv"} and files["decisions.csv"] != files["decisions_holdout.csv"]
+    assert all("decision_files" not in state for _, state in reports[:-1])
     assert 0 <= result["accuracy"] <= 1 and result["images_per_s"] > 0
     assert set(reports[-1][1]) >= {"model", "optimizer", "scheduler", "epoch", "metrics", "rng", "tracking"}
 

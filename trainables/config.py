@@ -37,6 +37,10 @@ class SyntheticData(Strict):
     shape_contrast: float = Field(0.5, ge=0.0, le=1.0)
     # The data seed is fixed across trials: seeds are replicates of training, not of data.
     seed: int = Field(0, ge=0)
+    # half: Optuna and the front see the conflict set; every trial also reports a second conflict
+    # set rendered from an independent seed (shape_bias_holdout, ...), which nothing selects on.
+    # none: the one conflict set only.
+    split: Literal["half", "none"] = "half"
 
 
 class FolderData(Strict):
@@ -56,6 +60,9 @@ class FolderData(Strict):
     # decoded into memory, resized to a square.
     in_memory_limit: int = Field(100_000, ge=0)
     workers: int = Field(2, ge=0)
+    # half: Optuna and the front see a selection half of the stimuli; every trial also reports the
+    # other half (shape_bias_holdout, ...), which nothing selects on. none: one set, all stimuli.
+    split: Literal["half", "none"] = "half"
 
     @field_validator("train_dir", "test_dir", "stimuli_dir")
     @classmethod

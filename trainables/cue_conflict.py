@@ -44,6 +44,34 @@ class Stimuli:
     def __len__(self) -> int:
         return len(self.names)
 
+    def subset(self, indices: Sequence[int]) -> "Stimuli":
+        """The stimuli at `indices`, in that order."""
+        return Stimuli(
+            images=self.images[list(indices)],
+            shapes=tuple(self.shapes[i] for i in indices),
+            textures=tuple(self.textures[i] for i in indices),
+            names=tuple(self.names[i] for i in indices),
+        )
+
+
+def split_stimuli(stimuli: Stimuli) -> tuple[Stimuli, Stimuli]:
+    """(selection half, report half), stratified by shape and texture, the same on every machine.
+
+    Within each (shape, texture) group, images sorted by name go alternately to either half; one
+    counter runs across the groups (in sorted order), so a group of odd size gives its extra
+    image to the selection half and the next odd group gives it to the report half.
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, key in enumerate(zip(stimuli.shapes, stimuli.textures)):
+        groups.setdefault(key, []).append(i)
+    halves: tuple[list[int], list[int]] = ([], [])
+    turn = 0
+    for key in sorted(groups):
+        for i in sorted(groups[key], key=lambda i: stimuli.names[i]):
+            halves[turn % 2].append(i)
+            turn += 1
+    return stimuli.subset(sorted(halves[0])), stimuli.subset(sorted(halves[1]))
+
 
 @dataclass(frozen=True)
 class ShapeBiasResult:

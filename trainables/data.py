@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from trainables.config import FolderData, SyntheticData
-from trainables.cue_conflict import Stimuli, load_stimuli
+from trainables.cue_conflict import Stimuli, load_stimuli, split_stimuli
 from trainables.label_spaces import (
     CATEGORIES,
     LabelMapping,
@@ -52,7 +52,8 @@ class TrialData:
     train: Batches
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    stimuli: Stimuli
+    stimuli: Stimuli  # what Optuna and the front see
+    holdout: Stimuli | None  # the report set, which nothing selects on (data.split: half)
     mapping: LabelMapping
     class_names: tuple[str, ...]
     image_size: int
@@ -220,10 +221,12 @@ def build_data(data: SyntheticData | FolderData, batch_size: int, seed: int, aug
         return TrialData(
             train=InMemoryBatches(bench.train_images, bench.train_labels, batch_size, seed, augment),
             test_images=bench.test_images, test_labels=bench.test_labels, stimuli=bench.conflict,
-            mapping=native_mapping(bench.class_names), class_names=bench.class_names,
+            holdout=bench.holdout, mapping=native_mapping(bench.class_names), class_names=bench.class_names,
             image_size=data.image_size, train_size=len(bench.train_labels),
         )
-    stimuli = load_stimuli(data.stimuli_dir)
+    stimuli, holdout = load_stimuli(data.stimuli_dir), None
+    if data.split == "half":
+        stimuli, holdout = split_stimuli(stimuli)
     class_names, labels, mapping = folder_classes(data, data.train_dir)
     test_classes = folder_classes(data, data.test_dir)[1]
     missing = sorted(set(labels) - set(test_classes))
@@ -237,7 +240,7 @@ def build_data(data: SyntheticData | FolderData, batch_size: int, seed: int, aug
         train: Batches = InMemoryBatches(images, targets, batch_size, seed, augment)
     else:
         train = StreamingBatches(FolderImages(train_samples, data.image_size, augment), batch_size, seed, data.workers, pin_memory)
-    return TrialData(train, test_images, test_labels, stimuli, mapping, class_names, data.image_size, len(train_samples))
+    return TrialData(train, test_images, test_labels, stimuli, holdout, mapping, class_names, data.image_size, len(train_samples))
 
 
 def fingerprint(data: SyntheticData | FolderData) -> dict[str, str]:
@@ -270,4 +273,5 @@ def _synthetic(data: SyntheticData):
         num_classes=data.num_classes, image_size=data.image_size, train_size=data.train_size,
         test_size=data.test_size, conflicts_per_pair=data.conflicts_per_pair,
         texture_strength=data.texture_strength, shape_contrast=data.shape_contrast, seed=data.seed,
+        report_set=data.split == "half",
     )

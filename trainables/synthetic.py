@@ -28,6 +28,8 @@ from trainables.cue_conflict import Stimuli
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "bowtie")
 TEXTURES = ("stripes", "checks", "dots", "blobs", "rings", "grid", "zigzag", "speckle")
 _CHUNK = 1024  # images generated per vectorised step; bounds peak memory
+# The report set's generator seed is this plus the data seed: far from the seed * 3 + i streams.
+REPORT_SEED_OFFSET = 2**40
 TINT = 0.5  # how far colours stray from grey; random per image, so never a class cue
 
 
@@ -132,6 +134,7 @@ class SyntheticBenchmark:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     conflict: Stimuli
+    holdout: Stimuli | None = None  # a second conflict set from an independent seed (report_set=True)
 
 
 def _render_chunked(shape_class, texture_class, image_size, g, strength, contrast) -> torch.Tensor:
@@ -149,6 +152,23 @@ def _agreeing_split(n: int, num_classes: int, image_size: int, g: torch.Generato
     return _render_chunked(labels, labels, image_size, g, strength, contrast), labels
 
 
+def _conflicts(names: tuple[str, ...], per_pair: int, image_size: int, g: torch.Generator, strength: float, contrast: float) -> Stimuli:
+    pairs = [(i, j) for i in range(len(names)) for j in range(len(names)) if i != j]
+    shape_cls = torch.tensor([i for i, _ in pairs]).repeat_interleave(per_pair)
+    texture_cls = torch.tensor([j for _, j in pairs]).repeat_interleave(per_pair)
+    images = _render_chunked(shape_cls, texture_cls, image_size, g, strength, contrast)
+    copy = torch.arange(len(shape_cls)) % per_pair
+    return Stimuli(
+        images=images,
+        shapes=tuple(names[i] for i in shape_cls.tolist()),
+        textures=tuple(names[j] for j in texture_cls.tolist()),
+        names=tuple(
+            f"{names[i]}{c + 1}-{names[j]}{c + 1}.png"
+            for i, j, c in zip(shape_cls.tolist(), texture_cls.tolist(), copy.tolist())
+        ),
+    )
+
+
 def make_benchmark(
     num_classes: int = 6,
     image_size: int = 32,
@@ -158,6 +178,7 @@ def make_benchmark(
     texture_strength: float = 1.0,
     shape_contrast: float = 0.5,
     seed: int = 0,
+    report_set: bool = False,
 ) -> SyntheticBenchmark:
     """Generate the benchmark deterministically from `seed` (same seed, same tensors)."""
     if not 2 <= num_classes <= len(SHAPES):
@@ -174,21 +195,14 @@ def make_benchmark(
     train_images, train_labels = _agreeing_split(train_size, num_classes, image_size, splits[0], texture_strength, shape_contrast)
     test_images, test_labels = _agreeing_split(test_size, num_classes, image_size, splits[1], texture_strength, shape_contrast)
 
-    pairs = [(i, j) for i in range(num_classes) for j in range(num_classes) if i != j]
-    shape_cls = torch.tensor([i for i, _ in pairs]).repeat_interleave(conflicts_per_pair)
-    texture_cls = torch.tensor([j for _, j in pairs]).repeat_interleave(conflicts_per_pair)
-    conflict_images = _render_chunked(shape_cls, texture_cls, image_size, splits[2], texture_strength, shape_contrast)
-    copy = torch.arange(len(shape_cls)) % conflicts_per_pair
-    conflict = Stimuli(
-        images=conflict_images,
-        shapes=tuple(names[i] for i in shape_cls.tolist()),
-        textures=tuple(names[j] for j in texture_cls.tolist()),
-        names=tuple(
-            f"{names[i]}{c + 1}-{names[j]}{c + 1}.png"
-            for i, j, c in zip(shape_cls.tolist(), texture_cls.tolist(), copy.tolist())
-        ),
-    )
-    return SyntheticBenchmark(names, train_images, train_labels, test_images, test_labels, conflict)
+    conflict = _conflicts(names, conflicts_per_pair, image_size, splits[2], texture_strength, shape_contrast)
+    # The report set: the same design rendered from its own generator, so no image (and no noise
+    # draw) is shared with the set a search selects on.
+    holdout = None
+    if report_set:
+        report_generator = torch.Generator().manual_seed(REPORT_SEED_OFFSET + seed)
+        holdout = _conflicts(names, conflicts_per_pair, image_size, report_generator, texture_strength, shape_contrast)
+    return SyntheticBenchmark(names, train_images, train_labels, test_images, test_labels, conflict, holdout)
 
 
 def save_example_grid(path: str, image_size: int = 32, seed: int = 0) -> None:

@@ -25,6 +25,7 @@ from trainables.label_spaces import IMAGENET_OUTPUTS, LabelMapping, imagenet_map
 from trainables.models import build_model
 
 METRICS = ("epoch", "train_loss", "accuracy", "shape_bias", "shape_accuracy", "texture_accuracy", "images_per_s")
+HOLDOUT_METRICS = ("shape_bias_holdout", "shape_accuracy_holdout", "texture_accuracy_holdout")  # data.split: half
 Report = Callable[[dict[str, float], dict[str, Any]], None]
 
 
@@ -207,15 +208,23 @@ def train_and_evaluate(
         set_rng_state(resume["rng"])
         first_epoch, tracking = resume["epoch"] + 1, dict(resume.get("tracking", {}))
 
-    def evaluate(last: bool) -> tuple[dict[str, float], list[str]]:
-        bias, decisions = evaluate_shape_bias(forward, data.stimuli, mapping, data.image_size, device=device)
+    # The set Optuna and the front see, then (data.split: half) the report set nothing selects on.
+    stimuli_sets = [("", data.stimuli)] + ([("_holdout", data.holdout)] if data.holdout is not None else [])
+
+    def evaluate(last: bool) -> tuple[dict[str, float], dict[str, str]]:
         score = accuracy(forward, data.test_images, test_targets, data.image_size, device, mapping=mapping if by_category else None)
-        metrics = {"accuracy": score, "shape_bias": bias.shape_bias, "shape_accuracy": bias.shape_accuracy,
-                   "texture_accuracy": bias.texture_accuracy}
-        if last:  # categories differ (the paper's ablation): each shape category's own, at the last epoch
-            per_category = shape_bias_per_category(decisions, data.stimuli.shapes, data.stimuli.textures, mapping.categories)
-            metrics |= {f"shape_bias.{category}": value for category, value in per_category.items()}
-        return metrics, decisions
+        metrics, files = {"accuracy": score}, {}
+        for suffix, stimuli in stimuli_sets:
+            bias, decisions = evaluate_shape_bias(forward, stimuli, mapping, data.image_size, device=device)
+            metrics |= {f"shape_bias{suffix}": bias.shape_bias, f"shape_accuracy{suffix}": bias.shape_accuracy,
+                        f"texture_accuracy{suffix}": bias.texture_accuracy}
+            if last:
+                # The per-image decisions, for any model-vs-human tool to re-score.
+                files[f"decisions{suffix}.csv"] = decisions_csv(stimuli, decisions, subject=config.model.arch)
+        if last:  # categories differ (the paper's ablation): each one's own, on the report set
+            per_category = shape_bias_per_category(decisions, stimuli.shapes, stimuli.textures, mapping.categories)
+            metrics |= {f"shape_bias{suffix}.{category}": value for category, value in per_category.items()}
+        return metrics, files
 
     metrics: dict[str, float] = {}
     # epochs: 0 trains nothing: the weights as loaded, evaluated and reported once (as epoch 0).
@@ -227,11 +236,11 @@ def train_and_evaluate(
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch} (lr {training.lr:g}); stopping")
             scheduler.step()
-            scores, decisions = evaluate(last)
+            scores, files = evaluate(last)
             metrics = {"epoch": epoch, "train_loss": loss, **scores, "images_per_s": images_per_s}
         else:
             start = time.perf_counter()
-            scores, decisions = evaluate(last)
+            scores, files = evaluate(last)
             metrics = {"epoch": 0, **scores, "images_per_s": (len(test_targets) + len(data.stimuli)) / (time.perf_counter() - start)}
         state = {
             "model": model.state_dict(),
@@ -249,8 +258,7 @@ def train_and_evaluate(
         }
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
-        if last:
-            # The last epoch's per-image decisions, for any model-vs-human tool to re-score.
-            state["decisions_csv"] = decisions_csv(data.stimuli, decisions, subject=config.model.arch)
+        if files:
+            state["decision_files"] = files  # {file name: CSV text}; the caller logs them, never checkpoints them
         report(metrics, state)
     return metrics

@@ -52,8 +52,7 @@ def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
         state["tracking"] = slot
-        files = {"decisions.csv": state.pop("decisions_csv")} if "decisions_csv" in state else {}
-        health = tracker.log_epoch(metrics, files) if tracker else {}
+        health = tracker.log_epoch(metrics, state.pop("decision_files", None)) if tracker else {}
         with temporary_checkpoint(state) as directory:
             tune.report({**metrics, **health}, checkpoint=tune.Checkpoint.from_directory(directory))
 
@@ -134,16 +133,18 @@ def _train(config_path: str, checkpoint_dir: Path | None) -> int:
     start = time.perf_counter()
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
-        decisions = state.pop("decisions_csv", None)
+        decision_files = state.pop("decision_files", {})
         if checkpoint_dir:
             save_checkpoint(state, checkpoint_dir)
-            if decisions is not None:
-                write_text_atomically(checkpoint_dir / "decisions.csv", decisions)
+            for name, text in decision_files.items():
+                write_text_atomically(checkpoint_dir / name, text)
         print(
             (f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.3f}  " if metrics["epoch"] else "evaluated as loaded  ")
             + f"accuracy {metrics['accuracy']:.3f}  "
             f"shape bias {metrics['shape_bias']:.3f}  (shape acc {metrics['shape_accuracy']:.3f}, texture acc "
-            f"{metrics['texture_accuracy']:.3f})  {metrics['images_per_s']:.0f} img/s  {time.perf_counter() - start:.0f}s",
+            f"{metrics['texture_accuracy']:.3f})  "
+            + (f"held-out shape bias {metrics['shape_bias_holdout']:.3f}  " if "shape_bias_holdout" in metrics else "")
+            + f"{metrics['images_per_s']:.0f} img/s  {time.perf_counter() - start:.0f}s",
             flush=True,
         )
 
