@@ -124,6 +124,9 @@ def describe(choice: Choice, search_id: str) -> str:
         + (f"   dense reference {dense.accuracy:.4f} +- {dense.accuracy_std:.4f}" if dense else ""),
         f"  shape bias  {r.shape_bias:.4f} +- {r.shape_bias_std:.4f} over {r.seeds} seeds"
         + (f"   dense reference {dense.shape_bias:.4f} +- {dense.shape_bias_std:.4f}" if dense else ""),
+        *([f"  held out    {r.shape_bias_holdout:.4f} +- {r.shape_bias_holdout_std:.4f} shape bias on the report set"
+           + (f"   dense reference {dense.shape_bias_holdout:.4f} +- {dense.shape_bias_holdout_std:.4f}" if dense else "")]
+          if r.has_holdout else []),
         f"  on the Pareto front: {'yes' if choice.on_front else 'no'}",
         f"  promoted replicate: seed {rep.seed} (closest to the means: accuracy {rep.accuracy:.4f}, "
         f"shape bias {rep.shape_bias:.4f}), child run {rep.run_id}",

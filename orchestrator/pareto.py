@@ -73,6 +73,11 @@ class ConfigurationResult:
     def shape_bias_holdout_std(self) -> float:
         return statistics.pstdev(r.shape_bias_holdout for r in self.replicates)
 
+    @property
+    def has_holdout(self) -> bool:
+        """Whether every seed reported the report set (a search with data.split: half)."""
+        return not math.isnan(self.shape_bias_holdout)
+
     def per_category(self) -> dict[str, float]:
         """Seed mean of each category's shape bias, over the categories every seed reports."""
         shared = set.intersection(*(set(dict(r.per_category)) for r in self.replicates))

@@ -179,6 +179,8 @@ def _summary(result: ConfigurationResult | None) -> dict[str, Any] | None:
     return {
         "configuration": result.configuration,
         **{m: {"mean": result.mean(m), "std": result.std(m)} for m in OBJECTIVES},
+        **({"shape_bias_holdout": {"mean": result.shape_bias_holdout, "std": result.shape_bias_holdout_std}}
+           if result.has_holdout else {}),
         "seeds": [r.seed for r in result.replicates],
         "run_ids": list(result.run_ids),
     }
@@ -236,6 +238,8 @@ def version_tags(search: SearchRecord, choice: Choice) -> dict[str, str]:
         tags[f"{m}_replicate"] = f"{getattr(choice.replicate, m):.4f}"
         if dense is not None:
             tags[f"dense_{m}_mean"], tags[f"dense_{m}_std"] = f"{dense.mean(m):.4f}", f"{dense.std(m):.4f}"
+    if r.has_holdout:  # on the report set, which nothing selected on: the number to quote
+        tags["shape_bias_holdout_mean"], tags["shape_bias_holdout_std"] = f"{r.shape_bias_holdout:.4f}", f"{r.shape_bias_holdout_std:.4f}"
     return tags
 
 
@@ -245,6 +249,8 @@ def version_description(search: SearchRecord, choice: Choice) -> str:
     text = (f"{what}: configuration {r.configuration} of search {search.search_id}, seed {choice.replicate.seed} "
             f"(child run {choice.replicate.run_id}). Accuracy {r.accuracy:.4f} +- {r.accuracy_std:.4f}, shape bias "
             f"{r.shape_bias:.4f} +- {r.shape_bias_std:.4f} over {r.seeds} seeds")
+    if r.has_holdout:
+        text += f" (held out: {r.shape_bias_holdout:.4f} +- {r.shape_bias_holdout_std:.4f})"
     if dense is not None:
         text += f"; dense reference {dense.accuracy:.4f} / {dense.shape_bias:.4f}"
     return text + f". On the Pareto front: {'yes' if choice.on_front else 'no'}. Chosen by {choice.reason}."

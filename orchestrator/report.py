@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,7 +33,7 @@ def format_table(results: list[ConfigurationResult]) -> str:
 
 
 def _holdout(r: ConfigurationResult) -> str:
-    if math.isnan(r.shape_bias_holdout):
+    if not r.has_holdout:
         return "-"  # the search ran with data.split: none
     return f"{r.shape_bias_holdout:.3f} +- {r.shape_bias_holdout_std:.3f}"
 
@@ -114,7 +113,7 @@ def plot_categories(results: list[ConfigurationResult], path: Path, title: str) 
                   color="black" if r.dense else None, lw=1.5 if r.dense else 1, alpha=1 if r.dense else 0.8, label=label)
     axis.set_xticks(range(len(categories)), categories, rotation=45, ha="right")
     axis.set_ylim(-0.02, 1.02)
-    held_out = any(not math.isnan(r.shape_bias_holdout) for r in shown)
+    held_out = any(r.has_holdout for r in shown)
     axis.set_ylabel(f"shape bias per category ({'report set' if held_out else 'all stimuli'}; mean over seeds)")
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=7, loc="best")
