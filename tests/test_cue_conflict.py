@@ -1,5 +1,6 @@
 """Shape bias: the reference decisions, the stimuli loader, label mappings, CSV round trip."""
 
+import csv
 import json
 import math
 import shutil
@@ -168,3 +169,18 @@ def test_the_synthetic_report_set_is_the_same_design_on_other_images():
     plain = make_benchmark(num_classes=3, train_size=30, test_size=12, conflicts_per_pair=4)
     # Asking for the report set changes nothing a search without one would see.
     assert plain.holdout is None and torch.equal(plain.conflict.images, bench.conflict.images)
+
+
+def test_two_halves_of_the_stimuli_disagree_on_one_model_as_the_readme_says(shared_data):
+    """The README's yardstick: the published VGG-16 / ResNet-50 decisions scored on either half."""
+    from trainables.cue_conflict import load_stimuli, split_stimuli
+
+    halves = split_stimuli(load_stimuli(shared_data / "cue-conflict"))
+    for name, expected in (("vgg16.csv", (0.103, 0.082)), ("resnet50.csv", (0.250, 0.192))):
+        decisions, shapes, textures = read_decisions_csv(shared_data / "reference-decisions" / name)
+        with (shared_data / "reference-decisions" / name).open() as handle:
+            row_of = {row["imagename"].rsplit("_", 1)[-1]: i for i, row in enumerate(csv.DictReader(handle))}
+        for half, value in zip(halves, expected):
+            rows = [row_of[n] for n in half.names]
+            result = score_decisions([decisions[i] for i in rows], [shapes[i] for i in rows], [textures[i] for i in rows], CATEGORIES)
+            assert f"{result.shape_bias:.3f}" == f"{value:.3f}", name
