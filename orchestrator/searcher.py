@@ -21,6 +21,8 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces.params import OBJECTIVES, Outcome, Params, outcome, placement_key
 from search_spaces.spec import SearchSpec
 
+HELD_OUT = "shape_bias_holdout"  # the report set's shape bias (data.split: half)
+
 
 class SearchSpaceFunction:
     """Optuna define-by-run space: a placement set, a Top-K fraction, optional training knobs."""
@@ -136,7 +138,8 @@ class ReplicateSearcher(Searcher):
         group = self._groups[configuration]
         # Never a partial (early-stopped) result: only a complete trial counts.
         complete = outcome(result, self.epochs, error) is Outcome.COMPLETE
-        group.results[trial_id] = {m: result[m] for m in OBJECTIVES} if complete else None
+        # The held-out shape bias rides along for the study's record, never as an objective.
+        group.results[trial_id] = {m: result[m] for m in (*OBJECTIVES, HELD_OUT) if m in result} if complete else None
         if len(group.results) < len(self.seeds) or group.params.dense:
             return
         outcomes = list(group.results.values())
@@ -146,8 +149,8 @@ class ReplicateSearcher(Searcher):
             return
         means = {m: statistics.fmean(o[m] for o in outcomes) for m in OBJECTIVES}
         ot_trial = self.searcher._ot_trials[configuration]  # OptunaSearch keeps no public handle
-        for m in OBJECTIVES:
-            ot_trial.set_user_attr(f"{m}_mean", means[m])
+        for m in (*OBJECTIVES, HELD_OUT) if all(HELD_OUT in o for o in outcomes) else OBJECTIVES:
+            ot_trial.set_user_attr(f"{m}_mean", statistics.fmean(o[m] for o in outcomes))
             ot_trial.set_user_attr(f"{m}_std", statistics.pstdev(o[m] for o in outcomes))
         ot_trial.set_user_attr("seeds", len(outcomes))
         if self.accuracy_floor is not None:

@@ -59,10 +59,15 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     assert {c.info.status for c in children} == {"FINISHED"}
     assert len({c.data.tags["ray_trial_id"] for c in children}) == 6
     for child in children:
-        for metric in ("accuracy", "shape_bias", "shape_accuracy", "texture_accuracy", "train_loss", "images_per_s"):
+        for metric in ("accuracy", "shape_bias", "shape_accuracy", "texture_accuracy", "train_loss", "images_per_s",
+                       "shape_bias_holdout"):
             history = client.get_metric_history(child.info.run_id, metric)
             assert [m.step for m in history] == [1, 2], metric
-    assert {p.path for p in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "search_spec.yaml"}
+        # The report set is other images: the two numbers are two measurements, not one copied.
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"decisions.csv", "decisions_holdout.csv"}
+    assert any(c.data.metrics["shape_bias"] != c.data.metrics["shape_bias_holdout"] for c in children)
+    assert {p.path for p in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "pareto-categories.png",
+                                                                             "search_spec.yaml"}
 
     # The front in pareto.csv agrees with means recomputed from the stored metrics.
     by_config = {}
@@ -76,6 +81,7 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
         metrics = by_config[row["configuration"]]
         assert float(row["accuracy_mean"]) == pytest.approx(statistics.fmean(m["accuracy"] for m in metrics))
         assert float(row["shape_bias_mean"]) == pytest.approx(statistics.fmean(m["shape_bias"] for m in metrics))
+        assert float(row["shape_bias_holdout_mean"]) == pytest.approx(statistics.fmean(m["shape_bias_holdout"] for m in metrics))
         points[row["configuration"]] = (float(row["accuracy_mean"]), float(row["shape_bias_mean"]), row["on_front"] == "True")
     for name, (acc, bias, on_front) in points.items():
         dominated = any(a >= acc and b >= bias and (a, b) != (acc, bias) for a, b, _ in points.values())
@@ -95,6 +101,8 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     assert len(complete) == 2
     for trial in complete:
         assert trial.values == [pytest.approx(trial.user_attrs["accuracy_mean"]), pytest.approx(trial.user_attrs["shape_bias_mean"])]
+        # The held-out number is recorded beside them, never told as an objective.
+        assert 0 <= trial.user_attrs["shape_bias_holdout_mean"] <= 1 and "shape_bias_holdout_std" in trial.user_attrs
 
 
 def wait_for(predicate, timeout, what):
