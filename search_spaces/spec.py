@@ -8,6 +8,7 @@ and seeds, resources, and where results go (Ray storage, MLflow, Optuna). Comman
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import urllib.parse
@@ -41,11 +42,14 @@ OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
 
 
 class FloatRange(Strict):
-    """A float searched in [low, high], on a log scale if `log`."""
+    """A float searched in [low, high], on a log scale if `log`; `grid` is its points for `sampler: grid`."""
 
     low: float
     high: float
     log: bool = False
+    # sampler: grid only. A count spaces that many points from low to high (log-spaced when
+    # `log`, 4 significant digits); a list gives the points.
+    grid: Annotated[int, Field(ge=2, le=1000)] | list[float] | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> "FloatRange":
@@ -53,7 +57,24 @@ class FloatRange(Strict):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if isinstance(self.grid, list):
+            outside = [v for v in self.grid if not self.low <= v <= self.high]
+            if outside or not self.grid or len(set(self.grid)) != len(self.grid):
+                raise ValueError(f"grid {bounded(self.grid)} must list distinct values within [{self.low}, {self.high}]")
         return self
+
+    def grid_values(self) -> list[float]:
+        """The points `sampler: grid` tries, in increasing order."""
+        if isinstance(self.grid, list):
+            return sorted(self.grid)
+        n = self.grid or 0
+        if self.log:
+            ratio = (self.high / self.low) ** (1 / (n - 1))
+            points = [self.low * ratio**i for i in range(n)]
+        else:
+            points = [self.low + (self.high - self.low) * i / (n - 1) for i in range(n)]
+        # Rounded for readable parameters; the ends stay exact so the range is covered.
+        return [self.low] + [float(f"{v:.4g}") for v in points[1:-1]] + [self.high]
 
 
 class FractionRange(FloatRange):
@@ -102,7 +123,7 @@ class SearchSpec(Strict):
     search: SearchSpace
     objectives: list[Literal[OBJECTIVES]] = Field(default=list(OBJECTIVES))  # type: ignore[valid-type]
     accuracy_floor: float | None = Field(None, ge=0.0, le=1.0)
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     sampler_seed: int = Field(0, ge=0)
     configurations: int = Field(ge=2, description="Optuna configurations plus the dense reference")
     seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
@@ -197,6 +218,37 @@ class SearchSpec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _grid_is_complete(self) -> "SearchSpec":
+        if self.sampler != "grid":
+            return self
+        space = self.search
+        if space.fraction_per_placement:
+            raise ValueError("sampler: grid cannot search per-placement fractions (each placement set has its own "
+                             "parameters); set search.fraction_per_placement: false, or use tpe, nsga2 or random")
+        ranges = {name: getattr(space, name) for name in ("fraction", "lr", "weight_decay") if getattr(space, name)}
+        ungridded = [f"search.{name}" for name, value_range in ranges.items() if value_range.grid is None]
+        if ungridded:
+            raise ValueError(f"sampler: grid needs grid points for {', '.join(ungridded)}: add grid: <count> "
+                             "(spaced from low to high) or grid: [values]")
+        points = grid_size(self.grid_space())
+        if self.configurations > points + 1:
+            raise ValueError(f"configurations {self.configurations} exceeds the grid's {points} points plus the dense "
+                             f"reference: set configurations: {points + 1} to run the whole grid")
+        return self
+
+    def grid_space(self) -> dict[str, list[Any]]:
+        """Optuna GridSampler's search space: every parameter and its points."""
+        space = self.search
+        grid: dict[str, list[Any]] = {"placement": [placement_key(p) for p in space.placements]}
+        for name in ("fraction", "lr", "weight_decay"):
+            value_range = getattr(space, name)
+            if value_range is not None:
+                grid[name] = value_range.grid_values()
+        if space.batch_size is not None:
+            grid["batch_size"] = list(space.batch_size)
+        return grid
+
+    @model_validator(mode="after")
     def _sections_agree(self) -> "SearchSpec":
         check_sections(self.data, self.model, self.training)
         return self
@@ -232,6 +284,11 @@ class SearchSpec(Strict):
         training = self.training.model_dump(mode="json") | params.knobs()
         model = self.model.model_dump(mode="json") | {"topk": params.topk()}
         return {"data": self.data.model_dump(mode="json"), "model": model, "training": training, "seed": seed}
+
+
+def grid_size(grid: Mapping[str, list[Any]]) -> int:
+    """How many points a grid holds (the product of its parameters' point counts)."""
+    return math.prod(len(points) for points in grid.values())
 
 
 def resolve_tracking_uri(given: str | None) -> str:

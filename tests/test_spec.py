@@ -1,5 +1,6 @@
 """Experiment files: the shipped ones validate; each bad one fails in one line, exit code 2, before Ray."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ BAD = [
     (["configurations=1"], r"configurations: Input should be greater than or equal to 2"),
     (["seeds=[]"], r"seeds: List should have at least 1 item"),
     (["seeds=[0, 0]"], r"seeds repeat"),
-    (["sampler=cmaes"], r"sampler: Input should be 'tpe', 'nsga2' or 'random'.*'cmaes'"),
+    (["sampler=cmaes"], r"sampler: Input should be 'tpe', 'nsga2', 'random' or 'grid'.*'cmaes'"),
     (["objectives=[accuracy]"], r"objectives must be both of"),
     (["resources.gpu=-1"], r"resources.gpu: Input should be greater than or equal to 0"),
     (["training.lr=-0.1"], r"training.lr: Input should be greater than 0"),
@@ -145,3 +146,26 @@ def test_per_layer_k_gives_each_placement_its_own_parameter_everywhere():
     assert topk == {"layer2": trial.params["fraction.layer2"], "layer3": trial.params["fraction.layer3"]}
     assert Params.from_mlflow(params.to_mlflow()) == params  # a child run's params read back
     assert params.fraction_label(2) == f"layer2 {topk['layer2']:.2f}, layer3 {topk['layer3']:.2f}"
+
+
+def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
+    import optuna
+
+    from orchestrator.searcher import SearchSpaceFunction, make_sampler
+
+    spec = load_spec(QUICKSTART, ["sampler=grid", "search.fraction.grid=3", "configurations=13"])
+    assert spec.grid_space()["fraction"] == [0.02, 0.1, 0.5]  # log-spaced, ends exact
+    assert load_spec(QUICKSTART, ["search.fraction.grid=8"]).search.fraction.grid_values() == [0.02, 0.03168, 0.05017, 0.07946, 0.1258, 0.1993, 0.3157, 0.5]
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=make_sampler(spec))
+    asked = [study.ask() for _ in range(12)]  # all at once: as many running as the grid holds
+    for trial in asked:
+        SearchSpaceFunction(spec)(trial)
+    assert len({(t.params["placement"], t.params["fraction"]) for t in asked}) == 12
+    for overrides, message in [
+        (["sampler=grid"], "sampler: grid needs grid points for search.fraction: add grid: <count>"),
+        (["sampler=grid", "search.fraction.grid=3", "configurations=14"], "configurations 14 exceeds the grid's 12 points"),
+        (["search.fraction.grid=[0.01, 0.1]"], "grid [0.01, 0.1] must list distinct values within [0.02, 0.5]"),
+        (["sampler=grid", "search.fraction.grid=3", "search.fraction_per_placement=true"], "cannot search per-placement"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_spec(QUICKSTART, overrides)
