@@ -24,7 +24,7 @@ from ray import tune
 
 from orchestrator import preflight
 from orchestrator.pareto import ConfigurationResult
-from orchestrator.progress import SearchProgress
+from orchestrator.progress import HypervolumeLog, SearchProgress
 from orchestrator.report import report_front
 from orchestrator.searcher import ReplicateSearcher, make_optuna_search
 from orchestrator.tracking import (
@@ -112,7 +112,8 @@ def _trainable(spec: SearchSpec, parent_run_id: str, experiment: str, data_diges
     return tune.with_resources(trial, resources)
 
 
-def _new_tuner(spec: SearchSpec, trainable, optuna_search, search_id: str, storage: str) -> tune.Tuner:
+def _new_tuner(spec: SearchSpec, trainable, optuna_search, search_id: str, storage: str, tracking_uri: str,
+               parent_run_id: str) -> tune.Tuner:
     """Tune over the replicate searcher: every configuration under every seed, with our progress line."""
     searcher = ReplicateSearcher(optuna_search, spec.seeds, spec.configurations, spec.trial_config,
                                  spec.training.epochs, spec.accuracy_floor)
@@ -130,7 +131,11 @@ def _new_tuner(spec: SearchSpec, trainable, optuna_search, search_id: str, stora
             name=search_id,
             storage_path=storage,
             verbose=0,
-            callbacks=[SearchProgress(spec.configurations, len(spec.seeds), spec.training.epochs)],
+            callbacks=[
+                SearchProgress(spec.configurations, len(spec.seeds), spec.training.epochs),
+                HypervolumeLog(tracking_uri, parent_run_id, spec.model_dump(mode="json")["reference_point"],
+                               len(spec.seeds), spec.training.epochs),
+            ],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -225,7 +230,7 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
             # Errored trials already used their max_failures retries: they stay errored.
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         else:
-            tuner = _new_tuner(spec, trainable, optuna_search, search_id, storage)
+            tuner = _new_tuner(spec, trainable, optuna_search, search_id, storage, tracking_uri, parent_run_id)
         results = tuner.fit()
         # Tune swallows the first Ctrl+C (or SIGTERM) and returns early: then the search is unfinished.
         ended = results.num_terminated + results.num_errors

@@ -126,3 +126,19 @@ def front_of(results: list[ConfigurationResult]) -> list[ConfigurationResult]:
     """The non-dominated configurations, most accurate first."""
     ranks = non_dominated_ranks([(r.accuracy, r.shape_bias) for r in results])
     return sorted((r for r, k in zip(results, ranks) if k == 0), key=lambda r: -r.accuracy)
+
+
+def reference_of(setting: str | dict[str, float], results: list[ConfigurationResult]) -> tuple[float, float] | None:
+    """The hypervolume's reference point: given, or (`dense`) the dense reference's means; None until it is complete."""
+    if setting == "dense":
+        dense = next((r for r in results if r.dense), None)
+        return None if dense is None else (dense.accuracy, dense.shape_bias)
+    return (setting["accuracy"], setting["shape_bias"])
+
+
+def front_hypervolume(results: list[ConfigurationResult], setting: str | dict[str, float]) -> float | None:
+    """Hypervolume of the front of `results` above the reference `setting` (None while `dense` is not complete)."""
+    reference = reference_of(setting, results)
+    if reference is None:
+        return None
+    return hypervolume([(r.accuracy, r.shape_bias) for r in front_of(results)], reference)

@@ -9,7 +9,8 @@ from typing import TextIO
 
 from ray.tune import Callback
 
-from search_spaces.params import Outcome, outcome
+from orchestrator.pareto import ConfigurationResult, Replicate, front_hypervolume
+from search_spaces.params import Outcome, Params, outcome
 
 
 class SearchProgress(Callback):
@@ -108,3 +109,66 @@ class SearchProgress(Callback):
         self.running.discard(trial.trial_id)
         self.failed.add(trial.trial_id)
         self._print()
+
+
+class HypervolumeLog(Callback):
+    """Logs the front's hypervolume to the parent run as each configuration completes (step = configurations complete).
+
+    The MLflow UI then charts the search's progress. A configuration counts once every seed is
+    complete (the front's rule); with `reference_point: dense` nothing is logged until the dense
+    reference is complete. A tracking server that does not answer costs the chart a point, never
+    the search.
+    """
+
+    def __init__(self, tracking_uri: str, parent_run_id: str, reference: str | dict[str, float], seeds: int, epochs: int) -> None:
+        self.tracking_uri, self.parent_run_id, self.reference = tracking_uri, parent_run_id, reference
+        self.seeds, self.epochs = seeds, epochs
+        self.results: dict[str, dict[str, tuple[float, float]]] = {}  # configuration -> trial id -> objectives
+        self.params: dict[str, Params] = {}
+        self.counted_earlier = False
+        self.client = None
+
+    def __getstate__(self) -> dict:  # as SearchProgress: a restored copy recounts on its first step
+        return {k: getattr(self, k) for k in ("tracking_uri", "parent_run_id", "reference", "seeds", "epochs")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if not self.counted_earlier:
+            self.counted_earlier = True
+            for trial in trials:
+                if trial.status == "TERMINATED":
+                    self._add(trial)  # logged before the resume: counted, not logged again
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        configuration = self._add(trial)
+        if configuration is not None and len(self.results[configuration]) == self.seeds:
+            self._log()
+
+    def _add(self, trial) -> str | None:
+        if outcome(trial.last_result, self.epochs) is not Outcome.COMPLETE:
+            return None
+        configuration = trial.config.get("configuration", trial.trial_id)
+        self.params[configuration] = Params.from_dict(trial.config["params"])
+        result = trial.last_result
+        self.results.setdefault(configuration, {})[trial.trial_id] = (result["accuracy"], result["shape_bias"])
+        return configuration
+
+    def _log(self) -> None:
+        complete = [
+            ConfigurationResult(c, self.params[c], tuple(Replicate(t, i, *point) for i, (t, point) in enumerate(seeds.items())))
+            for c, seeds in sorted(self.results.items()) if len(seeds) == self.seeds
+        ]
+        volume = front_hypervolume(complete, self.reference)
+        if volume is None:
+            return
+        try:
+            if self.client is None:
+                from mlflow.tracking import MlflowClient
+
+                self.client = MlflowClient(self.tracking_uri)
+            self.client.log_metric(self.parent_run_id, "hypervolume", volume, step=len(complete))
+        except Exception as error:  # MlflowException, OSError: the chart misses a point
+            print(f"warning: could not log the hypervolume after {len(complete)} configurations "
+                  f"({type(error).__name__}); the search goes on", flush=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 import tempfile
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.pareto import ConfigurationResult, front_of, hypervolume
+from orchestrator.pareto import ConfigurationResult, front_of, hypervolume, reference_of
 from orchestrator.tracking import SearchError, SearchRecord, collect
 
 
@@ -133,8 +134,12 @@ def report_front(
     if not results:
         raise SearchError(f"search {search.search_id} has no configuration whose {seeds} seeds all finished")
     front = front_of(results)
-    volume = hypervolume([(r.accuracy, r.shape_bias) for r in front])
-    print(f"\nPareto front of {search.search_id}: {len(front)} of {len(results)} configurations, hypervolume {volume:.4f}")
+    reference = reference_of(search.reference_point, results)
+    volume = math.nan if reference is None else hypervolume([(r.accuracy, r.shape_bias) for r in front], reference)
+    above = "the dense reference" if search.reference_point == "dense" else f"({reference[0]:g}, {reference[1]:g})"
+    print(f"\nPareto front of {search.search_id}: {len(front)} of {len(results)} configurations, "
+          + (f"hypervolume {volume:.4f} above {above}" if reference else "no hypervolume (its reference, the dense "
+             "model, did not complete)"))
     print(format_table(results))
     out_dir.mkdir(parents=True, exist_ok=True)
     # Named after the search, so two searches run in one folder never overwrite each other's.
@@ -150,7 +155,11 @@ def report_front(
         for path in written:
             shutil.copy(path, Path(staging) / path.name.replace(f"-{search.search_id}", ""))
         client.log_artifacts(search.run_id, staging)
-    client.log_metric(search.run_id, "hypervolume", volume)
+    # The search logged this already as its last configuration finished (HypervolumeLog); `pareto`
+    # on an older search had not: one point per (step, value), so the chart shows no double.
+    logged = {(m.step, m.value) for m in client.get_metric_history(search.run_id, "hypervolume")}
+    if reference is not None and (len(results), volume) not in logged:
+        client.log_metric(search.run_id, "hypervolume", volume, step=len(results))
     client.log_metric(search.run_id, "front_size", len(front))
     print(f"wrote {', '.join(str(p) for p in written)} (also logged to MLflow run {search.run_id})")
     return results, volume

@@ -123,6 +123,7 @@ def start_parent_run(
         "configurations": spec_dump["configurations"],
         "seeds": spec_dump["seeds"],
         "accuracy_floor": spec_dump["accuracy_floor"],
+        "reference_point": json.dumps(spec_dump["reference_point"]),
         "fraction_range": f"[{search['fraction']['low']}, {search['fraction']['high']}]" + (" log" if search["fraction"]["log"] else ""),
         "placements": [placement_key(p) for p in search["placements"]],
         "fraction_per_placement": search["fraction_per_placement"],
@@ -178,6 +179,11 @@ class SearchRecord:
     @property
     def seeds(self) -> list[int]:
         return json.loads(self.run.data.params.get("seeds", "[0]"))
+
+    @property
+    def reference_point(self) -> str | dict[str, float]:
+        """The hypervolume's reference setting: `dense` or {accuracy, shape_bias} ((0, 0) for older searches)."""
+        return json.loads(self.run.data.params.get("reference_point", '{"accuracy": 0.0, "shape_bias": 0.0}'))
 
 
 def find_search(

@@ -107,6 +107,13 @@ class SearchSpace(Strict):
         return placements
 
 
+class ReferencePoint(Strict):
+    """The corner the hypervolume is measured from: the area the front dominates above it."""
+
+    accuracy: float = Field(0.0, ge=0.0, le=1.0)
+    shape_bias: float = Field(0.0, ge=0.0, le=1.0)
+
+
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0)
     # Fractional GPUs are a scheduling label in Ray: several trials share one GPU's memory.
@@ -123,6 +130,9 @@ class SearchSpec(Strict):
     search: SearchSpace
     objectives: list[Literal[OBJECTIVES]] = Field(default=list(OBJECTIVES))  # type: ignore[valid-type]
     accuracy_floor: float | None = Field(None, ge=0.0, le=1.0)
+    # The hypervolume's reference: a point, or `dense` for the dense reference's seed means (then
+    # the hypervolume is the area the front gains over the dense model).
+    reference_point: Union[Literal["dense"], ReferencePoint] = Field(default_factory=ReferencePoint)
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     sampler_seed: int = Field(0, ge=0)
     configurations: int = Field(ge=2, description="Optuna configurations plus the dense reference")

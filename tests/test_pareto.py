@@ -46,3 +46,48 @@ def test_replicates_dense_first_then_optuna_told_the_means(tmp_path):
     assert study.trials[0].user_attrs["shape_bias_std"] == pytest.approx(0.1)
     # Mean accuracy 0.7 under a 0.75 floor: infeasible (> 0) for the samplers.
     assert study.trials[0].constraints == {"accuracy_floor": pytest.approx(0.05)}
+
+
+def test_hypervolume_is_logged_per_completed_configuration_above_the_dense_reference(tmp_path):
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.progress import HypervolumeLog
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("hv")).info.run_id
+    log = HypervolumeLog(uri, parent, "dense", seeds=2, epochs=3)
+
+    def finish(configuration, placement, seed, accuracy, shape_bias):
+        trial = SimpleNamespace(trial_id=f"{configuration}-{seed}", status="TERMINATED",
+                                config={"configuration": configuration, "params": {"placement": placement, "fraction": 0.1}},
+                                last_result={"epoch": 3, "accuracy": accuracy, "shape_bias": shape_bias})
+        log.on_trial_complete(0, [], trial)
+
+    finish("c001", "layer1", 0, 0.8, 0.4)
+    finish("c001", "layer1", 1, 0.8, 0.4)  # complete, but the dense reference is not yet: nothing to measure from
+    finish("c000", "dense", 0, 0.7, 0.3)
+    finish("c000", "dense", 1, 0.7, 0.3)  # now 2 configurations: (0.8 - 0.7) x (0.4 - 0.3)
+    finish("c002", "layer2", 0, 0.6, 0.9)  # one seed of two: not yet a configuration
+    history = client.get_metric_history(parent, "hypervolume")
+    assert [(m.step, round(m.value, 6)) for m in history] == [(2, 0.01)]
+    # A restored callback (Tune unpickles it on resume) recounts what ended before, logging nothing.
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(log))
+    ended = [SimpleNamespace(trial_id=f"{c}-{s}", status="TERMINATED", config={"configuration": c, "params": {"placement": p, "fraction": 0.1}},
+                             last_result={"epoch": 3, "accuracy": a, "shape_bias": b})
+             for c, p, a, b in (("c000", "dense", 0.7, 0.3), ("c001", "layer1", 0.8, 0.4)) for s in (0, 1)]
+    restored.on_step_begin(0, ended)
+    restored.on_trial_complete(0, [], SimpleNamespace(trial_id="c003-0", status="TERMINATED",
+                               config={"configuration": "c003", "params": {"placement": "layer2", "fraction": 0.2}},
+                               last_result={"epoch": 2, "accuracy": 0.9, "shape_bias": 0.9}))  # partial: not a result
+    assert len(client.get_metric_history(parent, "hypervolume")) == 1
+    for seed in (0, 1):  # after the resume the count goes on from the configurations that ended before it
+        restored.on_trial_complete(0, [], SimpleNamespace(trial_id=f"c004-{seed}", status="TERMINATED",
+                                   config={"configuration": "c004", "params": {"placement": "layer2", "fraction": 0.3}},
+                                   last_result={"epoch": 3, "accuracy": 0.75, "shape_bias": 0.5}))
+    history = client.get_metric_history(parent, "hypervolume")
+    assert [(m.step, round(m.value, 6)) for m in history] == [(2, 0.01), (3, 0.015)]

@@ -87,11 +87,17 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
         dominated = any(a >= acc and b >= bias and (a, b) != (acc, bias) for a, b, _ in points.values())
         assert on_front == (not dominated), name
     assert any(r["dense_reference"] == "True" for r in rows)
+    # The search's progress: the front's hypervolume as each configuration completed, the last
+    # one the front's; `pareto` below adds no second point.
+    history = client.get_metric_history(parent.info.run_id, "hypervolume")
+    assert [m.step for m in history] == [1, 2, 3] and [m.value for m in history] == sorted(m.value for m in history)
+    assert f"hypervolume {history[-1].value:.4f} above (0, 0)" in out.stdout
 
     # `pareto` recomputes the same front from MLflow alone.
     again = run_search("pareto", "--experiment", "e2e-http", "--tracking-uri", mlflow_server, "--out", str(tmp_path / "again"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (tmp_path / "again" / front_csv.name).read_text() == front_csv.read_text()
+    assert len(client.get_metric_history(parent.info.run_id, "hypervolume")) == 3
     missing = run_search("pareto", "--experiment", "no-such", "--tracking-uri", mlflow_server, cwd=tmp_path)
     assert missing.returncode == 2 and "no MLflow experiment 'no-such'" in missing.stderr
 
