@@ -25,7 +25,7 @@ from ray import tune
 from orchestrator import preflight
 from orchestrator.pareto import ConfigurationResult
 from orchestrator.progress import HypervolumeLog, SearchProgress
-from orchestrator.report import report_front
+from orchestrator.report import report_front, report_importances
 from orchestrator.searcher import ReplicateSearcher, make_optuna_search
 from orchestrator.tracking import (
     SearchError,
@@ -267,5 +267,6 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
         raise SearchError(f"search {search_id} failed: {reason}") from None
     if failures:
         print(f"warning: {failures}", flush=True)
+    report_importances(client, search, optuna_url)
     client.set_terminated(parent_run_id, status="FINISHED")
     return SearchOutcome(search_id, parent_run_id, results, volume, wall_s)

@@ -6,12 +6,15 @@ import csv
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from orchestrator.pareto import ConfigurationResult, front_of, hypervolume, reference_of
 from orchestrator.tracking import SearchError, SearchRecord, collect
+from search_spaces.params import OBJECTIVES
 
 
 def format_table(results: list[ConfigurationResult]) -> str:
@@ -163,3 +166,33 @@ def report_front(
     client.log_metric(search.run_id, "front_size", len(front))
     print(f"wrote {', '.join(str(p) for p in written)} (also logged to MLflow run {search.run_id})")
     return results, volume
+
+
+def report_importances(client: MlflowClient, search: SearchRecord, optuna_storage: str) -> dict[str, dict[str, float]]:
+    """Each searched parameter's importance for each objective (Optuna's fANOVA), printed and logged to the parent run."""
+    import optuna
+
+    study = optuna.load_study(study_name=search.search_id, storage=optuna_storage)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        print(f"parameter importance: needs 2 complete configurations besides the dense one, the study has {len(complete)}")
+        return {}
+    importances = {}
+    try:
+        for index, objective in enumerate(OBJECTIVES):
+            # Seeded, so the same study always prints the same figures.
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            values = optuna.importance.get_param_importances(study, evaluator=evaluator, target=lambda t, i=index: t.values[i])
+            importances[objective] = {param: float(value) for param, value in values.items()}
+    except (ValueError, RuntimeError) as error:  # e.g. no parameter varied: the search's result stands
+        print(f"parameter importance: not computed ({' '.join(str(error).split())[:200]})")
+        return {}
+    params = sorted({p for values in importances.values() for p in values})
+    print(f"parameter importance (fANOVA over {len(complete)} configurations; each column sums to 1)")
+    print(f"{'parameter':<24} " + " ".join(f"{o:>10}" for o in OBJECTIVES))
+    for param in params:
+        print(f"{param:<24} " + " ".join(f"{importances[o].get(param, 0.0):>10.3f}" for o in OBJECTIVES))
+    now = int(time.time() * 1000)
+    client.log_batch(search.run_id, metrics=[Metric(f"importance.{o}.{p}", v, now, 0)
+                                             for o, values in importances.items() for p, v in values.items()])
+    return importances

@@ -92,6 +92,11 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     history = client.get_metric_history(parent.info.run_id, "hypervolume")
     assert [m.step for m in history] == [1, 2, 3] and [m.value for m in history] == sorted(m.value for m in history)
     assert f"hypervolume {history[-1].value:.4f} above (0, 0)" in out.stdout
+    # What mattered, per objective, from Optuna's fANOVA over the study: printed and logged.
+    assert "parameter importance (fANOVA over 2 configurations" in out.stdout
+    importance = {k: v for k, v in client.get_run(parent.info.run_id).data.metrics.items() if k.startswith("importance.")}
+    for objective in ("accuracy", "shape_bias"):
+        assert sum(v for k, v in importance.items() if k.startswith(f"importance.{objective}.")) == pytest.approx(1.0)
 
     # `pareto` recomputes the same front from MLflow alone.
     again = run_search("pareto", "--experiment", "e2e-http", "--tracking-uri", mlflow_server, "--out", str(tmp_path / "again"), cwd=tmp_path)
