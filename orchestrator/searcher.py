@@ -119,6 +119,9 @@ class ReplicateSearcher(Searcher):
                 params = Params.dense_reference()
             else:
                 suggested = self.searcher.suggest(configuration)
+                study = self.searcher._ot_study  # OptunaSearch keeps no public handle
+                if study.metric_names is None:  # optuna-dashboard then labels its axes by objective
+                    study.set_metric_names(list(OBJECTIVES))
                 if suggested is None or suggested == Searcher.FINISHED:
                     return suggested
                 params = Params.from_dict(suggested)

@@ -109,9 +109,10 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     # Optuna was told the seed means of the two proposed configurations (not of the dense one).
     study = optuna.load_study(study_name=parent.data.tags["search_id"], storage=POSTGRES)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 2
+    assert len(complete) == 2 and study.metric_names == ["accuracy", "shape_bias"]  # what optuna-dashboard shows
     for trial in complete:
         assert trial.values == [pytest.approx(trial.user_attrs["accuracy_mean"]), pytest.approx(trial.user_attrs["shape_bias_mean"])]
+        assert {"accuracy_std", "shape_bias_std", "seeds"} <= set(trial.user_attrs)
         # The held-out number is recorded beside them, never told as an objective.
         assert 0 <= trial.user_attrs["shape_bias_holdout_mean"] <= 1 and "shape_bias_holdout_std" in trial.user_attrs
 
