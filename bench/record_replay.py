@@ -1,0 +1,71 @@
+"""Record the replay table: a grid of real quickstart trials, every epoch's metrics, as one CSV.
+
+Runs the product itself (`sampler: grid`, Optuna's GridSampler) over the quickstart benchmark:
+every placement set of `quickstart.yaml` plus two single-block placements, 8 log-spaced fractions
+from 2% to 50%, the dense reference, 3 seeds, 6 epochs. Then it reads every child run's metric
+history from MLflow and writes `bench/data/replay_quickstart.csv`, one row per (configuration,
+seed, epoch), with a header comment holding the command and how long the search took. The
+sampler and early-stopping benchmarks replay this table instead of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+PLACEMENTS = "[[layer1], [layer2], [layer1, layer2], [layer1, layer2, layer3], [layer2.0], [layer2.1]]"
+OVERRIDES = [
+    "name=replay", "sampler=grid", "search.fraction.grid=8", f"search.placements={PLACEMENTS}",
+    "configurations=49", "seeds=[0, 1, 2]", "training.epochs=6", "concurrency=2", "experiment=replay",
+]
+COLUMNS = ("configuration", "placement", "fraction", "seed", "epoch", "accuracy", "shape_bias",
+           "shape_bias_holdout", "train_loss")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "data" / "replay_quickstart.csv")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the search runs (default: a new temp dir)")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="replay-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(ROOT / "run_search.py"), "search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *OVERRIDES]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=workdir, check=True)
+    minutes = (time.perf_counter() - start) / 60
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("replay").experiment_id
+    runs = [r for r in client.search_runs([experiment], max_results=5000) if "mlflow.parentRunId" in r.data.tags]
+    rows = []
+    for run in runs:
+        params = run.data.params
+        history = {m: {p.step: p.value for p in client.get_metric_history(run.info.run_id, m)}
+                   for m in COLUMNS[5:]}
+        for epoch in sorted(history["accuracy"]):
+            rows.append([run.data.tags["configuration"], params["placement"], params.get("fraction", "1.0"),
+                         run.data.tags["seed"], epoch, *(f"{history[m][epoch]:.6f}" for m in COLUMNS[5:])])
+    rows.sort(key=lambda r: (r[0], int(r[3]), r[4]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as handle:
+        handle.write("# made by: python bench/record_replay.py, which runs: run_search.py search --config "
+                     f"search_spaces/quickstart.yaml {' '.join(repr(o) if ' ' in o else o for o in OVERRIDES)}\n")
+        handle.write(f"# {len(runs)} trials, search wall {minutes:.1f} min on {os.cpu_count()} CPUs, "
+                     f"{time.strftime('%Y-%m-%d')}\n")
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+    print(f"wrote {args.out}: {len(rows)} rows from {len(runs)} trials; the search took {minutes:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
