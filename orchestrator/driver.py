@@ -23,9 +23,10 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from orchestrator import preflight
+from orchestrator.early_stopping import ReplicateSuccessiveHalving
 from orchestrator.pareto import ConfigurationResult
 from orchestrator.progress import HypervolumeLog, SearchProgress
-from orchestrator.report import report_front, report_importances
+from orchestrator.report import report_early_stopping, report_front, report_importances
 from orchestrator.searcher import ReplicateSearcher, make_optuna_search
 from orchestrator.tracking import (
     SearchError,
@@ -117,10 +118,12 @@ def _new_tuner(spec: SearchSpec, trainable, optuna_search, search_id: str, stora
     """Tune over the replicate searcher: every configuration under every seed, with our progress line."""
     searcher = ReplicateSearcher(optuna_search, spec.seeds, spec.configurations, spec.trial_config,
                                  spec.training.epochs, spec.accuracy_floor)
+    stopping = spec.early_stopping
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
+            scheduler=ReplicateSuccessiveHalving(stopping.rungs, stopping.reduction_factor) if stopping else None,
             num_samples=spec.configurations * len(spec.seeds),
             max_concurrent_trials=spec.concurrency,
             # One worker process per concurrent slot, reused across trials: no torch
@@ -267,6 +270,8 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
         raise SearchError(f"search {search_id} failed: {reason}") from None
     if failures:
         print(f"warning: {failures}", flush=True)
+    if spec.early_stopping:
+        report_early_stopping(client, search, spec.training.epochs)
     report_importances(client, search, optuna_url)
     client.set_terminated(parent_run_id, status="FINISHED")
     return SearchOutcome(search_id, parent_run_id, results, volume, wall_s)

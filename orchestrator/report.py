@@ -13,7 +13,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from orchestrator.pareto import ConfigurationResult, front_of, hypervolume, reference_of
-from orchestrator.tracking import SearchError, SearchRecord, collect
+from orchestrator.tracking import SearchError, SearchRecord, child_runs, collect
 from search_spaces.params import OBJECTIVES
 
 
@@ -196,3 +196,21 @@ def report_importances(client: MlflowClient, search: SearchRecord, optuna_storag
     client.log_batch(search.run_id, metrics=[Metric(f"importance.{o}.{p}", v, now, 0)
                                              for o, values in importances.items() for p, v in values.items()])
     return importances
+
+
+def report_early_stopping(client: MlflowClient, search: SearchRecord, epochs: int) -> dict[str, float]:
+    """What early stopping saved: stopped configurations and trial-epochs, printed and logged to the parent run."""
+    children = child_runs(client, search.experiment_id, search.run_id)
+    stopped = [r for r in children if "stopped_at_epoch" in r.data.tags]
+    trained = sum(int(r.data.metrics.get("epoch", 0)) for r in children)
+    saved = sum(epochs - int(r.data.tags["stopped_at_epoch"]) for r in stopped)
+    configurations = {r.data.tags.get("configuration") for r in stopped}
+    summary = {"stopped_configurations": float(len(configurations)), "epochs_saved": float(saved),
+               "epochs_trained": float(trained)}
+    total = trained + saved
+    print(f"early stopping: {len(configurations)} of {len({r.data.tags.get('configuration') for r in children})} "
+          f"configurations stopped; {trained} of {total} trial-epochs trained ({saved} saved, "
+          f"{saved / total if total else 0:.0%})")
+    now = int(time.time() * 1000)
+    client.log_batch(search.run_id, metrics=[Metric(k, v, now, 0) for k, v in summary.items()])
+    return summary

@@ -81,6 +81,7 @@ class _Group:
     params: Params
     seeds_left: list[int]
     results: dict[str, dict[str, float] | None] = field(default_factory=dict)
+    stopped_at: int | None = None  # the furthest epoch a seed reached before early stopping ended it
 
 
 class ReplicateSearcher(Searcher):
@@ -144,6 +145,8 @@ class ReplicateSearcher(Searcher):
         group = self._groups[configuration]
         # Never a partial (early-stopped) result: only a complete trial counts.
         complete = outcome(result, self.epochs, error) is Outcome.COMPLETE
+        if not complete and not error and result and 0 < result.get("epoch", 0) < self.epochs:
+            group.stopped_at = max(group.stopped_at or 0, int(result["epoch"]))  # early stopping's doing
         # The held-out shape bias rides along for the study's record, never as an objective.
         group.results[trial_id] = {m: result[m] for m in (*OBJECTIVES, HELD_OUT) if m in result} if complete else None
         if len(group.results) < len(self.seeds) or group.params.dense:
@@ -151,6 +154,10 @@ class ReplicateSearcher(Searcher):
         outcomes = list(group.results.values())
         if any(o is None for o in outcomes):
             # One failed seed fails the configuration: a mean over survivors would flatter it.
+            # A stopped configuration fails too: partial scores are not results, and a bare
+            # PRUNED state crashes Optuna's multi-objective samplers. The tag tells them apart.
+            if group.stopped_at is not None:
+                self.searcher._ot_trials[configuration].set_user_attr("stopped_at_epoch", group.stopped_at)
             self.searcher.on_trial_complete(configuration, None, error=True)
             return
         means = {m: statistics.fmean(o[m] for o in outcomes) for m in OBJECTIVES}

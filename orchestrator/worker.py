@@ -129,8 +129,10 @@ class MLflowTrialTracker:
     def _reattach(self, config: TrialConfig) -> bool:
         """Take over the run of an earlier attempt; True if that run is already complete."""
         run = self.client.get_run(self.run_id)
-        if run.info.status == "FINISHED":
+        if run.info.status == "FINISHED" and "stopped_at_epoch" not in run.data.tags:
             return True
+        if "stopped_at_epoch" in run.data.tags:  # stopped as the search was interrupted, and now resumed
+            self.client.delete_tag(self.run_id, "stopped_at_epoch")
         self.client.update_run(self.run_id, status="RUNNING")  # reattach, never duplicate
         # A restart resumes from the last checkpoint Ray recorded, which can be older than
         # the last epoch logged: those epochs are trained again but logged once.
@@ -191,6 +193,12 @@ class MLflowTrialTracker:
         if self.run_id is None or self.finished:
             return
         self.outbox.flush(self.run_id)
+        if isinstance(error, SystemExit) and error.code in (0, None):
+            # Tune ends a trial it stops (the early-stopping scheduler) with exit(0) inside
+            # tune.report: the trial did not fail, it was stopped after its last logged epoch.
+            self.outbox.call("record its stop", self.client.set_tag, self.run_id, "stopped_at_epoch", str(self.slot.get("epoch", 0)))
+            self.outbox.call("close its MLflow run", self.client.set_terminated, self.run_id, status="FINISHED")
+            return
         if error is None and checkpoint_uri is not None:
             # Any finished trial can be loaded later without Ray (`promote` reads it from here).
             self.outbox.call("tag its checkpoint", self.client.set_tag, self.run_id, "checkpoint_uri", checkpoint_uri)

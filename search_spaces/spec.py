@@ -114,6 +114,20 @@ class ReferencePoint(Strict):
     shape_bias: float = Field(0.0, ge=0.0, le=1.0)
 
 
+class EarlyStopping(Strict):
+    """Replicate-aware successive halving on both objectives (orchestrator/early_stopping.py)."""
+
+    rungs: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)  # epochs at which configurations are compared
+    reduction_factor: float = Field(3.0, gt=1.0)  # the best 1/reduction_factor continue at each rung
+
+    @field_validator("rungs")
+    @classmethod
+    def _increasing(cls, rungs: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(rungs, rungs[1:])):
+            raise ValueError(f"rungs {rungs} must be strictly increasing epochs")
+        return rungs
+
+
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0)
     # Fractional GPUs are a scheduling label in Ray: several trials share one GPU's memory.
@@ -133,6 +147,8 @@ class SearchSpec(Strict):
     # The hypervolume's reference: a point, or `dense` for the dense reference's seed means (then
     # the hypervolume is the area the front gains over the dense model).
     reference_point: Union[Literal["dense"], ReferencePoint] = Field(default_factory=ReferencePoint)
+    # Off unless set: stop configurations that fall behind at rung epochs (all their seeds at once).
+    early_stopping: EarlyStopping | None = None
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     sampler_seed: int = Field(0, ge=0)
     configurations: int = Field(ge=2, description="Optuna configurations plus the dense reference")
@@ -225,6 +241,13 @@ class SearchSpec(Strict):
                 check_placements({name: 1.0 for name in names}, self.model.arch)
             except ValueError as error:
                 raise ValueError(f"search.placements: {error}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _rungs_inside_training(self) -> "SearchSpec":
+        if self.early_stopping and self.early_stopping.rungs[-1] >= self.training.epochs:
+            raise ValueError(f"early_stopping.rungs {self.early_stopping.rungs} must all lie before the last epoch "
+                             f"(training.epochs {self.training.epochs}): a rung at the end stops nothing")
         return self
 
     @model_validator(mode="after")

@@ -1,0 +1,114 @@
+"""Replicate-aware multi-objective early stopping: asynchronous successive halving on two objectives.
+
+At each rung epoch a configuration is compared with every configuration that reached the same
+rung before it, by the seed means of both objectives at that epoch. They are ranked by
+non-dominated sorting, ties within a front broken by crowding distance (the front's extremes
+first, then the most isolated points, as NSGA-II does; then the configuration id), and the best
+ceil(n / reduction_factor) continue. So, as in ASHA, the first configurations to reach a rung
+always continue, and later ones must beat what came before.
+
+Seeds are replicates, so a configuration continues or stops as one:
+- It is judged once per rung, when its first seed reaches that rung, on the seeds that have
+  reached it by then (usually that one seed). The decision is final, and every later seed follows
+  it at that rung; a seed of a stopped configuration stops at its first result.
+- Later seeds' rung values still join the configuration's mean, which later configurations are
+  compared against.
+The dense reference is never stopped and never ranked: it is the reference, not a candidate.
+
+A stopped configuration's trials end with partial results, so the searcher never tells Optuna
+their partial scores (it fails the Optuna trial, see `ReplicateSearcher`) and the front never
+shows them (`search_spaces.params.outcome`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from orchestrator.pareto import non_dominated_ranks
+from search_spaces.params import OBJECTIVES, Params
+
+Point = tuple[float, float]
+
+
+def crowding_distances(points: list[Point]) -> list[float]:
+    """NSGA-II crowding distance of each point within its set (extremes: infinite)."""
+    n = len(points)
+    distance = [0.0] * n
+    if n <= 2:
+        return [math.inf] * n
+    for axis in range(2):
+        order = sorted(range(n), key=lambda i: points[i][axis])
+        span = points[order[-1]][axis] - points[order[0]][axis]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        if span == 0:
+            continue
+        for before, here, after in zip(order, order[1:], order[2:]):
+            distance[here] += (points[after][axis] - points[before][axis]) / span
+    return distance
+
+
+def rank_order(points: dict[str, Point]) -> list[str]:
+    """Configurations best first: by non-dominated front, then crowding distance, then id."""
+    names = sorted(points)
+    ranks = non_dominated_ranks([points[c] for c in names])
+    crowding: dict[str, float] = {}
+    for rank in set(ranks):
+        members = [c for c, r in zip(names, ranks) if r == rank]
+        crowding.update(zip(members, crowding_distances([points[c] for c in members])))
+    return sorted(names, key=lambda c: (ranks[names.index(c)], -crowding[c], c))
+
+
+@dataclass
+class RungLadder:
+    """The decisions themselves, free of Ray: the Tune scheduler and the replay benchmark share them."""
+
+    rungs: tuple[int, ...]
+    reduction_factor: float
+    values: dict[int, dict[str, dict[int, Point]]] = field(default_factory=dict)  # rung -> configuration -> seed -> point
+    decisions: dict[tuple[str, int], bool] = field(default_factory=dict)  # (configuration, rung) -> continue
+    stopped_at: dict[str, int] = field(default_factory=dict)  # configuration -> the rung that stopped it
+
+    def observe(self, configuration: str, seed: int, epoch: int, point: Point) -> bool:
+        """One seed's objectives at `epoch`; False if this seed must stop now."""
+        if configuration in self.stopped_at:
+            return False
+        if epoch not in self.rungs:
+            return True
+        at_rung = self.values.setdefault(epoch, {})
+        at_rung.setdefault(configuration, {})[seed] = point
+        key = (configuration, epoch)
+        if key not in self.decisions:
+            means = {c: _mean(list(seeds.values())) for c, seeds in at_rung.items()}
+            keep = math.ceil(len(means) / self.reduction_factor)
+            self.decisions[key] = configuration in rank_order(means)[:keep]
+            if not self.decisions[key]:
+                self.stopped_at[configuration] = epoch
+        return self.decisions[key]
+
+
+def _mean(points: list[Point]) -> Point:
+    return (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points))
+
+
+class ReplicateSuccessiveHalving(FIFOScheduler):
+    """The Tune scheduler: stops every seed of a configuration that falls out at a rung."""
+
+    def __init__(self, rungs: list[int], reduction_factor: float) -> None:
+        super().__init__()
+        self.ladder = RungLadder(tuple(rungs), reduction_factor)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        params = Params.from_dict(trial.config["params"])
+        if params.dense or "epoch" not in result or any(m not in result for m in OBJECTIVES):
+            return TrialScheduler.CONTINUE
+        point = (float(result[OBJECTIVES[0]]), float(result[OBJECTIVES[1]]))
+        if any(math.isnan(v) for v in point):
+            return TrialScheduler.CONTINUE  # a failing trial ends by itself, as failed
+        keep = self.ladder.observe(trial.config["configuration"], trial.config["seed"], int(result["epoch"]), point)
+        return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
+
+    def debug_string(self) -> str:
+        return f"ReplicateSuccessiveHalving: {len(self.ladder.stopped_at)} configurations stopped"

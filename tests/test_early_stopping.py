@@ -1,0 +1,53 @@
+"""Replicate-aware multi-objective early stopping: the ranking rule, the rung ladder, the spec."""
+
+import math
+
+import pytest
+
+from orchestrator.early_stopping import RungLadder, crowding_distances, rank_order
+from search_spaces.spec import ConfigError, load_spec
+from test_spec import QUICKSTART
+
+
+def test_crowding_distance_keeps_the_extremes_and_then_the_isolated():
+    points = [(0.9, 0.1), (0.8, 0.2), (0.5, 0.5), (0.1, 0.9)]
+    distance = crowding_distances(points)
+    assert distance[0] == distance[3] == math.inf
+    # (0.5, 0.5) has wider neighbours than (0.8, 0.2): it is the more isolated one.
+    assert distance[2] > distance[1] > 0
+
+
+def test_rank_order_is_front_first_then_crowding_then_id():
+    points = {"a": (0.9, 0.1), "b": (0.8, 0.2), "c": (0.5, 0.5), "d": (0.1, 0.9), "e": (0.4, 0.4), "f": (0.8, 0.2)}
+    order = rank_order(points)
+    assert set(order[:5]) == {"a", "b", "c", "d", "f"} and order[-1] == "e"  # e is dominated by c
+    assert order.index("c") < order.index("b") and order.index("b") < order.index("f")  # a tie goes to the id
+
+
+def test_the_ladder_stops_a_configuration_as_one_and_lets_the_first_ones_through():
+    ladder = RungLadder(rungs=(2, 4), reduction_factor=2)
+    assert ladder.observe("c001", 0, 1, (0.1, 0.1))  # not a rung: nothing to decide
+    assert ladder.observe("c001", 0, 2, (0.5, 0.5))  # the first to reach a rung always continues
+    assert not ladder.observe("c002", 0, 2, (0.35, 0.35))  # 2 at the rung, keep ceil(2/2) = 1: dominated
+    assert ladder.stopped_at == {"c002": 2}
+    # Its other seeds follow the decision, even with better numbers, and stop at their first result.
+    assert not ladder.observe("c002", 1, 1, (0.9, 0.9))
+    assert not ladder.observe("c002", 1, 2, (0.9, 0.9))
+    # c001's second seed joins its mean at the rung; its own decision stands.
+    assert ladder.observe("c001", 1, 2, (0.3, 0.3))
+    assert ladder.values[2]["c001"] == {0: (0.5, 0.5), 1: (0.3, 0.3)}
+    # A third configuration: 3 at the rung, keep 2. It is judged against c001's mean (0.4, 0.4).
+    assert ladder.observe("c003", 0, 2, (0.45, 0.2))  # on the front with c001; c002 (stopped, still counted) is not
+    assert not ladder.observe("c004", 0, 2, (0.3, 0.3))  # 4 at the rung, keep 2: behind the front
+    assert ladder.observe("c001", 0, 4, (0.6, 0.6)) and ladder.observe("c001", 0, 5, (0.6, 0.6))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["early_stopping={rungs: [1, 3], reduction_factor: 3}"], "must all lie before the last epoch (training.epochs 3)"),
+    (["early_stopping={rungs: [2, 1]}"], "rungs [2, 1] must be strictly increasing"),
+    (["early_stopping={rungs: [1], reduction_factor: 1}"], "reduction_factor: Input should be greater than 1"),
+])
+def test_early_stopping_settings_that_cannot_work_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+        load_spec(QUICKSTART, overrides)
+    assert load_spec(QUICKSTART, ["early_stopping={rungs: [1, 2]}"]).early_stopping.reduction_factor == 3
