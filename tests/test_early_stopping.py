@@ -51,3 +51,41 @@ def test_early_stopping_settings_that_cannot_work_are_refused(overrides, message
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
         load_spec(QUICKSTART, overrides)
     assert load_spec(QUICKSTART, ["early_stopping={rungs: [1, 2]}"]).early_stopping.reduction_factor == 3
+
+
+@pytest.mark.slow
+def test_a_search_with_early_stopping_stops_configurations_that_never_reach_the_front(tmp_path):
+    import csv
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from test_search_e2e import REDUCED, ROOT, run_search, search_runs
+
+    tracking, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    out = run_search("search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *REDUCED,
+                     "configurations=5", "early_stopping={rungs: [1], reduction_factor: 4}", f"tracking_uri={tracking}",
+                     f"optuna_storage={storage}", f"storage_path={tmp_path / 'ray'}", "experiment=e2e-stop", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client = MlflowClient(tracking)
+    parents, children = search_runs(client, "e2e-stop")
+    # Every run is closed, and a stopped run did not fail: FINISHED, with the epoch it stopped at.
+    assert {c.info.status for c in children} == {"FINISHED"} and parents[0].info.status == "FINISHED"
+    stopped = {c.data.tags["configuration"] for c in children if "stopped_at_epoch" in c.data.tags}
+    assert stopped, out.stdout[-3000:]
+    for child in children:
+        configuration = child.data.tags["configuration"]
+        # All seeds of a configuration stop together; the dense reference never stops.
+        assert ("stopped_at_epoch" in child.data.tags) == (configuration in stopped), configuration
+        if configuration in stopped:
+            assert child.data.tags["stopped_at_epoch"] == "1" and child.data.metrics["epoch"] == 1
+    assert "c000" not in stopped
+    front = list(csv.DictReader(next(tmp_path.glob("pareto-*.csv")).open()))
+    assert not stopped & {row["configuration"] for row in front}  # partial scores never reach the front
+    metrics = parents[0].data.metrics
+    assert metrics["stopped_configurations"] == len(stopped) and metrics["epochs_saved"] == len(stopped) * 2
+    assert f"early stopping: {len(stopped)} of 5 configurations stopped" in out.stdout
+    # Optuna heard of a stopped configuration as a failed trial, tagged, never as values.
+    study = optuna.load_study(study_name=parents[0].data.tags["search_id"], storage=storage)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == len(stopped) and all(t.user_attrs["stopped_at_epoch"] == 1 and t.values is None for t in failed)
