@@ -48,7 +48,7 @@ class SearchSpaceFunction:
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    """Multi-objective TPE (default), NSGA-II, random search (the baseline to beat), or a grid."""
+    """Multi-objective TPE (default), NSGA-II, a Gaussian process, random search (the baseline to beat), or a grid."""
     # An accuracy floor reaches the samplers through Trial.set_constraint (see ReplicateSearcher);
     # Optuna 5 deprecates the samplers' constraints_func.
     seed = spec.sampler_seed
@@ -57,6 +57,9 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3, multivariate=True)
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=4)
+    if spec.sampler == "gp":
+        # Optuna's GP-based Bayesian optimisation (multi-objective: expected hypervolume improvement).
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=3)
     if spec.sampler == "grid":
         # Each point once, in an order shuffled by the seed (a partial grid is a random subset).
         return optuna.samplers.GridSampler(spec.grid_space(), seed=seed)
