@@ -1,10 +1,14 @@
-"""Images/s of a trial inside Ray Tune against a plain PyTorch loop, measured side by side.
+"""A trial inside Ray Tune against a plain PyTorch loop: images/s and whole wall time, interleaved.
 
 Same model (sparse ResNet-18), same in-memory synthetic data, same batch size and thread count.
-The plain loop runs before and after the Ray trial and its two figures are averaged, so drift in
-machine load hits both sides. Each side's figure is the median over epochs after the first
-(warm-up). Also prints the wall time of one quickstart-sized trial inside Ray (start to last
-report, evaluation and checkpoints included). The last line is the headline ratio.
+The two run alternately over `--rounds` rounds (plain, Ray, plain, Ray, ...), so drift in machine
+load hits both sides; each round gives one ratio and the script prints their median with the
+range. Two ratios:
+- images/s while training: each side's median over epochs after the first (warm-up);
+- whole wall time: the Ray trial's data, training, per-epoch evaluation (accuracy, shape bias on
+  both stimuli sets) and checkpoints, over the plain loop's data and training alone.
+Then where the Ray trial's extra wall time goes: one evaluation and one checkpoint, timed
+directly. The last line is the median images/s ratio.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import torch.nn.functional as F
 from ray import tune
 
 from trainables.config import TrialConfig
-from trainables.cue_conflict import preprocess
+from trainables.checkpoint import temporary_checkpoint
+from trainables.cue_conflict import evaluate_shape_bias, preprocess
 from trainables.data import build_data
 from trainables.models import build_model
+from trainables.train import accuracy
 from trainables.trial import train_trial
 
 # The quickstart's trial: 32 px synthetic benchmark, Top-K 10% after layer1 and layer2.
@@ -33,8 +39,9 @@ TRIAL = {
 }
 
 
-def plain_loop(config: TrialConfig) -> float:
-    """Median images/s over epochs 2.. of a bare SGD loop over the trial's data."""
+def plain_loop(config: TrialConfig) -> tuple[float, float]:
+    """(median images/s over epochs 2.., wall seconds with data) of a bare SGD loop over the trial's data."""
+    start_wall = time.perf_counter()
     torch.set_num_threads(config.training.threads)
     data = build_data(config.data, config.training.batch_size, config.seed, config.training.augment)
     torch.manual_seed(config.seed)
@@ -52,7 +59,24 @@ def plain_loop(config: TrialConfig) -> float:
             optimizer.step()
             seen += len(labels)
         rates.append(seen / (time.perf_counter() - start))
-    return statistics.median(rates[1:])
+    return statistics.median(rates[1:]), time.perf_counter() - start_wall
+
+
+def extras(config: TrialConfig) -> tuple[float, float]:
+    """(seconds of one evaluation, seconds of one checkpoint write) for the trial's model and data."""
+    data = build_data(config.data, config.training.batch_size, config.seed, config.training.augment)
+    model = build_model(len(data.class_names), config.model.stem, config.model.topk)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    start = time.perf_counter()
+    accuracy(model, data.test_images, data.test_labels, data.image_size, torch.device("cpu"))
+    for stimuli in (data.stimuli, data.holdout):
+        if stimuli is not None:
+            evaluate_shape_bias(model, stimuli, data.mapping, data.image_size)
+    evaluation = time.perf_counter() - start
+    start = time.perf_counter()
+    with temporary_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict()}):
+        pass
+    return evaluation, time.perf_counter() - start
 
 
 def ray_trial(config: TrialConfig, storage: str) -> tuple[float, float]:
@@ -74,20 +98,33 @@ def ray_trial(config: TrialConfig, storage: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch threads and Ray CPUs for the trial")
+    parser.add_argument("--rounds", type=int, default=4, help="plain / Ray pairs, run alternately")
     parser.add_argument("--storage", default="/tmp/sparse-shape-search-bench", help="Ray Tune storage path")
     args = parser.parse_args()
     config = TrialConfig.model_validate({**TRIAL, "training": {**TRIAL["training"], "threads": args.threads}})
 
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    before = plain_loop(config)
-    in_ray, wall = ray_trial(config, args.storage)
-    after = plain_loop(config)
+    rate_ratios, wall_ratios = [], []
+    for round_ in range(1, args.rounds + 1):
+        plain_rate, plain_wall = plain_loop(config)
+        ray_rate, ray_wall = ray_trial(config, args.storage)
+        rate_ratios.append(ray_rate / plain_rate)
+        wall_ratios.append(ray_wall / plain_wall)
+        print(f"round {round_}: plain {plain_rate:.0f} img/s, {plain_wall:.1f} s;  Ray trial {ray_rate:.0f} img/s, "
+              f"{ray_wall:.1f} s", flush=True)
     ray.shutdown()
-    plain = (before + after) / 2
-    print(f"plain loop: {before:.0f} / {after:.0f} img/s (before / after), mean {plain:.0f} img/s, {args.threads} threads")
-    print(f"Ray trial:  {in_ray:.0f} img/s; one quickstart-sized trial ({config.training.epochs} epochs of "
-          f"{config.data.train_size} images, evaluation and checkpoints included) took {wall:.1f} s in Ray")
-    print(f"trial_over_plain_loop: {in_ray / plain:.3f}")
+    evaluation, checkpoint = extras(config)
+    epochs = config.training.epochs
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.3f} (range {min(values):.3f} to {max(values):.3f}, {len(values)} rounds)"
+
+    print(f"images/s, Ray trial over plain loop: {spread(rate_ratios)}")
+    print(f"wall time, whole Ray trial over plain loop: {spread(wall_ratios)}")
+    print(f"per epoch the trial also evaluates ({evaluation:.2f} s: test accuracy and shape bias on both stimuli "
+          f"sets) and checkpoints ({checkpoint:.2f} s): {epochs * (evaluation + checkpoint):.1f} s over {epochs} epochs")
+    print(f"trial_wall_over_plain_wall: {statistics.median(wall_ratios):.3f}")
+    print(f"trial_over_plain_loop: {statistics.median(rate_ratios):.3f}")
 
 
 if __name__ == "__main__":
