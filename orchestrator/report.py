@@ -87,12 +87,7 @@ def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
     axis.plot([p[0] for p in steps], [p[1] for p in steps], color="tab:red", lw=1.5, label="Pareto front")
     axis.set_xlabel("accuracy (held-out, last epoch; mean over seeds)")
     axis.set_ylabel("shape bias (cue conflict; mean over seeds)")
-    axis.set_title(title, fontsize=9)
-    axis.legend(fontsize=8, loc="best")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, axis, path, title, legend_size=8)
 
 
 def plot_categories(results: list[ConfigurationResult], path: Path, title: str) -> bool:
@@ -119,13 +114,20 @@ def plot_categories(results: list[ConfigurationResult], path: Path, title: str) 
     axis.set_ylim(-0.02, 1.02)
     held_out = any(r.has_holdout for r in shown)
     axis.set_ylabel(f"shape bias per category ({'report set' if held_out else 'all stimuli'}; mean over seeds)")
+    _save(figure, axis, path, title, legend_size=7)
+    return True
+
+
+def _save(figure, axis, path: Path, title: str, legend_size: int) -> None:
+    """Title, legend and grid as every report plot has them; written to `path` and closed."""
+    import matplotlib.pyplot as plt
+
     axis.set_title(title, fontsize=9)
-    axis.legend(fontsize=7, loc="best")
+    axis.legend(fontsize=legend_size, loc="best")
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    return True
 
 
 def report_front(
