@@ -11,6 +11,7 @@ the dense configuration is not Optuna's to propose, so Optuna is not told about 
 from __future__ import annotations
 
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -125,7 +126,9 @@ class ReplicateSearcher(Searcher):
                 suggested = self.searcher.suggest(configuration)
                 study = self.searcher._ot_study  # OptunaSearch keeps no public handle
                 if study.metric_names is None:  # optuna-dashboard then labels its axes by objective
-                    study.set_metric_names(list(OBJECTIVES))
+                    with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and stable in use
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        study.set_metric_names(list(OBJECTIVES))
                 if suggested is None or suggested == Searcher.FINISHED:
                     return suggested
                 params = Params.from_dict(suggested)
