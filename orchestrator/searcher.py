@@ -63,7 +63,7 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=3)
     if spec.sampler == "grid":
         # Each point once, in an order shuffled by the seed (a partial grid is a random subset).
-        return optuna.samplers.GridSampler(spec.grid_space(), seed=seed)
+        return optuna.samplers.GridSampler(spec.search.grid_space(), seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
 
 

@@ -1,6 +1,6 @@
 """An experiment YAML file, validated into a typed `SearchSpec` before Ray starts.
 
-The file holds the base trial (data, model stem, training recipe), the search space (Top-K
+The file holds the base trial (data, model stem, training recipe), the search space (`space.py`: Top-K
 fraction, placement sets, training knobs), the objectives, the sampler, how many configurations
 and seeds, resources, and where results go (Ray storage, MLflow, Optuna). Command-line
 `key=value` overrides edit the parsed YAML before validation, so they are checked the same way.
@@ -8,7 +8,6 @@ and seeds, resources, and where results go (Ray storage, MLflow, Optuna). Comman
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import urllib.parse
@@ -18,6 +17,7 @@ from typing import Annotated, Any, Literal, Mapping, Union
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from search_spaces.params import OBJECTIVES, Params, placement_key
+from search_spaces.space import SearchSpace, grid_size
 from trainables.config import (
     FolderData,
     ModelConfig,
@@ -39,72 +39,6 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the w
 # '+driver' suffix, e.g. postgresql+psycopg2). A tracking URI without a scheme is a local folder.
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
-
-
-class FloatRange(Strict):
-    """A float searched in [low, high], on a log scale if `log`; `grid` is its points for `sampler: grid`."""
-
-    low: float
-    high: float
-    log: bool = False
-    # sampler: grid only. A count spaces that many points from low to high (log-spaced when
-    # `log`, 4 significant digits); a list gives the points.
-    grid: Annotated[int, Field(ge=2, le=1000)] | list[float] | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {self.low}")
-        if isinstance(self.grid, list):
-            outside = [v for v in self.grid if not self.low <= v <= self.high]
-            if outside or not self.grid or len(set(self.grid)) != len(self.grid):
-                raise ValueError(f"grid {bounded(self.grid)} must list distinct values within [{self.low}, {self.high}]")
-        return self
-
-    def grid_values(self) -> list[float]:
-        """The points `sampler: grid` tries, in increasing order."""
-        if isinstance(self.grid, list):
-            return sorted(self.grid)
-        n = self.grid or 0
-        if self.log:
-            ratio = (self.high / self.low) ** (1 / (n - 1))
-            points = [self.low * ratio**i for i in range(n)]
-        else:
-            points = [self.low + (self.high - self.low) * i / (n - 1) for i in range(n)]
-        # Rounded for readable parameters; the ends stay exact so the range is covered.
-        return [self.low] + [float(f"{v:.4g}") for v in points[1:-1]] + [self.high]
-
-
-class FractionRange(FloatRange):
-    low: Annotated[float, Field(gt=0.0, le=1.0)]
-    high: Annotated[float, Field(gt=0.0, le=1.0)]
-
-
-class SearchSpace(Strict):
-    """What Optuna varies. Unset training knobs stay at the base `training` values."""
-
-    fraction: FractionRange
-    placements: list[list[str]] = Field(min_length=1)
-    # Per-layer K: each placement of the chosen set gets its own fraction (`fraction.layer2`, ...).
-    fraction_per_placement: bool = False
-    lr: FloatRange | None = None
-    weight_decay: FloatRange | None = None
-    batch_size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
-
-    @field_validator("placements")
-    @classmethod
-    def _known(cls, placements: list[list[str]]) -> list[list[str]]:
-        for i, names in enumerate(placements):
-            if not names:
-                raise ValueError(f"placement set {i} is empty; the dense reference is always run anyway")
-            if len(set(names)) != len(names):
-                raise ValueError(f"placement set {i} names a placement twice: {names}")
-        keys = [placement_key(sorted(names)) for names in placements]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"placement sets repeat: {keys}")
-        return placements
 
 
 class ReferencePoint(Strict):
@@ -263,23 +197,11 @@ class SearchSpec(Strict):
         if ungridded:
             raise ValueError(f"sampler: grid needs grid points for {', '.join(ungridded)}: add grid: <count> "
                              "(spaced from low to high) or grid: [values]")
-        points = grid_size(self.grid_space())
+        points = grid_size(space.grid_space())
         if self.configurations > points + 1:
             raise ValueError(f"configurations {self.configurations} exceeds the grid's {points} points plus the dense "
                              f"reference: set configurations: {points + 1} to run the whole grid")
         return self
-
-    def grid_space(self) -> dict[str, list[Any]]:
-        """Optuna GridSampler's search space: every parameter and its points."""
-        space = self.search
-        grid: dict[str, list[Any]] = {"placement": [placement_key(p) for p in space.placements]}
-        for name in ("fraction", "lr", "weight_decay"):
-            value_range = getattr(space, name)
-            if value_range is not None:
-                grid[name] = value_range.grid_values()
-        if space.batch_size is not None:
-            grid["batch_size"] = list(space.batch_size)
-        return grid
 
     @model_validator(mode="after")
     def _sections_agree(self) -> "SearchSpec":
@@ -317,11 +239,6 @@ class SearchSpec(Strict):
         training = self.training.model_dump(mode="json") | params.knobs()
         model = self.model.model_dump(mode="json") | {"topk": params.topk()}
         return {"data": self.data.model_dump(mode="json"), "model": model, "training": training, "seed": seed}
-
-
-def grid_size(grid: Mapping[str, list[Any]]) -> int:
-    """How many points a grid holds (the product of its parameters' point counts)."""
-    return math.prod(len(points) for points in grid.values())
 
 
 def resolve_tracking_uri(given: str | None) -> str:

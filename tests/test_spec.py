@@ -154,7 +154,7 @@ def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
     from orchestrator.searcher import SearchSpaceFunction, make_sampler
 
     spec = load_spec(QUICKSTART, ["sampler=grid", "search.fraction.grid=3", "configurations=13"])
-    assert spec.grid_space()["fraction"] == [0.02, 0.1, 0.5]  # log-spaced, ends exact
+    assert spec.search.grid_space()["fraction"] == [0.02, 0.1, 0.5]  # log-spaced, ends exact
     assert load_spec(QUICKSTART, ["search.fraction.grid=8"]).search.fraction.grid_values() == [0.02, 0.03168, 0.05017, 0.07946, 0.1258, 0.1993, 0.3157, 0.5]
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=make_sampler(spec))
     asked = [study.ask() for _ in range(12)]  # all at once: as many running as the grid holds
