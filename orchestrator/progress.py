@@ -23,6 +23,7 @@ class SearchProgress(Callback):
         self.running: set[str] = set()
         self.done: dict[str, str] = {}  # trial id -> configuration
         self.failed: set[str] = set()
+        self.stopped: set[str] = set()
         self.best = {"accuracy": -math.inf, "shape_bias": -math.inf}
         self.counted_earlier = False
         self.holding: set[str] = set()  # trials whose metrics wait for the MLflow server
@@ -55,7 +56,8 @@ class SearchProgress(Callback):
         line = (
             f"[{elapsed // 60:>2}m{elapsed % 60:02d}s] configurations {len(finished_configs)}/{self.configurations} done"
             f" · trials {len(self.done)} done, {len(self.running)} running, {len(self.failed)} failed"
-            f" (of {self.configurations * self.seeds})" + (f" · {best}" if best else "")
+            + (f", {len(self.stopped)} stopped early" if self.stopped else "")
+            + f" (of {self.configurations * self.seeds})" + (f" · {best}" if best else "")
         )
         print(line, file=self.stream or sys.stdout, flush=True)
 
@@ -98,7 +100,11 @@ class SearchProgress(Callback):
 
     def _ended(self, trial) -> None:
         # The searcher's and the front's rule: a partial or non-finite result is not a result.
-        if outcome(trial.last_result, self.epochs) is not Outcome.COMPLETE:
+        ended = outcome(trial.last_result, self.epochs)
+        if ended is Outcome.STOPPED:
+            self.stopped.add(trial.trial_id)  # early stopping's doing: not a failure
+            return
+        if ended is not Outcome.COMPLETE:
             self.failed.add(trial.trial_id)
             return
         self.done[trial.trial_id] = trial.config.get("configuration", trial.trial_id)

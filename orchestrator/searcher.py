@@ -10,6 +10,7 @@ the dense configuration is not Optuna's to propose, so Optuna is not told about 
 
 from __future__ import annotations
 
+import math
 import statistics
 import warnings
 from dataclasses import dataclass, field
@@ -150,9 +151,10 @@ class ReplicateSearcher(Searcher):
             return
         group = self._groups[configuration]
         # Never a partial (early-stopped) result: only a complete trial counts.
-        complete = outcome(result, self.epochs, error) is Outcome.COMPLETE
-        if not complete and not error and result and 0 < result.get("epoch", 0) < self.epochs:
-            group.stopped_at = max(group.stopped_at or 0, int(result["epoch"]))  # early stopping's doing
+        ended = outcome(result, self.epochs, error)
+        complete = ended is Outcome.COMPLETE
+        if ended is Outcome.STOPPED and math.isfinite(result.get("epoch", math.nan)):  # early stopping's doing
+            group.stopped_at = max(group.stopped_at or 0, int(result["epoch"]))
         # The held-out shape bias rides along for the study's record, never as an objective.
         group.results[trial_id] = {m: result[m] for m in (*OBJECTIVES, HELD_OUT) if m in result} if complete else None
         if len(group.results) < len(self.seeds) or group.params.dense:
