@@ -23,10 +23,14 @@ from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEMENTS = "[[layer1], [layer2], [layer1, layer2], [layer1, layer2, layer3], [layer2.0], [layer2.1]]"
-OVERRIDES = [
-    "name=replay", "sampler=grid", "search.fraction.grid=8", f"search.placements={PLACEMENTS}",
-    "configurations=49", "seeds=[0, 1, 2]", "training.epochs=6", "concurrency=2", "experiment=replay",
-]
+
+
+def overrides(placements: str, points: int) -> list[str]:
+    """The quickstart search turned into the recording grid: every placement set x `points` fractions."""
+    sets = placements.count("[") - 1
+    return ["name=replay", "sampler=grid", f"search.fraction.grid={points}", f"search.placements={placements}",
+            f"configurations={sets * points + 1}", "seeds=[0, 1, 2]", "training.epochs=6", "concurrency=2",
+            "experiment=replay"]
 COLUMNS = ("configuration", "placement", "fraction", "seed", "epoch", "accuracy", "shape_bias",
            "shape_bias_holdout", "train_loss")
 
@@ -35,10 +39,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "data" / "replay_quickstart.csv")
     parser.add_argument("--workdir", type=Path, default=None, help="where the search runs (default: a new temp dir)")
+    parser.add_argument("--placements", default=PLACEMENTS, help="placement sets, as YAML")
+    parser.add_argument("--grid", type=int, default=8, help="log-spaced fractions from 2%% to 50%%")
     args = parser.parse_args()
+    settings = overrides(args.placements, args.grid)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="replay-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(ROOT / "run_search.py"), "search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *OVERRIDES]
+    command = [sys.executable, str(ROOT / "run_search.py"), "search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *settings]
     start = time.perf_counter()
     subprocess.run(command, cwd=workdir, check=True)
     minutes = (time.perf_counter() - start) / 60
@@ -57,8 +64,9 @@ def main() -> None:
     rows.sort(key=lambda r: (r[0], int(r[3]), r[4]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as handle:
-        handle.write("# made by: python bench/record_replay.py, which runs: run_search.py search --config "
-                     f"search_spaces/quickstart.yaml {' '.join(repr(o) if ' ' in o else o for o in OVERRIDES)}\n")
+        handle.write(f"# made by: python bench/record_replay.py --placements '{args.placements}' --grid {args.grid}, "
+                     "which runs: run_search.py search --config search_spaces/quickstart.yaml "
+                     f"{' '.join(repr(o) if ' ' in o else o for o in settings)}\n")
         handle.write(f"# {len(runs)} trials, search wall {minutes:.1f} min on {os.cpu_count()} CPUs, "
                      f"{time.strftime('%Y-%m-%d')}\n")
         writer = csv.writer(handle)
