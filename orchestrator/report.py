@@ -12,7 +12,7 @@ from pathlib import Path
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from orchestrator.pareto import ConfigurationResult, front_of, hypervolume, reference_of
+from orchestrator.pareto import ConfigurationResult, front_hypervolume, front_of, reference_of
 from orchestrator.tracking import SearchError, SearchRecord, child_runs, collect
 from search_spaces.params import OBJECTIVES
 
@@ -139,8 +139,10 @@ def report_front(
     if not results:
         raise SearchError(f"search {search.search_id} has no configuration whose {seeds} seeds all finished")
     front = front_of(results)
+    # The same rule HypervolumeLog charted during the search: one place decides the corner.
     reference = reference_of(search.reference_point, results)
-    volume = math.nan if reference is None else hypervolume([(r.accuracy, r.shape_bias) for r in front], reference)
+    volume = front_hypervolume(results, search.reference_point)
+    volume = math.nan if volume is None else volume
     above = "the dense reference" if search.reference_point == "dense" else f"({reference[0]:g}, {reference[1]:g})"
     print(f"\nPareto front of {search.search_id}: {len(front)} of {len(results)} configurations, "
           + (f"hypervolume {volume:.4f} above {above}" if reference else "no hypervolume (its reference, the dense "
