@@ -210,6 +210,7 @@ def train_and_evaluate(
 
     # The set Optuna and the front see, then (data.split: half) the report set nothing selects on.
     stimuli_sets = [("", data.stimuli)] + ([("_holdout", data.holdout)] if data.holdout is not None else [])
+    evaluated = len(test_targets) + sum(len(stimuli) for _, stimuli in stimuli_sets)  # images one evaluation sees
 
     def evaluate(last: bool) -> tuple[dict[str, float], dict[str, str]]:
         score = accuracy(forward, data.test_images, test_targets, data.image_size, device, mapping=mapping if by_category else None)
@@ -221,9 +222,10 @@ def train_and_evaluate(
             if last:
                 # The per-image decisions, for any model-vs-human tool to re-score.
                 files[f"decisions{suffix}.csv"] = decisions_csv(stimuli, decisions, subject=config.model.arch)
-        if last:  # categories differ (the paper's ablation): each one's own, on the report set
-            per_category = shape_bias_per_category(decisions, stimuli.shapes, stimuli.textures, mapping.categories)
-            metrics |= {f"shape_bias{suffix}.{category}": value for category, value in per_category.items()}
+            if last and stimuli is stimuli_sets[-1][1]:
+                # Categories differ (the paper's ablation): each one's own, on the report set.
+                per_category = shape_bias_per_category(decisions, stimuli.shapes, stimuli.textures, mapping.categories)
+                metrics |= {f"shape_bias{suffix}.{category}": value for category, value in per_category.items()}
         return metrics, files
 
     metrics: dict[str, float] = {}
@@ -241,7 +243,7 @@ def train_and_evaluate(
         else:
             start = time.perf_counter()
             scores, files = evaluate(last)
-            metrics = {"epoch": 0, **scores, "images_per_s": (len(test_targets) + len(data.stimuli)) / (time.perf_counter() - start)}
+            metrics = {"epoch": 0, **scores, "images_per_s": evaluated / (time.perf_counter() - start)}
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
