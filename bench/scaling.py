@@ -9,7 +9,9 @@ with a fixed seed (so both runs train the same configurations), 2 trials at a ti
 about 10 s of single-threaded training. Trials per hour = finished trials / search wall time x
 3600; the child runs' `ray_node_id` tags show how many nodes trained. Clusters and server are torn
 down whatever happens, and the checkpoints (about 2 GB) deleted; the MLflow database and logs stay
-in the printed workdir. The last line is the 2-node / 1-node ratio; 2.0 is perfect scaling.
+in the printed workdir. The machine is noisy, so the two clusters alternate over `--rounds` rounds
+(1, 2, then 2, 1, ...: drift over time hits both alike) and each round gives one 2-node / 1-node
+ratio. The last line is the median ratio; 2.0 is perfect scaling.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,12 +145,12 @@ def ray_cluster(nodes: int, logs: Path) -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def search(nodes: int, address: str, tracking_uri: str, workdir: Path, configurations: int) -> dict[str, float]:
+def search(nodes: int, address: str, tracking_uri: str, workdir: Path, configurations: int, round_: int) -> dict[str, float]:
     """Run the reduced search on the cluster at `address`; its trials, wall time and nodes that trained."""
-    rundir = workdir / f"{nodes}node"
+    rundir = workdir / f"round{round_}-{nodes}node"
     rundir.mkdir()
     os.chdir(rundir)  # run_search writes the Pareto front's files here
-    experiment = f"scaling-{nodes}node"
+    experiment = f"scaling-round{round_}-{nodes}node"
     spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml", [
         "name=scaling", f"configurations={configurations}", "seeds=[0, 1]", "concurrency=2",
         "data.image_size=32", "data.train_size=1200", "data.test_size=60", "data.conflicts_per_pair=1",
@@ -171,33 +174,45 @@ def search(nodes: int, address: str, tracking_uri: str, workdir: Path, configura
 
 
 def main() -> None:
-    """Measure both clusters one after the other and print the comparison; the ratio is the last line."""
+    """Measure both clusters, alternating over rounds, and print the comparison; the median ratio is the last line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configurations", type=int, default=6, help="configurations (x 2 seeds = trials)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, each one search on each cluster")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="scaling-"))
     # A token of our own (`ray start --head` creates none; ~/.ray/auth_token is left alone). The driver
     # finds it and turns token authentication on itself, as it does for users who only set address.
     os.environ["RAY_AUTH_TOKEN"] = uuid.uuid4().hex
-    results = []
+    rounds: list[dict[int, dict[str, float]]] = []
     try:
         with mlflow_server(workdir) as tracking_uri:
-            for nodes in (1, 2):
-                with ray_cluster(nodes, workdir) as address:
-                    results.append(search(nodes, address, tracking_uri, workdir, args.configurations))
+            for round_ in range(args.rounds):
+                order = (1, 2) if round_ % 2 == 0 else (2, 1)
+                results = {}
+                (workdir / f"round{round_}-logs").mkdir()
+                for nodes in order:
+                    with ray_cluster(nodes, workdir / f"round{round_}-logs") as address:
+                        results[nodes] = search(nodes, address, tracking_uri, workdir, args.configurations, round_)
+                    shutil.rmtree(workdir / "ray_results", ignore_errors=True)  # the checkpoints: about 1 GB a search
+                rounds.append(results)
     finally:
-        shutil.rmtree(workdir / "ray_results", ignore_errors=True)  # the checkpoints: about 2 GB
-    for r in results:
-        print(f"{r['nodes']} node(s), 1 CPU each: {r['trials']} trials in {r['wall']:.1f} s wall = "
-              f"{r['per_hour']:.0f} trials/hour; mean trial {r['trial_s']:.1f} s; {r['outside']:.1f} s outside "
-              f"trials; trained on {r['trained_on']} distinct ray_node_id(s)")
-    one, two = results
+        shutil.rmtree(workdir / "ray_results", ignore_errors=True)
+    for round_, results in enumerate(rounds):
+        for r in results.values():
+            print(f"round {round_ + 1}, {r['nodes']} node(s), 1 CPU each: {r['trials']} trials in {r['wall']:.1f} s wall = "
+                  f"{r['per_hour']:.0f} trials/hour; mean trial {r['trial_s']:.1f} s; {r['outside']:.1f} s outside "
+                  f"trials; trained on {r['trained_on']} distinct ray_node_id(s)")
+    ratios = [r[2]["per_hour"] / r[1]["per_hour"] for r in rounds]
+    slowdown = statistics.median(r[2]["trial_s"] / r[1]["trial_s"] for r in rounds)
+    outside = statistics.median(r[2]["outside"] for r in rounds)
     print(f"workdir {workdir} (MLflow database, node and server logs)")
     print(f"limit: {os.cpu_count()} cores carry both nodes' trials plus the driver, Ray's GCS, raylets and agents "
-          f"and the MLflow server, so a trial took {two['trial_s'] / one['trial_s']:.2f}x as long two at a time "
-          f"(perfect: 1.00); and the ~{two['outside']:.0f} s per search outside trials (joining Ray, first worker, "
+          f"and the MLflow server, so a trial took {slowdown:.2f}x as long two at a time "
+          f"(perfect: 1.00); and the ~{outside:.0f} s per search outside trials (joining Ray, first worker, "
           "report) does not shrink with nodes")
-    print(f"two_over_one_node: {two['per_hour'] / one['per_hour']:.2f}")
+    print(f"2-node / 1-node trials per hour, per round: {', '.join(f'{r:.2f}' for r in ratios)} "
+          f"(range {min(ratios):.2f} to {max(ratios):.2f})")
+    print(f"two_over_one_node: {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":
