@@ -123,7 +123,8 @@ def _new_tuner(spec: SearchSpec, trainable, optuna_search, search_id: str, stora
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=ReplicateSuccessiveHalving(stopping.rungs, stopping.reduction_factor) if stopping else None,
+            scheduler=(ReplicateSuccessiveHalving(stopping.rungs, stopping.reduction_factor, spec.training.epochs)
+                       if stopping else None),
             num_samples=spec.configurations * len(spec.seeds),
             max_concurrent_trials=spec.concurrency,
             # One worker process per concurrent slot, reused across trials: no torch

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from orchestrator.pareto import non_dominated_ranks
-from search_spaces.params import OBJECTIVES, Params
+from search_spaces.params import OBJECTIVES, Outcome, Params, outcome
 
 Point = tuple[float, float]
 
@@ -96,9 +96,21 @@ def _mean(points: list[Point]) -> Point:
 class ReplicateSuccessiveHalving(FIFOScheduler):
     """The Tune scheduler: stops every seed of a configuration that falls out at a rung."""
 
-    def __init__(self, rungs: list[int], reduction_factor: float) -> None:
+    def __init__(self, rungs: list[int], reduction_factor: float, epochs: int) -> None:
         super().__init__()
         self.ladder = RungLadder(tuple(rungs), reduction_factor)
+        self.epochs = epochs
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        # A resumed search gets this scheduler as it was pickled at the start, its ladder empty.
+        # Its finished trials are added again first: a seed that ended short of the last epoch
+        # was stopped, so its configuration is out, and that configuration's unfinished seeds
+        # stop at their next result instead of training to the end for nothing. (The rung values
+        # themselves are not in a trial's last result: later rungs rank afresh.)
+        result = trial.last_result or {}
+        epochs = getattr(self, "epochs", None)  # absent in a scheduler pickled before it was kept
+        if epochs and trial.status == "TERMINATED" and outcome(result, epochs) is Outcome.STOPPED:
+            self.ladder.stopped_at.setdefault(trial.config["configuration"], int(result["epoch"]))
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         params = Params.from_dict(trial.config["params"])

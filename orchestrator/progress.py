@@ -118,18 +118,21 @@ class SearchProgress(Callback):
 
 
 class HypervolumeLog(Callback):
-    """Logs the front's hypervolume to the parent run as each configuration completes (step = configurations complete).
+    """Logs the front's hypervolume to the parent run as each configuration finishes (step = configurations finished).
 
-    The MLflow UI then charts the search's progress. A configuration counts once every seed is
-    complete (the front's rule); with `reference_point: dense` nothing is logged until the dense
-    reference is complete. A tracking server that does not answer costs the chart a point, never
-    the search.
+    The MLflow UI then charts the search's progress. A configuration has finished once every seed
+    has ended, complete, stopped early or failed, so searches with and without early stopping
+    share one x axis; only complete configurations are on the front (its rule), so a stopped or
+    failed one logs the front's unchanged hypervolume. With `reference_point: dense` nothing is
+    logged until the dense reference is complete. A tracking server that does not answer costs
+    the chart a point, never the search.
     """
 
     def __init__(self, tracking_uri: str, parent_run_id: str, reference: str | dict[str, float], seeds: int, epochs: int) -> None:
         self.tracking_uri, self.parent_run_id, self.reference = tracking_uri, parent_run_id, reference
         self.seeds, self.epochs = seeds, epochs
         self.results: dict[str, dict[str, tuple[float, float]]] = {}  # configuration -> trial id -> objectives
+        self.ended: dict[str, set[str]] = {}  # configuration -> trial ids that ended, whatever the outcome
         self.params: dict[str, Params] = {}
         self.counted_earlier = False
         self.client = None
@@ -144,24 +147,31 @@ class HypervolumeLog(Callback):
         if not self.counted_earlier:
             self.counted_earlier = True
             for trial in trials:
-                if trial.status == "TERMINATED":
-                    self._add(trial)  # logged before the resume: counted, not logged again
+                if trial.status in ("TERMINATED", "ERROR"):
+                    self._add(trial, failed=trial.status == "ERROR")  # logged before the resume: counted, not logged again
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        configuration = self._add(trial)
-        if configuration is not None and len(self.results[configuration]) == self.seeds:
+        self._end(trial, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, failed=True)
+
+    def _end(self, trial, failed: bool) -> None:
+        configuration = self._add(trial, failed)
+        if len(self.ended[configuration]) == self.seeds:
             self._log()
 
-    def _add(self, trial) -> str | None:
-        if outcome(trial.last_result, self.epochs) is not Outcome.COMPLETE:
-            return None
+    def _add(self, trial, failed: bool) -> str:
         configuration = trial.config.get("configuration", trial.trial_id)
-        self.params[configuration] = Params.from_dict(trial.config["params"])
-        result = trial.last_result
-        self.results.setdefault(configuration, {})[trial.trial_id] = (result["accuracy"], result["shape_bias"])
+        self.ended.setdefault(configuration, set()).add(trial.trial_id)
+        if not failed and outcome(trial.last_result, self.epochs) is Outcome.COMPLETE:
+            self.params[configuration] = Params.from_dict(trial.config["params"])
+            result = trial.last_result
+            self.results.setdefault(configuration, {})[trial.trial_id] = (result["accuracy"], result["shape_bias"])
         return configuration
 
     def _log(self) -> None:
+        finished = sum(len(trials) == self.seeds for trials in self.ended.values())
         complete = [
             ConfigurationResult(c, self.params[c], tuple(Replicate(t, i, *point) for i, (t, point) in enumerate(seeds.items())))
             for c, seeds in sorted(self.results.items()) if len(seeds) == self.seeds
@@ -174,7 +184,7 @@ class HypervolumeLog(Callback):
                 from mlflow.tracking import MlflowClient
 
                 self.client = MlflowClient(self.tracking_uri)
-            self.client.log_metric(self.parent_run_id, "hypervolume", volume, step=len(complete))
+            self.client.log_metric(self.parent_run_id, "hypervolume", volume, step=finished)
         except Exception as error:  # MlflowException, OSError: the chart misses a point
-            print(f"warning: could not log the hypervolume after {len(complete)} configurations "
+            print(f"warning: could not log the hypervolume after {finished} configurations "
                   f"({type(error).__name__}); the search goes on", flush=True)

@@ -162,11 +162,12 @@ def report_front(
         for path in written:
             shutil.copy(path, Path(staging) / path.name.replace(f"-{search.search_id}", ""))
         client.log_artifacts(search.run_id, staging)
-    # The search logged this already as its last configuration finished (HypervolumeLog); `pareto`
-    # on an older search had not: one point per (step, value), so the chart shows no double.
-    logged = {(m.step, m.value) for m in client.get_metric_history(search.run_id, "hypervolume")}
-    if reference is not None and (len(results), volume) not in logged:
-        client.log_metric(search.run_id, "hypervolume", volume, step=len(results))
+    # The search logged this already as its last configuration finished (HypervolumeLog, whose
+    # steps also count stopped and failed configurations); `pareto` on an older search had not:
+    # a value already charted is not charted again, so the chart shows no double.
+    history = client.get_metric_history(search.run_id, "hypervolume")
+    if reference is not None and volume not in {m.value for m in history}:
+        client.log_metric(search.run_id, "hypervolume", volume, step=max([len(results), *(m.step for m in history)]))
     client.log_metric(search.run_id, "front_size", len(front))
     print(f"wrote {', '.join(str(p) for p in written)} (also logged to MLflow run {search.run_id})")
     return results, volume

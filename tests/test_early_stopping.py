@@ -42,6 +42,29 @@ def test_the_ladder_stops_a_configuration_as_one_and_lets_the_first_ones_through
     assert ladder.observe("c001", 0, 4, (0.6, 0.6)) and ladder.observe("c001", 0, 5, (0.6, 0.6))
 
 
+def test_a_resumed_scheduler_relearns_which_configurations_were_stopped():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from orchestrator.early_stopping import ReplicateSuccessiveHalving
+
+    def trial(configuration, seed, status, epoch):
+        return SimpleNamespace(status=status, config={"configuration": configuration, "seed": seed, "params": {"placement": "layer1", "fraction": 0.1}},
+                               last_result={"epoch": epoch, "accuracy": 0.5, "shape_bias": 0.5})
+
+    # As Tune restores a search: its scheduler as pickled at the start, then every trial added again.
+    scheduler = ReplicateSuccessiveHalving([1], 2, epochs=3)
+    scheduler.on_trial_add(None, trial("c001", 0, "TERMINATED", 3))  # complete: nothing to relearn
+    scheduler.on_trial_add(None, trial("c002", 0, "TERMINATED", 1))  # ended at epoch 1 of 3: stopped
+    scheduler.on_trial_add(None, trial("c002", 1, "PENDING", 1))  # unfinished: resumes from its checkpoint
+    assert scheduler.ladder.stopped_at == {"c002": 1}
+    # The unfinished seed of the stopped configuration stops at its next result, however good.
+    best = {"epoch": 2, "accuracy": 0.99, "shape_bias": 0.99}
+    assert scheduler.on_trial_result(None, trial("c002", 1, "RUNNING", 1), best) == TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, trial("c003", 0, "RUNNING", 1), {**best, "epoch": 1}) == TrialScheduler.CONTINUE
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["early_stopping={rungs: [1, 3], reduction_factor: 3}"], "must all lie before the last epoch (training.epochs 3)"),
     (["early_stopping={rungs: [2, 1]}"], "rungs [2, 1] must be strictly increasing"),
@@ -85,6 +108,9 @@ def test_a_search_with_early_stopping_stops_configurations_that_never_reach_the_
     metrics = parents[0].data.metrics
     assert metrics["stopped_configurations"] == len(stopped) and metrics["epochs_saved"] == len(stopped) * 2
     assert f"early stopping: {len(stopped)} of 5 configurations stopped" in out.stdout
+    # The progress chart counts every finished configuration, stopped ones included.
+    history = client.get_metric_history(parents[0].info.run_id, "hypervolume")
+    assert [m.step for m in history] == [1, 2, 3, 4, 5] and [m.value for m in history] == sorted(m.value for m in history)
     # Optuna heard of a stopped configuration as a failed trial, tagged, never as values.
     study = optuna.load_study(study_name=parents[0].data.tags["search_id"], storage=storage)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]

@@ -48,7 +48,7 @@ def test_replicates_dense_first_then_optuna_told_the_means(tmp_path):
     assert study.trials[0].constraints == {"accuracy_floor": pytest.approx(0.05)}
 
 
-def test_hypervolume_is_logged_per_completed_configuration_above_the_dense_reference(tmp_path):
+def test_hypervolume_is_logged_per_finished_configuration_above_the_dense_reference(tmp_path):
     from types import SimpleNamespace
 
     from mlflow.tracking import MlflowClient
@@ -91,3 +91,18 @@ def test_hypervolume_is_logged_per_completed_configuration_above_the_dense_refer
                                    last_result={"epoch": 3, "accuracy": 0.75, "shape_bias": 0.5}))
     history = client.get_metric_history(parent, "hypervolume")
     assert [(m.step, round(m.value, 6)) for m in history] == [(2, 0.01), (3, 0.015)]
+    # A configuration stopped early, or failed, has finished too: the step moves on, the front does
+    # not (so searches with and without early stopping share one x axis).
+    def stopped(seed):
+        return SimpleNamespace(trial_id=f"c005-{seed}", status="TERMINATED",
+                               config={"configuration": "c005", "params": {"placement": "layer1", "fraction": 0.4}},
+                               last_result={"epoch": 1, "accuracy": 0.99, "shape_bias": 0.99})
+    restored.on_trial_complete(0, [], stopped(0))
+    restored.on_trial_complete(0, [], stopped(1))
+    failed = SimpleNamespace(trial_id="c006-0", status="ERROR", config={"configuration": "c006", "params": {"placement": "layer1", "fraction": 0.5}},
+                             last_result={"epoch": 3, "accuracy": 0.99, "shape_bias": 0.99})  # failed while closing its run
+    restored.on_trial_error(0, [], failed)
+    restored.on_trial_complete(0, [], SimpleNamespace(trial_id="c006-1", status="TERMINATED", config=failed.config,
+                                                      last_result={"epoch": 3, "accuracy": 0.99, "shape_bias": 0.99}))
+    history = client.get_metric_history(parent, "hypervolume")
+    assert [(m.step, round(m.value, 6)) for m in history] == [(2, 0.01), (3, 0.015), (4, 0.015), (5, 0.015)]
