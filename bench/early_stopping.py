@@ -1,12 +1,14 @@
 """What early stopping saves and costs: replayed searches with and without it, on recorded trials.
 
 Replays (bench/replay.py) the default sampler's search of 32 configurations (plus the dense
-reference) `--repeats` times with different sampler seeds, once without early stopping and once
-with the rungs and reduction factor given, each pair under the same sampler seed. The front of a
-search with early stopping holds only the configurations it trained to the end; both fronts'
-hypervolumes are measured on full-training seed means from the table, above the table's nadir.
+reference) `--repeats` times with different sampler seeds, `--concurrency` trials at a time
+(default 2, the quickstart's), once without early stopping and once with the rungs and reduction
+factor given, each pair under the same sampler seed. The front of a search with early stopping
+holds only the configurations it trained to the end; both fronts' hypervolumes are measured on
+full-training seed means from the table, above the table's nadir (see sampler_efficiency.py).
 Prints the median fraction of training epochs used and the median ratio of hypervolumes (with
-their interquartile ranges); the last line is the cost ratio.
+their interquartile ranges); the last line is the cost ratio. `--sweep` first prints the same
+two medians for a ladder of other settings: the trade-off the headline setting was chosen from.
 """
 
 from __future__ import annotations
@@ -17,10 +19,30 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replay import TABLE, load_table, replay, replay_spec  # noqa: E402
+from replay import TABLE, Table, load_table, replay, replay_spec  # noqa: E402
 
 from orchestrator.early_stopping import RungLadder  # noqa: E402
 from search_spaces.spec import SearchSpec  # noqa: E402
+
+
+SWEEP = [([1], 2), ([1], 3), ([1], 4), ([2], 2), ([2], 3), ([3], 2), ([1, 2], 2), ([1, 3], 2), ([2, 4], 2)]
+
+
+def paired_replays(table: Table, args: argparse.Namespace, rungs: list[int], factor: float) -> tuple[list[float], list[float], list[int]]:
+    """Per sampler seed: hypervolume ratio and epoch ratio of the search with early stopping over the one without."""
+    reference = table.reference()
+    hv_ratios, cost_ratios, stopped = [], [], []
+    for repeat in range(args.repeats):
+        spec = replay_spec(table, args.sampler, args.configurations + 1, sampler_seed=repeat)
+        full = replay(table, spec, concurrency=args.concurrency)
+        ladder = RungLadder(tuple(rungs), factor)
+        early = replay(table, spec, ladder, concurrency=args.concurrency)
+        full_volume = full.hypervolume(table, reference=reference)
+        if full_volume > 0:  # a table whose configurations all tie has nothing to compare
+            hv_ratios.append(early.hypervolume(table, reference=reference) / full_volume)
+        cost_ratios.append(early.epochs_trained / full.epochs_trained)
+        stopped.append(len(ladder.stopped_at))
+    return hv_ratios, cost_ratios, stopped
 
 
 def main() -> None:
@@ -31,26 +53,25 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=float, default=3.0)
     parser.add_argument("--sampler", default=SearchSpec.model_fields["sampler"].default)
     parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--concurrency", type=int, default=2, help="trials replayed side by side")
+    parser.add_argument("--sweep", action="store_true", help="also print the trade-off of other rungs and factors")
     args = parser.parse_args()
     table = load_table(args.table)
-    reference = table.reference()
-    hv_ratios, cost_ratios, stopped = [], [], []
-    for repeat in range(args.repeats):
-        spec = replay_spec(table, args.sampler, args.configurations + 1, sampler_seed=repeat)
-        full = replay(table, spec)
-        ladder = RungLadder(tuple(args.rungs), args.reduction_factor)
-        early = replay(table, spec, ladder)
-        hv_ratios.append(early.hypervolume(table, reference=reference) / full.hypervolume(table, reference=reference))
-        cost_ratios.append(early.epochs_trained / full.epochs_trained)
-        stopped.append(len(ladder.stopped_at))
+    if args.sweep:
+        print(f"{'rungs':<8} {'factor':>6} {'hypervolume':>12} {'epochs':>7}   (medians of {args.repeats} paired replays)")
+        for rungs, factor in SWEEP:
+            hv, cost, _ = paired_replays(table, args, rungs, factor)
+            print(f"{str(rungs):<8} {factor:>6g} {statistics.median(hv):>12.3f} {statistics.median(cost):>7.3f}", flush=True)
+    hv_ratios, cost_ratios, stopped = paired_replays(table, args, args.rungs, args.reduction_factor)
 
     def summary(values: list[float]) -> str:
         q = statistics.quantiles(values, n=4, method="inclusive")
         return f"{statistics.median(values):.3f} [q1 {q[0]:.3f}, q3 {q[2]:.3f}]"
 
     print(f"{args.repeats} replayed searches of {args.configurations} configurations x {len(table.seeds)} seeds x "
-          f"{table.epochs} epochs, sampler {args.sampler}; early stopping at rungs {args.rungs}, reduction factor "
-          f"{args.reduction_factor:g}; median {statistics.median(stopped):g} configurations stopped per search")
+          f"{table.epochs} epochs, sampler {args.sampler}, {args.concurrency} trials at a time; early stopping at rungs "
+          f"{args.rungs}, reduction factor {args.reduction_factor:g}; median {statistics.median(stopped):g} "
+          "configurations stopped per search")
     print(f"hypervolume with / without early stopping: {summary(hv_ratios)}")
     print(f"training epochs with / without early stopping: {summary(cost_ratios)}")
     print(f"early_stopping_hv_ratio: {statistics.median(hv_ratios):.3f}")

@@ -4,12 +4,17 @@ The real `ReplicateSearcher` drives a real Optuna sampler (in-memory storage), a
 stopping, the real `RungLadder` decides at each rung; only training is replaced: a trial's
 per-epoch metrics are read from the table. A continuous fraction reads the NEAREST recorded
 fraction in log space for its placement set (no interpolation: every value replayed is one a
-real trial produced). Trials run one at a time, seeds of a configuration in order, so Optuna
-hears each configuration before proposing the next (a real search with concurrency hears later).
+real trial produced); the replayed range reaches half a grid step beyond the first and last
+recorded fractions, so every recorded fraction is read from an equal stretch of log fraction.
 
-A configuration's quality is always judged on its full-training metrics from the table (the
-last epoch, seed means), whether or not early stopping cut it short: that is what a front
-would have shown had it been trained.
+Time runs in epochs: `concurrency` trials train side by side, one epoch per tick, and a free
+slot asks the searcher for the next trial, as Ray Tune does. So with concurrency 2 the sampler
+proposes a configuration before it has heard the one before (as in the quickstart), and the
+seeds of a configuration reach a rung together; concurrency 1 is the most informed search.
+
+A configuration stopped early is not on its search's front (a real front never shows partial
+scores); the front's hypervolume is always measured on the full-training metrics (seed means of
+the last epoch) of the configurations it holds.
 """
 
 from __future__ import annotations
@@ -107,35 +112,59 @@ def replay_spec(table: Table, sampler: str, configurations: int, sampler_seed: i
     """The quickstart spec over the table's placements and fraction range, with this sampler."""
     placements = "[" + ", ".join("[" + ", ".join(p.split("+")) + "]" for p in table.placements()) + "]"
     fractions = sorted({f for p, f, _ in table.runs if p != "dense"})
+    # Half a grid step beyond each end: the end fractions then own as much log range as any other.
+    half_step = math.sqrt(statistics.median(b / a for a, b in zip(fractions, fractions[1:])))
     return load_spec(ROOT / "search_spaces" / "quickstart.yaml", [
         f"sampler={sampler}", f"sampler_seed={sampler_seed}", f"configurations={configurations}",
         f"seeds=[{', '.join(map(str, table.seeds))}]", f"training.epochs={table.epochs}",
-        f"search.placements={placements}", f"search.fraction={{low: {fractions[0]}, high: {fractions[-1]}, log: true}}",
+        f"search.placements={placements}",
+        f"search.fraction={{low: {fractions[0] / half_step:.6g}, high: {min(1.0, fractions[-1] * half_step):.6g}, log: true}}",
         *extra,
     ])
 
 
-def replay(table: Table, spec: SearchSpec, ladder: RungLadder | None = None) -> Replay:
+@dataclass
+class _Running:
+    trial_id: str
+    configuration: str
+    params: Params
+    seed: int
+    history: list[Metrics]
+    epoch: int = 0  # epochs trained so far
+
+
+def replay(table: Table, spec: SearchSpec, ladder: RungLadder | None = None, concurrency: int = 1) -> Replay:
     """Run `spec`'s search against the table: the real searcher and sampler, no training."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     inner = make_optuna_search(spec, study_name="replay", storage=optuna.storages.InMemoryStorage())
     searcher = ReplicateSearcher(inner, spec.seeds, spec.configurations, spec.trial_config, spec.training.epochs,
                                  spec.accuracy_floor)
     proposed: dict[str, Params] = {}
-    trained = 0
-    for i in range(spec.configurations * len(spec.seeds)):
-        config = searcher.suggest(f"t{i}")
-        params, seed, name = Params.from_dict(config["params"]), config["seed"], config["configuration"]
-        proposed.setdefault(name, params)
-        history = table.lookup(params, seed)
-        last = history[-1]
-        for metrics in history:
-            if ladder is not None and not params.dense and not ladder.observe(name, seed, int(metrics["epoch"]),
-                                                                               (metrics["accuracy"], metrics["shape_bias"])):
-                last = metrics
+    running: list[_Running] = []
+    trained, asked, finished = 0, 0, False
+    while running or not finished:
+        while not finished and len(running) < concurrency:  # free slots ask for the next trial
+            config = searcher.suggest(f"t{asked}")
+            if not isinstance(config, dict):
+                finished = True
                 break
-        trained += int(last["epoch"])
-        searcher.on_trial_complete(f"t{i}", {**last})
+            params = Params.from_dict(config["params"])
+            proposed.setdefault(config["configuration"], params)
+            running.append(_Running(f"t{asked}", config["configuration"], params, config["seed"],
+                                    table.lookup(params, config["seed"])))
+            asked += 1
+        ended = []
+        for trial in running:  # one epoch each
+            metrics = trial.history[trial.epoch]
+            trial.epoch += 1
+            keep = (ladder is None or trial.params.dense
+                    or ladder.observe(trial.configuration, trial.seed, trial.epoch, (metrics["accuracy"], metrics["shape_bias"])))
+            if not keep or trial.epoch == len(trial.history):
+                ended.append(trial)
+        for trial in ended:
+            running.remove(trial)
+            trained += trial.epoch
+            searcher.on_trial_complete(trial.trial_id, {**trial.history[trial.epoch - 1]})
     stopped = set(ladder.stopped_at) if ladder is not None else set()
     return Replay([(p, n in stopped) for n, p in proposed.items()], trained,
                   spec.configurations * len(spec.seeds) * spec.training.epochs)
