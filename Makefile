@@ -20,12 +20,14 @@ search: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The speed targets, each printed as ratios measured side by side (not part of `make test`).
+# The speed and search-efficiency targets, each printed as ratios measured side by side (not part of `make test`).
 bench: $(STAMP)
 	$(PY) bench/topk.py
 	$(PY) bench/trial_throughput.py
 	$(PY) bench/search_overhead.py
 	$(PY) bench/scaling.py
+	$(PY) bench/sampler_efficiency.py
+	$(PY) bench/early_stopping.py
 
 clean:
 	rm -rf $(VENV) mlflow.db optuna.db ray_results mlruns mlartifacts pareto-*.csv pareto-*.png production.yaml
