@@ -9,6 +9,8 @@ full-training seed means from the table, above the table's nadir (see sampler_ef
 Prints the median fraction of training epochs used and the median ratio of hypervolumes (with
 their interquartile ranges); the last line is the cost ratio. `--sweep` first prints the same
 two medians for a ladder of other settings: the trade-off the headline setting was chosen from.
+The first line says how well each epoch orders the configurations as their last epoch does
+(Spearman rank correlation of seed means): what any rung decision can know.
 """
 
 from __future__ import annotations
@@ -26,6 +28,40 @@ from search_spaces.spec import SearchSpec  # noqa: E402
 
 
 SWEEP = [([1], 2), ([1], 3), ([1], 4), ([2], 2), ([2], 3), ([3], 2), ([1, 2], 2), ([1, 3], 2), ([2, 4], 2)]
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Rank correlation (ties share their mean rank)."""
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        result = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in order[i : j + 1]:
+                result[k] = (i + j) / 2
+            i = j + 1
+        return result
+    return statistics.correlation(ranks(xs), ranks(ys))
+
+
+def predictiveness(table: Table) -> str:
+    """How well each epoch's seed means order the configurations as their last epoch does."""
+    configurations = sorted({(p, f) for p, f, _ in table.runs})
+
+    def means(placement: str, fraction: float, epoch: int) -> tuple[float, float]:
+        points = [table.runs[(placement, fraction, seed)][epoch - 1] for seed in table.seeds]
+        return statistics.fmean(m["accuracy"] for m in points), statistics.fmean(m["shape_bias"] for m in points)
+
+    final = [means(p, f, table.epochs) for p, f in configurations]
+    cells = []
+    for epoch in range(1, table.epochs):
+        at = [means(p, f, epoch) for p, f in configurations]
+        cells.append(f"epoch {epoch}: {spearman([a[0] for a in at], [z[0] for z in final]):.2f} / "
+                     f"{spearman([a[1] for a in at], [z[1] for z in final]):.2f}")
+    return "rank correlation with the last epoch, accuracy / shape bias: " + "; ".join(cells)
 
 
 def paired_replays(table: Table, args: argparse.Namespace, rungs: list[int], factor: float) -> tuple[list[float], list[float], list[int]]:
@@ -57,6 +93,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also print the trade-off of other rungs and factors")
     args = parser.parse_args()
     table = load_table(args.table)
+    print(predictiveness(table))
     if args.sweep:
         print(f"{'rungs':<8} {'factor':>6} {'hypervolume':>12} {'epochs':>7}   (medians of {args.repeats} paired replays)")
         for rungs, factor in SWEEP:
