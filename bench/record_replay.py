@@ -6,6 +6,11 @@ from 2% to 50%, the dense reference, 3 seeds, 6 epochs. Then it reads every chil
 history from MLflow and writes `bench/data/replay_quickstart.csv`, one row per (configuration,
 seed, epoch), with a header comment holding the command and how long the search took. The
 sampler and early-stopping benchmarks replay this table instead of training.
+
+`--merge OLD.csv` adds the rows of an earlier recording of the same settings (other placements or
+fractions) and keeps its header lines, so a table can be recorded in parts. A trial both hold
+(the dense reference, which every recording trains) is kept once, after checking that the two
+recordings agree on it: training is seeded and deterministic on the CPU.
 """
 
 from __future__ import annotations
@@ -35,12 +40,36 @@ COLUMNS = ("configuration", "placement", "fraction", "seed", "epoch", "accuracy"
            "shape_bias_holdout", "train_loss")
 
 
+def merge(old: Path, rows: list[list]) -> tuple[list[str], list[list]]:
+    """The earlier table's header lines, and its rows plus `rows` (a trial in both kept once, checked equal)."""
+    with old.open(newline="") as handle:
+        lines = handle.readlines()
+    header = [line for line in lines if line.startswith("#")]
+    earlier = list(csv.reader(line for line in lines if not line.startswith("#")))[1:]
+    key = lambda row: (row[1], f"{float(row[2]):.6g}", str(row[3]), str(row[4]))  # noqa: E731
+    known = {key(row): row for row in earlier}
+    for row in rows:
+        if key(row) in known:
+            differences = [abs(float(a) - float(b)) for a, b in zip(known[key(row)][5:], row[5:])]
+            if max(differences) > 1e-6:
+                raise SystemExit(f"{old} and this recording disagree on {key(row)}: {known[key(row)][5:]} vs {row[5:]}")
+    fresh = [row for row in rows if key(row) not in known]
+    # Configuration ids are per search: the new ones continue the earlier table's numbering.
+    renumber: dict[str, str] = {}
+    start = 1 + max(int(row[0].lstrip("c")) for row in earlier)
+    for row in sorted(fresh, key=lambda r: r[0]):
+        row[0] = renumber.setdefault(row[0], f"c{start + len(renumber):03d}")
+    print(f"merged {len(earlier)} rows from {old}; {len(rows) - len(fresh)} rows both recorded, and they agree")
+    return header, earlier + fresh
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "data" / "replay_quickstart.csv")
     parser.add_argument("--workdir", type=Path, default=None, help="where the search runs (default: a new temp dir)")
     parser.add_argument("--placements", default=PLACEMENTS, help="placement sets, as YAML")
     parser.add_argument("--grid", type=int, default=8, help="log-spaced fractions from 2%% to 50%%")
+    parser.add_argument("--merge", type=Path, default=None, help="an earlier table of the same settings to add")
     args = parser.parse_args()
     settings = overrides(args.placements, args.grid)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="replay-"))
@@ -61,9 +90,13 @@ def main() -> None:
         for epoch in sorted(history["accuracy"]):
             rows.append([run.data.tags["configuration"], params["placement"], params.get("fraction", "1.0"),
                          run.data.tags["seed"], epoch, *(f"{history[m][epoch]:.6f}" for m in COLUMNS[5:])])
-    rows.sort(key=lambda r: (r[0], int(r[3]), r[4]))
+    header = []
+    if args.merge:
+        header, rows = merge(args.merge, rows)
+    rows.sort(key=lambda r: (r[1], float(r[2]), int(r[3]), int(r[4])))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as handle:
+        handle.writelines(header)
         handle.write(f"# made by: python bench/record_replay.py --placements '{args.placements}' --grid {args.grid}, "
                      "which runs: run_search.py search --config search_spaces/quickstart.yaml "
                      f"{' '.join(repr(o) if ' ' in o else o for o in settings)}\n")
