@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replay import TABLE, Table, load_table, replay, replay_spec  # noqa: E402
+from replay import TABLE, Replay, Table, load_table, replay, replay_spec  # noqa: E402
 
 from orchestrator.early_stopping import RungLadder  # noqa: E402
 from search_spaces.spec import SearchSpec  # noqa: E402
@@ -64,13 +64,16 @@ def predictiveness(table: Table) -> str:
     return "rank correlation with the last epoch, accuracy / shape bias: " + "; ".join(cells)
 
 
-def paired_replays(table: Table, args: argparse.Namespace, rungs: list[int], factor: float) -> tuple[list[float], list[float], list[int]]:
+def paired_replays(table: Table, args: argparse.Namespace, rungs: list[int], factor: float,
+                   without: dict[int, Replay]) -> tuple[list[float], list[float], list[int]]:
     """Per sampler seed: hypervolume ratio and epoch ratio of the search with early stopping over the one without."""
     reference = table.reference()
     hv_ratios, cost_ratios, stopped = [], [], []
     for repeat in range(args.repeats):
         spec = replay_spec(table, args.sampler, args.configurations + 1, sampler_seed=repeat)
-        full = replay(table, spec, concurrency=args.concurrency)
+        if repeat not in without:  # the same for every setting: replayed once
+            without[repeat] = replay(table, spec, concurrency=args.concurrency)
+        full = without[repeat]
         ladder = RungLadder(tuple(rungs), factor)
         early = replay(table, spec, ladder, concurrency=args.concurrency)
         full_volume = full.hypervolume(table, reference=reference)
@@ -94,12 +97,13 @@ def main() -> None:
     args = parser.parse_args()
     table = load_table(args.table)
     print(predictiveness(table))
+    without: dict[int, Replay] = {}
     if args.sweep:
         print(f"{'rungs':<8} {'factor':>6} {'hypervolume':>12} {'epochs':>7}   (medians of {args.repeats} paired replays)")
         for rungs, factor in SWEEP:
-            hv, cost, _ = paired_replays(table, args, rungs, factor)
+            hv, cost, _ = paired_replays(table, args, rungs, factor, without)
             print(f"{str(rungs):<8} {factor:>6g} {statistics.median(hv):>12.3f} {statistics.median(cost):>7.3f}", flush=True)
-    hv_ratios, cost_ratios, stopped = paired_replays(table, args, args.rungs, args.reduction_factor)
+    hv_ratios, cost_ratios, stopped = paired_replays(table, args, args.rungs, args.reduction_factor, without)
 
     def summary(values: list[float]) -> str:
         q = statistics.quantiles(values, n=4, method="inclusive")
