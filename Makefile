@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 search: $(STAMP)
 	$(PY) run_search.py search --config search_spaces/quickstart.yaml
 
-# Every test, the slow end-to-end group included.
+# Every test, the slow end-to-end group included; the 15 slowest are listed at the end.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The speed and search-efficiency targets, each printed as ratios measured side by side (not part of `make test`).
 bench: $(STAMP)
