@@ -49,16 +49,11 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 def predictiveness(table: Table) -> str:
     """How well each epoch's seed means order the configurations as their last epoch does."""
-    configurations = sorted({(p, f) for p, f, _ in table.runs})
-
-    def means(placement: str, fraction: float, epoch: int) -> tuple[float, float]:
-        points = [table.runs[(placement, fraction, seed)][epoch - 1] for seed in table.seeds]
-        return statistics.fmean(m["accuracy"] for m in points), statistics.fmean(m["shape_bias"] for m in points)
-
-    final = [means(p, f, table.epochs) for p, f in configurations]
+    configurations = table.configurations()
+    final = [table.means(params) for params in configurations]
     cells = []
     for epoch in range(1, table.epochs):
-        at = [means(p, f, epoch) for p, f in configurations]
+        at = [table.means(params, epoch) for params in configurations]
         cells.append(f"epoch {epoch}: {spearman([a[0] for a in at], [z[0] for z in final]):.2f} / "
                      f"{spearman([a[1] for a in at], [z[1] for z in final]):.2f}")
     return "rank correlation with the last epoch, accuracy / shape bias: " + "; ".join(cells)

@@ -66,15 +66,22 @@ class Table:
         nearest = min(candidates, key=lambda f: abs(math.log(f) - math.log(params.fraction)))
         return self.runs[(params.placement, nearest, seed)]
 
+    def configurations(self) -> list[Params]:
+        """Every recorded configuration, the dense reference included."""
+        return [Params("dense") if p == "dense" else Params(p, f) for p, f in sorted({(p, f) for p, f, _ in self.runs})]
+
+    def means(self, params: Params, epoch: int | None = None) -> tuple[float, float]:
+        """Seed means of accuracy and shape bias at `epoch` (default: the last)."""
+        points = [self.lookup(params, seed)[(epoch or self.epochs) - 1] for seed in self.seeds]
+        return statistics.fmean(m["accuracy"] for m in points), statistics.fmean(m["shape_bias"] for m in points)
+
     def full_result(self, params: Params) -> tuple[float, float]:
         """Seed means of the last epoch: what the configuration scores when fully trained."""
-        finals = [self.lookup(params, seed)[-1] for seed in self.seeds]
-        return statistics.fmean(m["accuracy"] for m in finals), statistics.fmean(m["shape_bias"] for m in finals)
+        return self.means(params)
 
     def reference(self) -> tuple[float, float]:
         """The nadir of all configurations' full-training means: the hypervolume's corner."""
-        points = [self.full_result(Params("dense") if p == "dense" else Params(p, f))
-                  for p, f in {(p, f) for p, f, _ in self.runs}]
+        points = [self.full_result(params) for params in self.configurations()]
         return min(p[0] for p in points), min(p[1] for p in points)
 
 
