@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from orchestrator import preflight
-from orchestrator.early_stopping import ReplicateSuccessiveHalving
+from orchestrator.early_stopping import ReplicateSuccessiveHalving, StoppedRuns
 from orchestrator.pareto import ConfigurationResult
 from orchestrator.progress import HypervolumeLog, SearchProgress
 from orchestrator.report import report_early_stopping, report_front, report_importances
@@ -139,6 +139,7 @@ def _new_tuner(spec: SearchSpec, trainable, optuna_search, search_id: str, stora
                 SearchProgress(spec.configurations, len(spec.seeds), spec.training.epochs),
                 HypervolumeLog(tracking_uri, parent_run_id, spec.model_dump(mode="json")["reference_point"],
                                len(spec.seeds), spec.training.epochs),
+                *([StoppedRuns(tracking_uri, parent_run_id, spec.training.epochs)] if stopping else []),
             ],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -17,7 +17,9 @@ The dense reference is never stopped and never ranked: it is the reference, not 
 
 A stopped configuration's trials end with partial results, so the searcher never tells Optuna
 their partial scores (it fails the Optuna trial, see `ReplicateSearcher`) and the front never
-shows them (`search_spaces.params.outcome`).
+shows them (`search_spaces.params.outcome`). Their child runs end FINISHED with a
+`stopped_at_epoch` tag: the worker writes it as Tune stops it, and `StoppedRuns` on the driver
+makes sure of it, because Tune may end a stopped trial's worker before the worker has written it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from orchestrator.pareto import non_dominated_ranks
@@ -124,3 +127,45 @@ class ReplicateSuccessiveHalving(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"ReplicateSuccessiveHalving: {len(self.ladder.stopped_at)} configurations stopped"
+
+
+class StoppedRuns(Callback):
+    """Closes a stopped trial's child run FINISHED with `stopped_at_epoch`, if its worker could not.
+
+    Tune ends a stopped trial inside `tune.report`; the worker then records the stop and closes
+    its run, but Tune tears the worker down (or reuses it for the next trial) after waiting at
+    most 2 s, so on a slow tracking store the run could stay RUNNING and end the search as
+    KILLED. The driver sees every stop, so it closes whatever the worker left open.
+    """
+
+    def __init__(self, tracking_uri: str, parent_run_id: str, epochs: int) -> None:
+        self.tracking_uri, self.parent_run_id, self.epochs = tracking_uri, parent_run_id, epochs
+        self.client = None
+
+    def __getstate__(self) -> dict:
+        return {k: getattr(self, k) for k in ("tracking_uri", "parent_run_id", "epochs")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        if outcome(result, self.epochs) is not Outcome.STOPPED:
+            return
+        from mlflow.tracking import MlflowClient
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        configuration, seed = trial.config["configuration"], trial.config["seed"]
+        try:
+            self.client = self.client or MlflowClient(self.tracking_uri)
+            experiment = self.client.get_run(self.parent_run_id).info.experiment_id
+            runs = self.client.search_runs([experiment], filter_string=(
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and "
+                f"tags.configuration = '{configuration}' and tags.seed = '{seed}'"))
+            for run in runs:
+                if run.info.status == "RUNNING":
+                    self.client.set_tag(run.info.run_id, "stopped_at_epoch", str(int(result["epoch"])))
+                    self.client.set_terminated(run.info.run_id, status="FINISHED")
+        except Exception as error:  # MlflowException, OSError: the search's end marks it KILLED instead
+            print(f"warning: could not close the stopped run of {configuration} seed {seed} "
+                  f"({type(error).__name__}); the search goes on", flush=True)

@@ -31,6 +31,7 @@ from trainables.trial import one_line
 T = TypeVar("T")
 BATCH = 1000  # MLflow's limit of metrics per log_batch
 WARN_EVERY_S = 30.0
+PATIENCE_S = 900.0  # how long a write that cannot wait retries before the trial fails
 
 
 def server_away(error: BaseException) -> bool:
@@ -45,7 +46,7 @@ class Outbox:
 
     def __init__(
         self, client: MlflowClient, label: str, pending: list[list] | None = None,
-        max_pending: int = 100_000, patience_s: float = 900.0, retry_every_s: float = 2.0,
+        max_pending: int = 100_000, patience_s: float = PATIENCE_S, retry_every_s: float = 2.0,
     ) -> None:
         self.client, self.label = client, label
         self.pending: list[list] = pending if pending is not None else []  # [key, value, timestamp, step]

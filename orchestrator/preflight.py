@@ -181,8 +181,16 @@ def worker_env(tracking_uri: str) -> dict[str, str]:
     # MLflow's own minutes of blocking retries would only stall training: two quick ones instead.
     quick_retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     quick_retries = {k: os.environ.get(k, v) for k, v in quick_retries.items()}
+    # A worker reused for the next trial first waits for the stopped trial's thread to close its
+    # run, for Tune's default of only 2 s; past that Tune errors the next trial without telling
+    # the searcher, and the search hangs. Closing a run can wait for the server (the outbox's
+    # patience), so the reuse waits as long.
+    from orchestrator.outbox import PATIENCE_S
+
+    wind_down = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": str(int(PATIENCE_S) + 60)}
     # MLflow prints "View run ... at: <tracking URI>" as runs end: the URI as given, password included.
-    return forwarded | quick_retries | {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    return forwarded | quick_retries | wind_down | {"MLFLOW_TRACKING_URI": tracking_uri,
+                                                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def check_multi_node(tracking_uri: str, storage: str) -> None:

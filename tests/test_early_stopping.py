@@ -65,6 +65,43 @@ def test_a_resumed_scheduler_relearns_which_configurations_were_stopped():
     assert scheduler.on_trial_result(None, trial("c003", 0, "RUNNING", 1), {**best, "epoch": 1}) == TrialScheduler.CONTINUE
 
 
+def test_the_driver_closes_a_stopped_run_its_worker_left_open(tmp_path):
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from orchestrator.early_stopping import StoppedRuns
+
+    # Tune tore down the worker of a stopped trial before it closed its run (a slow store).
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("stopped")
+    parent = client.create_run(experiment).info.run_id
+    def child(configuration):
+        tags = {MLFLOW_PARENT_RUN_ID: parent, "configuration": configuration, "seed": "0"}
+        return client.create_run(experiment, tags=tags).info.run_id
+    stopped, complete = child("c002"), child("c001")
+    def trial(configuration, epoch):
+        return SimpleNamespace(config={"configuration": configuration, "seed": 0},
+                               last_result={"epoch": epoch, "accuracy": 0.5, "shape_bias": 0.5})
+    callback = StoppedRuns(uri, parent, epochs=3)
+    callback.on_trial_complete(0, [], trial("c002", 1))
+    callback.on_trial_complete(0, [], trial("c001", 3))  # complete: its worker closes it, not the driver
+    assert client.get_run(stopped).info.status == "FINISHED"
+    assert client.get_run(stopped).data.tags["stopped_at_epoch"] == "1"
+    assert client.get_run(complete).info.status == "RUNNING"
+
+
+def test_a_reused_worker_waits_for_a_stopped_trial_to_close_its_run():
+    from orchestrator.outbox import PATIENCE_S
+    from orchestrator.preflight import worker_env
+
+    # Tune's 2 s default: a slower close errors the next trial and hangs the search (Ray's searcher
+    # never hears of that trial). A close may wait for the tracking server as long as the outbox does.
+    assert float(worker_env("sqlite:///m.db")["TUNE_FUNCTION_THREAD_TIMEOUT_S"]) > PATIENCE_S
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["early_stopping={rungs: [1, 3], reduction_factor: 3}"], "must all lie before the last epoch (training.epochs 3)"),
     (["early_stopping={rungs: [2, 1]}"], "rungs [2, 1] must be strictly increasing"),
