@@ -75,3 +75,35 @@ def mlflow_server(tmp_path):
 
 
 POSTGRES = "postgresql://root@127.0.0.1:5432/test"
+
+
+def run_main(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`run_search.py ARGS` run in this process: its exit code, stdout and stderr.
+
+    For refusals that end before Ray starts. A fresh interpreter costs about 5 s of imports (torch,
+    MLflow) per call, and these tests make dozens of calls; the tests that must see a real process
+    (the exit status, what reaches the console through loggers) still start one.
+    """
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("run_search_cli", Path(__file__).resolve().parents[1] / "run_search.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.update(env or {})
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exit:  # argparse's refusals
+                code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["run_search.py", *args], code, stdout.getvalue(), stderr.getvalue())

@@ -212,7 +212,7 @@ def test_a_search_on_both_nodes_loses_nothing_while_its_tracking_server_is_away(
 
 
 def test_a_file_tracking_store_is_refused_on_two_nodes(tmp_path, ray_cluster):
-    out = cli("search", "--config", str(QUICKSTART), *TINY, f"address={ray_cluster.address}", cwd=tmp_path, timeout=300)
+    out = cli("search", "--config", str(QUICKSTART), *TINY, f"address={ray_cluster.address}", cwd=tmp_path, timeout=300, fresh=True)
     assert_one_line_error(out, "is a file on the driver's machine", "the cluster has 2 nodes", "mlflow server")
     assert_nothing_written(tmp_path)
 
@@ -227,7 +227,7 @@ def test_a_killed_driver_resumes_on_the_cluster_without_rerunning_finished_trial
     finished = {c.info.run_id: c.info.end_time for c in children if c.info.status == "FINISHED"}
     assert len(finished) < 4, "the search ended before its driver was killed"
 
-    out = cli("resume", *args, "--search", parents[0].data.tags["search_id"], cwd=tmp_path, timeout=900)
+    out = cli("resume", *args, "--search", parents[0].data.tags["search_id"], cwd=tmp_path, timeout=900, fresh=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "configurations 2/2 done · trials 4 done" in out.stdout, out.stdout[-3000:]
     client, parents, children = _runs(tracking_server)

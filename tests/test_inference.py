@@ -92,7 +92,7 @@ def test_a_reduced_paper_search_maps_per_layer_k_at_inference(tmp_path, shared_d
               f"data.train_dir={shared_data}/filled-silhouettes", f"data.test_dir={shared_data}/filled-silhouettes",
               f"data.stimuli_dir={shared_data}/cue-conflict", "data.label_space=categories", "data.image_size=64",
               f"model.weights={alexnet_weights}", "configurations=3", "concurrency=2", "resources={cpu: 1, gpu: 0}",
-              "training.device=cpu", "search.fraction_per_placement=true", cwd=tmp_path, timeout=900)
+              "training.device=cpu", "search.fraction_per_placement=true", cwd=tmp_path, timeout=900, fresh=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "configurations 3/3 done" in out.stdout, out.stdout[-2000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -19,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import free_port, wait_for_http
+from conftest import free_port, run_main, wait_for_http
 from test_search_e2e import REDUCED, ROOT, run_search
 
 pytestmark = pytest.mark.slow
@@ -204,9 +204,13 @@ def test_a_failure_after_the_version_was_registered_takes_everything_back(search
     assert not list((workdir / "refused").glob("production.yaml*"))
 
 
-def failing(workdir, tracking, client, *args, expect):
+def failing(workdir, tracking, client, *args, expect, fresh=False):
+    """A refused promotion: one line, exit code 2, the registry as it was (in this process unless `fresh`)."""
     before = registry_state(client)
-    out = promote(workdir, tracking, *args)
+    if fresh:
+        out = promote(workdir, tracking, *args)
+    else:
+        out = run_main("promote", "--experiment", EXPERIMENT, "--tracking-uri", tracking, *args, cwd=workdir)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and expect in lines[-1], out.stderr[-2000:]
@@ -216,7 +220,7 @@ def failing(workdir, tracking, client, *args, expect):
 def test_every_failure_is_one_line_and_leaves_the_registry_unchanged(searched):
     workdir, tracking, client = searched
     rule = ["--maximize", "shape_bias", "--yes"]
-    failing(workdir, tracking, client, "--configuration", "c000", "--yes", "--experiment", "no-such", expect="no MLflow experiment 'no-such'")
+    failing(workdir, tracking, client, "--configuration", "c000", "--yes", "--experiment", "no-such", expect="no MLflow experiment 'no-such'", fresh=True)
     failing(workdir, tracking, client, *rule, "--search", "nope-1", expect="no search 'nope-1'")
     failing(workdir, tracking, client, *rule, "--floor", "accuracy=1.0", expect="no configuration of 3 meets accuracy >= 1")
     failing(workdir, tracking, client, "--configuration", "c099", "--yes", expect="no configuration 'c099' in this search; valid: c000, c001, c002")
