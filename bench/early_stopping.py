@@ -27,7 +27,7 @@ from orchestrator.early_stopping import RungLadder  # noqa: E402
 from search_spaces.spec import SearchSpec  # noqa: E402
 
 
-SWEEP = [([1], 2), ([1], 3), ([1], 4), ([2], 2), ([2], 3), ([3], 2), ([1, 2], 2), ([1, 3], 2), ([2, 4], 2)]
+SWEEP = [([1], 2), ([1], 3), ([1], 4), ([1], 6), ([1], 8), ([1], 12), ([1], 16), ([2], 3), ([2], 6), ([1, 2], 2), ([1, 3], 2)]
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--configurations", type=int, default=32)
     parser.add_argument("--rungs", type=int, nargs="+", default=[1])
-    parser.add_argument("--reduction-factor", type=float, default=4.0)
+    parser.add_argument("--reduction-factor", type=float, default=12.0)
     parser.add_argument("--sampler", default=SearchSpec.model_fields["sampler"].default)
     parser.add_argument("--table", type=Path, default=TABLE)
     parser.add_argument("--concurrency", type=int, default=2, help="trials replayed side by side")

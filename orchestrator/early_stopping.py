@@ -2,10 +2,12 @@
 
 At each rung epoch a configuration is compared with every configuration that reached the same
 rung before it, by the seed means of both objectives at that epoch. They are ranked by
-non-dominated sorting, ties within a front broken by crowding distance (the front's extremes
-first, then the most isolated points, as NSGA-II does; then the configuration id), and the best
-ceil(n / reduction_factor) continue. So, as in ASHA, the first configurations to reach a rung
-always continue, and later ones must beat what came before.
+non-dominated sorting, ties within a front broken by hypervolume contribution (the area a
+configuration alone adds to its front's hypervolume, above the rung's worst values; then the
+configuration id), and the best ceil(n / reduction_factor) continue. So, as in ASHA, the first
+configurations to reach a rung always continue, and later ones must beat what came before.
+Hypervolume contribution replaced NSGA-II's crowding distance after replays measured it better:
+it keeps the configurations that carry the front, where crowding distance keeps every extreme.
 
 Seeds are replicates, so a configuration continues or stops as one:
 - It is judged once per rung, when its first seed reaches that rung, on the seeds that have
@@ -30,38 +32,29 @@ from dataclasses import dataclass, field
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from orchestrator.pareto import non_dominated_ranks
+from orchestrator.pareto import hypervolume, non_dominated_ranks
 from search_spaces.params import OBJECTIVES, Outcome, Params, outcome
 
 Point = tuple[float, float]
 
 
-def crowding_distances(points: list[Point]) -> list[float]:
-    """NSGA-II crowding distance of each point within its set (extremes: infinite)."""
-    n = len(points)
-    distance = [0.0] * n
-    if n <= 2:
-        return [math.inf] * n
-    for axis in range(2):
-        order = sorted(range(n), key=lambda i: points[i][axis])
-        span = points[order[-1]][axis] - points[order[0]][axis]
-        distance[order[0]] = distance[order[-1]] = math.inf
-        if span == 0:
-            continue
-        for before, here, after in zip(order, order[1:], order[2:]):
-            distance[here] += (points[after][axis] - points[before][axis]) / span
-    return distance
+def hypervolume_contributions(points: list[Point], reference: Point) -> list[float]:
+    """The hypervolume each point alone adds to the set's, above `reference` (a duplicate adds nothing)."""
+    total = hypervolume(points, reference)
+    return [total - hypervolume(points[:i] + points[i + 1:], reference) for i in range(len(points))]
 
 
 def rank_order(points: dict[str, Point]) -> list[str]:
-    """Configurations best first: by non-dominated front, then crowding distance, then id."""
+    """Configurations best first: by non-dominated front, then hypervolume contribution, then id."""
     names = sorted(points)
     ranks = non_dominated_ranks([points[c] for c in names])
-    crowding: dict[str, float] = {}
+    # Just below the worst values at the rung, so that every front member adds some area.
+    reference = (min(p[0] for p in points.values()) - 1e-3, min(p[1] for p in points.values()) - 1e-3)
+    contribution: dict[str, float] = {}
     for rank in set(ranks):
         members = [c for c, r in zip(names, ranks) if r == rank]
-        crowding.update(zip(members, crowding_distances([points[c] for c in members])))
-    return sorted(names, key=lambda c: (ranks[names.index(c)], -crowding[c], c))
+        contribution.update(zip(members, hypervolume_contributions([points[c] for c in members], reference)))
+    return sorted(names, key=lambda c: (ranks[names.index(c)], -contribution[c], c))
 
 
 @dataclass

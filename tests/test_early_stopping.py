@@ -4,24 +4,24 @@ import math
 
 import pytest
 
-from orchestrator.early_stopping import RungLadder, crowding_distances, rank_order
+from orchestrator.early_stopping import RungLadder, hypervolume_contributions, rank_order
 from search_spaces.spec import ConfigError, load_spec
 from test_spec import QUICKSTART
 
 
-def test_crowding_distance_keeps_the_extremes_and_then_the_isolated():
+def test_hypervolume_contribution_is_the_area_a_point_alone_adds():
     points = [(0.9, 0.1), (0.8, 0.2), (0.5, 0.5), (0.1, 0.9)]
-    distance = crowding_distances(points)
-    assert distance[0] == distance[3] == math.inf
-    # (0.5, 0.5) has wider neighbours than (0.8, 0.2): it is the more isolated one.
-    assert distance[2] > distance[1] > 0
+    contributions = hypervolume_contributions(points, reference=(0.0, 0.0))
+    # Each point's own rectangle, between its neighbours on the front.
+    assert contributions == pytest.approx([0.1 * 0.1, 0.3 * 0.1, 0.4 * 0.3, 0.1 * 0.4])
+    assert hypervolume_contributions([(0.5, 0.5), (0.5, 0.5)], reference=(0.0, 0.0)) == [0.0, 0.0]
 
 
-def test_rank_order_is_front_first_then_crowding_then_id():
+def test_rank_order_is_front_first_then_hypervolume_contribution_then_id():
     points = {"a": (0.9, 0.1), "b": (0.8, 0.2), "c": (0.5, 0.5), "d": (0.1, 0.9), "e": (0.4, 0.4), "f": (0.8, 0.2)}
-    order = rank_order(points)
-    assert set(order[:5]) == {"a", "b", "c", "d", "f"} and order[-1] == "e"  # e is dominated by c
-    assert order.index("c") < order.index("b") and order.index("b") < order.index("f")  # a tie goes to the id
+    # e is dominated by c; c adds the most area to the front, then d, then a; b and f duplicate
+    # each other, so neither adds anything alone, and the id breaks their tie.
+    assert rank_order(points) == ["c", "d", "a", "b", "f", "e"]
 
 
 def test_the_ladder_stops_a_configuration_as_one_and_lets_the_first_ones_through():
