@@ -246,10 +246,14 @@ def test_a_lost_node_costs_its_trial_a_restart_from_its_last_checkpoint(tmp_path
     client = MlflowClient(tracking_server.uri)
 
     def checkpointed_on_the_second_node():
+        # A second checkpoint on disk: the worker's second report waits for the driver to have taken
+        # the first, so the driver has one to restore from. (With only the first on disk, a node
+        # lost before the driver took it rightly restarts the trial from scratch.)
         for child in _runs(tracking_server)[2]:
             trial = child.data.tags["ray_trial_id"]
+            saved = (tmp_path / "shared").glob(f"*/*{trial}*/checkpoint_*")
             if (child.data.tags["ray_node_id"] == second and child.info.status == "RUNNING"
-                    and list((tmp_path / "shared").glob(f"*/*{trial}*/checkpoint_*"))):
+                    and any(path.name != "checkpoint_000000" for path in saved)):
                 return child
         return None
 
