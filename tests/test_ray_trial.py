@@ -105,6 +105,8 @@ class CrashAtFinishOnce(CrashOnceAfterEpoch):
     """Dies after the last epoch was reported and checkpointed, before the trial could end."""
 
     def log_epoch(self, metrics, files=None):
+        with self.marker.with_suffix(".epochs").open("a") as trained:  # across both attempts
+            trained.write(f"{int(metrics['epoch'])}\n")
         return {}
 
     def finish(self, error, checkpoint_uri=None):
@@ -128,8 +130,10 @@ def test_trial_restarted_after_its_last_epoch_reports_its_final_result(local_ray
     )
     result = tuner.fit()[0]
     assert result.error is None and (tmp_path / "crashed").exists()
-    # No epoch was trained again; the final metrics were reported once more after the restart.
-    assert result.metrics_dataframe["epoch"].tolist() == [1, 2, 2]
+    # No epoch was trained again, and the trial ended on its final metrics. (Not read from
+    # result.metrics_dataframe: which rows Ray's result files keep across a restart varies from
+    # run to run, [1, 2, 2], [1, 2] and [2] in three runs of this test.)
+    assert (tmp_path / "crashed.epochs").read_text().split() == ["1", "2"]
     # The tracker is told where the final checkpoint lives in the trial storage.
     uri = (tmp_path / "crashed.uri").read_text()
     assert uri == result.checkpoint.path and uri.startswith(str(tmp_path / "results"))
