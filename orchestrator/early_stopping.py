@@ -133,7 +133,7 @@ class StoppedRuns(Callback):
 
     def __init__(self, tracking_uri: str, parent_run_id: str, epochs: int) -> None:
         self.tracking_uri, self.parent_run_id, self.epochs = tracking_uri, parent_run_id, epochs
-        self.client = None
+        self.client, self.experiment = None, None  # made at the first stop
 
     def __getstate__(self) -> dict:
         return {k: getattr(self, k) for k in ("tracking_uri", "parent_run_id", "epochs")}
@@ -146,16 +146,15 @@ class StoppedRuns(Callback):
         if outcome(result, self.epochs) is not Outcome.STOPPED:
             return
         from mlflow.tracking import MlflowClient
-        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        from orchestrator.tracking import replicate_runs
 
         configuration, seed = trial.config["configuration"], trial.config["seed"]
         try:
-            self.client = self.client or MlflowClient(self.tracking_uri)
-            experiment = self.client.get_run(self.parent_run_id).info.experiment_id
-            runs = self.client.search_runs([experiment], filter_string=(
-                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and "
-                f"tags.configuration = '{configuration}' and tags.seed = '{seed}'"))
-            for run in runs:
+            if self.experiment is None:
+                self.client = MlflowClient(self.tracking_uri)
+                self.experiment = self.client.get_run(self.parent_run_id).info.experiment_id
+            for run in replicate_runs(self.client, self.experiment, self.parent_run_id, configuration, seed):
                 if run.info.status == "RUNNING":
                     self.client.set_tag(run.info.run_id, "stopped_at_epoch", str(int(result["epoch"])))
                     self.client.set_terminated(run.info.run_id, status="FINISHED")

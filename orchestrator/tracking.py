@@ -89,6 +89,18 @@ def child_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> lis
     )
 
 
+def replicate_runs(
+    client: MlflowClient, experiment: str, parent_run_id: str, configuration: str, seed: int, max_results: int = 100,
+) -> list[mlflow.entities.Run]:
+    """The child runs of one configuration's seed in a search (more than one only if an attempt's run was replaced)."""
+    return client.search_runs(
+        [experiment],
+        filter_string=(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and "
+                       f"tags.configuration = '{configuration}' and tags.seed = '{seed}'"),
+        max_results=max_results,
+    )
+
+
 def close_open_children(client: MlflowClient, experiment: str, parent_run_id: str) -> int:
     """Mark children still RUNNING (their worker died, or the driver was stopped) as KILLED."""
     closed = 0

@@ -25,6 +25,7 @@ from ray import tune
 
 from orchestrator.outbox import Outbox
 from orchestrator.serving import log_model
+from orchestrator.tracking import replicate_runs
 from search_spaces.params import Params
 from trainables.checkpoint import load_checkpoint, restore_model
 from trainables.config import FolderData, TrialConfig
@@ -80,14 +81,8 @@ class MLflowTrialTracker:
         After a driver crash Ray may rerun a trial under a new trial id (the old id was never
         saved), so runs are matched by configuration and seed, not by Ray's id.
         """
-        runs = self.client.search_runs(
-            [self.experiment],
-            filter_string=(
-                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and "
-                f"tags.configuration = '{self.configuration}' and tags.seed = '{self.seed}'"
-            ),
-            max_results=1,
-        )
+        runs = replicate_runs(self.client, self.experiment, self.parent_run_id, self.configuration, self.seed,
+                              max_results=1)
         if runs and "placement" in runs[0].data.params:  # a worker may have died before logging params
             logged = Params.from_mlflow(runs[0].data.params)
             if (logged.placement, logged.topk()) == (self.params.placement, self.params.topk()):

@@ -14,6 +14,7 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+import functools
 import os
 import signal
 import socket
@@ -77,6 +78,17 @@ def mlflow_server(tmp_path):
 POSTGRES = "postgresql://root@127.0.0.1:5432/test"
 
 
+@functools.cache
+def _run_search_module():
+    """run_search.py as a module (it is a script, not in a package), loaded once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_search_cli", Path(__file__).resolve().parents[1] / "run_search.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_main(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`run_search.py ARGS` run in this process: its exit code, stdout and stderr.
 
@@ -85,12 +97,9 @@ def run_main(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpro
     (the exit status, what reaches the console through loggers) still start one.
     """
     import contextlib
-    import importlib.util
     import io
 
-    spec = importlib.util.spec_from_file_location("run_search_cli", Path(__file__).resolve().parents[1] / "run_search.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = _run_search_module()
     stdout, stderr = io.StringIO(), io.StringIO()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     os.environ.pop("MLFLOW_TRACKING_URI", None)

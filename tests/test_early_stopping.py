@@ -1,7 +1,5 @@
 """Replicate-aware multi-objective early stopping: the ranking rule, the rung ladder, the spec."""
 
-import math
-
 import pytest
 
 from orchestrator.early_stopping import RungLadder, hypervolume_contributions, rank_order

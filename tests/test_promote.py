@@ -42,8 +42,10 @@ def searched(tmp_path_factory):
     return workdir, tracking, MlflowClient(tracking)
 
 
-def promote(workdir, tracking, *args):
-    return run_search("promote", "--experiment", EXPERIMENT, "--tracking-uri", tracking, *args, cwd=workdir)
+def promote(workdir, tracking, *args, fresh=True):
+    """`run_search.py promote` on this test's search; in this process (`run_main`) unless `fresh`."""
+    args = ("promote", "--experiment", EXPERIMENT, "--tracking-uri", tracking, *args)
+    return run_search(*args, cwd=workdir) if fresh else run_main(*args, cwd=workdir)
 
 
 def registry_state(client):
@@ -207,10 +209,7 @@ def test_a_failure_after_the_version_was_registered_takes_everything_back(search
 def failing(workdir, tracking, client, *args, expect, fresh=False):
     """A refused promotion: one line, exit code 2, the registry as it was (in this process unless `fresh`)."""
     before = registry_state(client)
-    if fresh:
-        out = promote(workdir, tracking, *args)
-    else:
-        out = run_main("promote", "--experiment", EXPERIMENT, "--tracking-uri", tracking, *args, cwd=workdir)
+    out = promote(workdir, tracking, *args, fresh=fresh)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and expect in lines[-1], out.stderr[-2000:]
