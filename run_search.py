@@ -1,13 +1,14 @@
-"""Command line: run, resume, or report a search over Top-K sparsity for shape bias.
+"""Command line: run, resume, or report a search over Top-K sparsity for shape bias; promote its model.
 
     python run_search.py search --config search_spaces/quickstart.yaml [key=value ...]
-    python run_search.py resume --config search_spaces/quickstart.yaml [key=value ...]
+    python run_search.py resume --config search_spaces/quickstart.yaml [--search ID]
     python run_search.py pareto --experiment sparse-shape-search-quickstart
     python run_search.py promote --experiment sparse-shape-search-quickstart --maximize shape_bias --floor accuracy=dense-0.05
     python run_search.py evaluate --model models:/sparse-resnet18-sparse-shape-search-quickstart@production
 
 Config errors (found before Ray starts), and what pareto / promote / evaluate cannot find or do, are
-reported in one line with exit code 2.
+reported in one line with exit code 2. Each command imports torch, Ray and MLflow only when it runs,
+so `--help` answers at once.
 """
 
 from __future__ import annotations
@@ -17,45 +18,57 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from search_spaces.params import OBJECTIVES
-from search_spaces.spec import ConfigError, SearchSpec, load_spec
+from search_spaces.params import OBJECTIVES  # plain names: no torch, Ray or MLflow behind them
+
+if TYPE_CHECKING:
+    from search_spaces.spec import SearchSpec
+
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (see search_spaces/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override any field, dotted for nesting: configurations=4 search.fraction.high=0.3 seeds=[0,1,2]")
+                        help="override any field, dotted for nesting: configurations=4 search.fraction.high=0.3 "
+                        "seeds=[0,1,2]")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    """The command line: search, resume, pareto, promote, evaluate."""
+    parser = argparse.ArgumentParser(prog="run_search.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{search,resume,pareto,promote,evaluate}")
     search = commands.add_parser("search", help="run a new search", description=(
         "Run a new search: Optuna proposes configurations (Top-K fraction, placement, training knobs), each runs "
         "under every seed as a Ray Tune trial, MLflow records a parent run with one child per trial, and the "
         "Pareto front is printed and written to pareto.csv / pareto.png."))
     _add_config_arguments(search)
-    resume = commands.add_parser("resume", help="continue an interrupted search (default: the newest resumable one of this config's name)",
-                                 description="Continue an interrupted search (Tuner.restore): finished trials are not rerun, "
-                                 "unfinished ones restart from their last checkpoint and reattach to their MLflow runs, "
-                                 "and Optuna continues its stored study. Starts that failed before any trial ran "
-                                 "have nothing to resume and are skipped.")
+    resume = commands.add_parser(
+        "resume", help="continue an interrupted search (default: the newest resumable one of this config's name)",
+        description="Continue an interrupted search (Tuner.restore): finished trials are not rerun, unfinished ones "
+        "restart from their last checkpoint and reattach to their MLflow runs, and Optuna continues its stored "
+        "study. The search keeps the settings it started with: the config file supplies only where things are "
+        "(name, storage_path, tracking_uri, experiment, optuna_storage, address), and an override of any other "
+        "setting that would change it is refused. Starts that failed before any trial ran have nothing to resume "
+        "and are skipped.")
     _add_config_arguments(resume)
     resume.add_argument("--search", help="the search id to resume (printed when it started, and its MLflow parent run's name)")
     front = commands.add_parser("pareto", help="print and plot the Pareto front of a finished search",
-                                description="Read a search's child runs from MLflow, print the front, write pareto.csv and pareto.png.")
+                                description="Read a search's child runs from MLflow, print the front, write pareto.csv "
+                                "and pareto.png.")
     front.add_argument("--experiment", required=True, help="MLflow experiment name")
     front.add_argument("--search", help="search id (default: the newest search in the experiment)")
-    front.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    front.add_argument("--tracking-uri", help=TRACKING_HELP)
     front.add_argument("--seeds", type=int, help="seeds per configuration (default: from the search's parent run)")
     front.add_argument("--out", type=Path, default=Path.cwd(), help="directory for pareto.csv and pareto.png (default: .)")
 
     promote = commands.add_parser("promote", help="register a chosen configuration's model and point an alias at it",
-                                  description="Choose a configuration of a finished search (by id, or the highest seed mean of "
-                                  "one objective above floors), register its most representative seed's model in the MLflow "
-                                  "Model Registry, and move the alias (default: production) to the new version.")
+                                  description="Choose a configuration of a finished search (by id, or the highest seed "
+                                  "mean of one objective above floors), register its most representative seed's model "
+                                  "in the MLflow Model Registry, and move the alias (default: production) to the new "
+                                  "version.")
     promote.add_argument("--experiment", required=True, help="MLflow experiment name")
     promote.add_argument("--search", help="search id (default: the newest finished search in the experiment)")
     pick = promote.add_mutually_exclusive_group(required=True)
@@ -64,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--floor", action="append", default=[], metavar="OBJECTIVE=VALUE",
                          help="with --maximize: a seed-mean floor, absolute (accuracy=0.75) or relative to the dense "
                          "reference (accuracy=dense-0.01); repeatable")
-    promote.add_argument("--model-name", help="registered model name (default: sparse-resnet18-<experiment>)")
+    promote.add_argument("--model-name", help="registered model name (default: sparse-<model.arch>-<experiment>)")
     promote.add_argument("--alias", default="production", help="alias moved to the new version (default: production)")
     promote.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
-    promote.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    promote.add_argument("--tracking-uri", help=TRACKING_HELP)
     promote.add_argument("--out", type=Path, default=Path.cwd(), help="directory for production.yaml (default: .)")
 
     evaluate = commands.add_parser("evaluate", help="recompute a registered model's accuracy and shape bias",
@@ -76,37 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     evaluate.add_argument("--stimuli", type=Path, help="cue-conflict folder (default: the one it was trained with)")
     evaluate.add_argument("--data", type=Path, help="labelled test folder, one sub-folder per class (folder-trained models)")
-    evaluate.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    evaluate.add_argument("--tracking-uri", help=TRACKING_HELP)
     return parser
-
-
-def existing_store(given: str | None) -> str:
-    """The tracking URI of a command that reads a store: a SQLite file must already exist there."""
-    from orchestrator.tracking import SearchError
-    from search_spaces.spec import resolve_tracking_uri
-
-    from orchestrator.preflight import check_reachable, sqlite_file
-    from search_spaces.spec import TRACKING_SCHEMES, check_url
-
-    uri = resolve_tracking_uri(given)
-    try:
-        check_url(uri, TRACKING_SCHEMES, "--tracking-uri", allow_path=True)
-    except ValueError as error:
-        raise SearchError(str(error)) from None
-    # MLflow would create an empty database at a mistyped path and report nothing found in it.
-    database = sqlite_file(uri)
-    if database is not None and not database.is_file():
-        raise SearchError(f"no MLflow database at {database}: run from the search's directory, or pass "
-                          "--tracking-uri (or set MLFLOW_TRACKING_URI)")
-    check_reachable(uri, "the MLflow tracking store", "start it, or pass --tracking-uri / set MLFLOW_TRACKING_URI")
-    return uri
 
 
 def pareto_command(args: argparse.Namespace) -> int:
     """`pareto`: the front of a finished search, from MLflow alone."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.preflight import writable_dir
+    from orchestrator.checks import existing_store, writable_dir
     from orchestrator.report import report_front
     from orchestrator.tracking import find_search
 
@@ -123,17 +114,22 @@ def promote_command(args: argparse.Namespace) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import choice as choosing
-    from orchestrator.registry import check_registry_names, default_model_name, promote
-    from orchestrator.tracking import SearchError, child_runs, collect, find_search
+    from orchestrator.checks import existing_store
+    from orchestrator.errors import SearchError
+    from orchestrator.promotion import choice as choosing
+    from orchestrator.promotion.promote import promote
+    from orchestrator.promotion.registry import check_registry_names, default_model_name
+    from orchestrator.tracking import child_runs, collect, find_search
 
     if args.floor and not args.maximize:
         raise SearchError("--floor applies to --maximize; with --configuration the choice is already made")
     floors = [choosing.parse_floor(text) for text in args.floor]
-    name = args.model_name or default_model_name(args.experiment)
-    check_registry_names(name, args.alias)  # before anything is written
+    if args.model_name:
+        check_registry_names(args.model_name, args.alias)  # before anything is read or written
     client = MlflowClient(existing_store(args.tracking_uri))
     search = find_search(client, args.experiment, search_id=args.search, status=None if args.search else "FINISHED")
+    name = args.model_name or default_model_name(args.experiment, search.arch)
+    check_registry_names(name, args.alias)
     if search.status != "FINISHED":
         raise SearchError(f"search {search.search_id} is {search.status}, not FINISHED: wait for it to end, or finish it "
                           "with `run_search.py resume`")
@@ -142,7 +138,10 @@ def promote_command(args: argparse.Namespace) -> int:
         raise SearchError(f"search {search.search_id} has an empty front: no configuration finished all its "
                           f"{len(search.seeds)} seeds")
     if args.configuration:
-        ids = sorted({r.data.tags.get("configuration", "") for r in child_runs(client, search.experiment_id, search.run_id)})
+        from orchestrator import names
+
+        ids = sorted({r.data.tags.get(names.CONFIGURATION, "") for r in child_runs(client, search.experiment_id,
+                                                                                   search.run_id)})
         chosen = choosing.by_id(results, args.configuration, ids)
     else:
         chosen = choosing.by_rule(results, args.maximize, floors)
@@ -171,20 +170,23 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """`evaluate`: a registered model's objectives now, beside those recorded at promotion."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.registry import evaluate
+    from orchestrator.checks import existing_store
+    from orchestrator.promotion.evaluate import evaluate
 
     result = evaluate(MlflowClient(existing_store(args.tracking_uri)), args.model, args.stimuli, args.data)
     source = result.provenance
     print(f"{args.model} = version {result.version.version}: configuration {source['configuration']} seed {source['seed']} "
           f"of search {source['search_id']}")
-    print(f"{'':<12} {'at promotion':>12} {'now':>10}")
-    for name, value in result.now.items():
-        recorded = result.recorded[name]
-        print(f"{name:<12} {recorded:>12.4f} {value:>10.4f}  {'same' if value == recorded else f'{value - recorded:+.4f}'}")
+    print(f"{'':<18} {'at promotion':>12} {'now':>10}")
+    for name, recorded in result.recorded.items():
+        value = result.now[name]
+        print(f"{name:<18} {recorded:>12.4f} {value:>10.4f}  {'same' if value == recorded else f'{value - recorded:+.4f}'}")
     return 0
 
 
-COMMANDS = {"pareto": pareto_command, "promote": promote_command, "evaluate": evaluate_command}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "pareto": pareto_command, "promote": promote_command, "evaluate": evaluate_command,
+}
 
 
 def _quiet_mlflow() -> None:
@@ -201,10 +203,13 @@ def _quiet_mlflow() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command; its exit code."""
     args = build_parser().parse_args(argv)
     if args.command in COMMANDS:
         _quiet_mlflow()
         return _one_line_errors(COMMANDS[args.command], args)
+    from search_spaces.spec import ConfigError, load_spec
+
     try:
         spec = load_spec(args.config, args.overrides)
     except ConfigError as error:
@@ -216,23 +221,32 @@ def main(argv: list[str] | None = None) -> int:
 def search_command(spec: SearchSpec, args: argparse.Namespace) -> int:
     """`search` / `resume`: run the search to its end."""
     # Imported after validation: a config error is reported before Ray or MLflow load.
-    from orchestrator.driver import SearchInterrupted, run_search
+    from orchestrator.errors import SearchInterrupted
+    from orchestrator.search.driver import run_search
 
     resume = args.command == "resume"
     try:
-        run_search(spec, resume=resume, search_id=getattr(args, "search", None))
+        run_search(spec, resume=resume, search_id=getattr(args, "search", None), overrides=args.overrides)
     except SearchInterrupted as stopped:
-        again = shlex.join(["run_search.py", "resume", "--config", args.config, *args.overrides, "--search", stopped.search_id])
+        # The search keeps its own settings when resumed: the config file and where things are suffice.
+        again = shlex.join(["run_search.py", "resume", "--config", args.config, *_location_overrides(args.overrides),
+                            "--search", stopped.search_id])
         print(f"{stopped}; its finished trials are kept. Continue it with:\n  {again}", file=sys.stderr)
         return 130  # the shell's code for a run stopped by Ctrl+C
     return 0
 
 
+def _location_overrides(overrides: list[str]) -> list[str]:
+    """The overrides a resume still needs: those that say where things are."""
+    from search_spaces.spec import LOCATION_KEYS
+
+    return [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in LOCATION_KEYS]
+
+
 def _one_line_errors(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command; what it cannot find or do is one line on stderr and exit code 2."""
-    from orchestrator.tracking import SearchError
-
-    from trainables.trial import one_line
+    from orchestrator.errors import SearchError
+    from trainables.messages import one_line
 
     try:
         return command(args)

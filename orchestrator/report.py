@@ -12,9 +12,11 @@ from pathlib import Path
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from orchestrator import names
+from orchestrator.errors import SearchError
 from orchestrator.pareto import ConfigurationResult, front_hypervolume, front_of, reference_of
-from orchestrator.tracking import SearchError, SearchRecord, child_runs, collect
-from search_spaces.params import OBJECTIVES
+from orchestrator.tracking import SearchRecord, child_runs, collect
+from search_spaces.params import DENSE_LABEL, OBJECTIVES
 
 
 def format_table(results: list[ConfigurationResult]) -> str:
@@ -26,7 +28,7 @@ def format_table(results: list[ConfigurationResult]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         p = r.params
-        placement = "dense (no Top-K)" if r.dense else p.placement
+        placement = DENSE_LABEL if r.dense else p.placement
         fraction = p.fraction_label()
         lines.append(
             f"{r.configuration:<7} {placement:<24} {fraction:>8} {p.lr:>7.4f} {p.weight_decay:>7.0e} {p.batch_size:>5}  "
@@ -165,10 +167,10 @@ def report_front(
     # The search logged this already as its last configuration finished (HypervolumeLog, whose
     # steps also count stopped and failed configurations); `pareto` on an older search had not:
     # a value already charted is not charted again, so the chart shows no double.
-    history = client.get_metric_history(search.run_id, "hypervolume")
+    history = client.get_metric_history(search.run_id, names.HYPERVOLUME)
     if reference is not None and volume not in {m.value for m in history}:
-        client.log_metric(search.run_id, "hypervolume", volume, step=max([len(results), *(m.step for m in history)]))
-    client.log_metric(search.run_id, "front_size", len(front))
+        client.log_metric(search.run_id, names.HYPERVOLUME, volume, step=max([len(results), *(m.step for m in history)]))
+    client.log_metric(search.run_id, names.FRONT_SIZE, len(front))
     print(f"wrote {', '.join(str(p) for p in written)} (also logged to MLflow run {search.run_id})")
     return results, volume
 
@@ -198,7 +200,7 @@ def report_importances(client: MlflowClient, search: SearchRecord, optuna_storag
     for param in params:
         print(f"{param:<24} " + " ".join(f"{importances[o].get(param, 0.0):>10.3f}" for o in OBJECTIVES))
     now = int(time.time() * 1000)
-    client.log_batch(search.run_id, metrics=[Metric(f"importance.{o}.{p}", v, now, 0)
+    client.log_batch(search.run_id, metrics=[Metric(f"{names.IMPORTANCE_PREFIX}{o}.{p}", v, now, 0)
                                              for o, values in importances.items() for p, v in values.items()])
     return importances
 
@@ -206,14 +208,14 @@ def report_importances(client: MlflowClient, search: SearchRecord, optuna_storag
 def report_early_stopping(client: MlflowClient, search: SearchRecord, epochs: int) -> dict[str, float]:
     """What early stopping saved: stopped configurations and trial-epochs, printed and logged to the parent run."""
     children = child_runs(client, search.experiment_id, search.run_id)
-    stopped = [r for r in children if "stopped_at_epoch" in r.data.tags]
-    trained = sum(int(r.data.metrics.get("epoch", 0)) for r in children)
-    saved = sum(epochs - int(r.data.tags["stopped_at_epoch"]) for r in stopped)
-    configurations = {r.data.tags.get("configuration") for r in stopped}
-    summary = {"stopped_configurations": float(len(configurations)), "epochs_saved": float(saved),
-               "epochs_trained": float(trained)}
+    stopped = [r for r in children if names.STOPPED_AT_EPOCH in r.data.tags]
+    trained = sum(int(r.data.metrics.get(names.EPOCH, 0)) for r in children)
+    saved = sum(epochs - int(r.data.tags[names.STOPPED_AT_EPOCH]) for r in stopped)
+    configurations = {r.data.tags.get(names.CONFIGURATION) for r in stopped}
+    summary = {names.STOPPED_CONFIGURATIONS: float(len(configurations)), names.EPOCHS_SAVED: float(saved),
+               names.EPOCHS_TRAINED: float(trained)}
     total = trained + saved
-    print(f"early stopping: {len(configurations)} of {len({r.data.tags.get('configuration') for r in children})} "
+    print(f"early stopping: {len(configurations)} of {len({r.data.tags.get(names.CONFIGURATION) for r in children})} "
           f"configurations stopped; {trained} of {total} trial-epochs trained ({saved} saved, "
           f"{saved / total if total else 0:.0%})")
     now = int(time.time() * 1000)

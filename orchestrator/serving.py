@@ -37,7 +37,7 @@ from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
 from trainables.checkpoint import mapping_of
-from trainables.cue_conflict import preprocess
+from trainables.models import preprocess
 from trainables.label_spaces import CATEGORIES
 
 MODEL_NAME = "model"  # the logged model's name in a run's Models tab

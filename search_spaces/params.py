@@ -2,9 +2,11 @@
 
 Optuna proposes a configuration as a flat dict (`placement`, `fraction`, optional training knobs);
 Ray carries it as a plain dict; MLflow stores it as string params; the front reads it back. Each
-of those crossings goes through `Params`, so a knob added here reaches all of them. `outcome`
-is the one rule for "this trial is complete": the searcher applies it to Ray results, the front
-to MLflow runs.
+of those crossings goes through `Params`, so a knob added to `KNOBS` reaches all of them (the
+search space samples and grids it from the same table: `search_spaces.space`). `outcome` is the
+one rule for "this trial is complete", and `configuration_outcome` the one rule for "every seed
+of this configuration is": the searcher applies them to Ray results, the progress line and the
+hypervolume chart to Tune's trials, the front to MLflow runs.
 """
 
 from __future__ import annotations
@@ -12,11 +14,28 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 OBJECTIVES = ("accuracy", "shape_bias")  # both maximised
 DENSE = "dense"  # the placement-set name of the reference model without Top-K
-KNOBS = ("lr", "weight_decay", "batch_size")  # training knobs a search may vary
+DENSE_LABEL = "dense (no Top-K)"  # how tables and texts name it
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A training knob a search may vary: its name (in YAML, Optuna, Ray and MLflow) and its type.
+
+    A float knob is searched over a range (`FloatRange`); an int knob over a list of choices.
+    """
+
+    name: str
+    kind: type
+
+
+# The one table of searched training knobs; each is also a field of `TrainingConfig` and of
+# `SearchSpace`, and of `Params` below.
+KNOBS = (Knob("lr", float), Knob("weight_decay", float), Knob("batch_size", int))
+KNOB_NAMES = tuple(knob.name for knob in KNOBS)
 
 
 def placement_key(names: list[str]) -> str:
@@ -62,9 +81,13 @@ class Params:
             return ", ".join(f"{name} {value:.{digits}f}" for name, value in self.fractions)
         return f"{self.fraction:.{digits}f}"
 
+    def describe(self) -> str:
+        """What the network is, in words: 'dense (no Top-K)', 'Top-K 0.100 after layer1+layer2'."""
+        return DENSE_LABEL if self.dense else f"Top-K {self.fraction_label()} after {self.placement}"
+
     def knobs(self) -> dict[str, Any]:
         """The training knobs this configuration sets (the others stay at the base recipe)."""
-        return {k: getattr(self, k) for k in KNOBS if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in KNOB_NAMES if getattr(self, k) is not None}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, flat data for Ray's trial config and Optuna: only what is set."""
@@ -78,22 +101,21 @@ class Params:
     def from_dict(cls, values: Mapping[str, Any]) -> "Params":
         """From Optuna's suggestion or `to_dict`; the dense reference has no fraction."""
         per = {k.removeprefix("fraction."): float(v) for k, v in values.items() if k.startswith("fraction.")}
-        unknown = set(values) - {"placement", "fraction", *KNOBS} - {f"fraction.{name}" for name in per}
+        unknown = set(values) - {"placement", "fraction", *KNOB_NAMES} - {f"fraction.{name}" for name in per}
         if unknown:
             raise ValueError(f"unknown search parameters {sorted(unknown)}; known: placement, fraction, "
-                             f"fraction.<placement>, {', '.join(KNOBS)}")
+                             f"fraction.<placement>, {', '.join(KNOB_NAMES)}")
         placement = str(values["placement"])
         order = [] if placement == DENSE else placement.split("+")
         if per and sorted(per) != sorted(order):
             raise ValueError(f"per-placement fractions {sorted(per)} do not match the placement set {placement}")
-        batch_size = values.get("batch_size")
+        # MLflow hands every value back as a string: each knob's type restores it.
+        knobs = {knob.name: knob.kind(values[knob.name]) for knob in KNOBS if values.get(knob.name) is not None}
         return cls(
             placement=placement,
             fraction=float(values.get("fraction", 1.0)),
-            lr=None if values.get("lr") is None else float(values["lr"]),
-            weight_decay=None if values.get("weight_decay") is None else float(values["weight_decay"]),
-            batch_size=None if batch_size is None else int(batch_size),
             fractions=tuple((name, per[name]) for name in order if per),
+            **knobs,
         )
 
     def to_mlflow(self) -> dict[str, str]:
@@ -104,7 +126,7 @@ class Params:
     def from_mlflow(cls, params: Mapping[str, str]) -> "Params":
         """Back from a child run's params (the keys `to_mlflow` wrote)."""
         return cls.from_dict({k: v for k, v in params.items()
-                              if k in ("placement", "fraction", *KNOBS) or k.startswith("fraction.")})
+                              if k in ("placement", "fraction", *KNOB_NAMES) or k.startswith("fraction.")})
 
 
 class Outcome(enum.Enum):
@@ -120,6 +142,20 @@ def outcome(metrics: Mapping[str, Any] | None, epochs: int, error: bool = False)
     if not _finite(metrics.get("epoch")) or metrics["epoch"] < epochs:
         return Outcome.STOPPED
     return Outcome.COMPLETE
+
+
+def configuration_outcome(seeds: Sequence[Outcome], replicates: int) -> Outcome | None:
+    """A configuration's outcome from its seeds' outcomes: None until `replicates` seeds have ended.
+
+    Complete only if every seed is: a mean over the survivors of a failed seed would flatter it,
+    and a stopped seed's scores are partial. Stopped if early stopping ended any seed (and none
+    failed), failed otherwise.
+    """
+    if len(seeds) < replicates:
+        return None
+    if all(s is Outcome.COMPLETE for s in seeds):
+        return Outcome.COMPLETE
+    return Outcome.FAILED if Outcome.FAILED in seeds else Outcome.STOPPED
 
 
 def _finite(value: Any) -> bool:

@@ -1,18 +1,23 @@
 """The search space: what Optuna varies (placement sets, the Top-K fraction, training knobs).
 
-Validated as part of an experiment YAML (`search_spaces.spec`); `grid_space` is its form for
-`sampler: grid`.
+Validated as part of an experiment YAML (`search_spaces.spec`). Its two forms, `suggest` (Optuna's
+define-by-run: a trial's `Params`) and `grid_space` (`sampler: grid`), walk the same parameters:
+the placement set, the fraction (one, or one per placement), and the knobs of `params.KNOBS`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Mapping
 
 from pydantic import Field, field_validator, model_validator
 
-from search_spaces.params import placement_key
-from trainables.config import Strict, bounded
+from search_spaces.params import KNOBS, Params, placement_key
+from trainables.messages import bounded
+from trainables.schema import Strict
+
+if TYPE_CHECKING:
+    import optuna
 
 
 class FloatRange(Strict):
@@ -80,15 +85,39 @@ class SearchSpace(Strict):
             raise ValueError(f"placement sets repeat: {keys}")
         return placements
 
+    def knob_domains(self) -> dict[str, FloatRange | list[int]]:
+        """The searched knobs (`params.KNOBS` this space sets) and their domains: a range or choices."""
+        domains = {knob.name: getattr(self, knob.name) for knob in KNOBS}
+        return {name: domain for name, domain in domains.items() if domain is not None}
+
+    def float_ranges(self) -> dict[str, FloatRange]:
+        """Every searched range, the fraction first: what `sampler: grid` needs grid points for."""
+        ranges = {name: d for name, d in self.knob_domains().items() if isinstance(d, FloatRange)}
+        return {"fraction": self.fraction, **ranges}
+
+    def suggest(self, trial: "optuna.Trial") -> Params:
+        """Optuna's define-by-run form: ask `trial` for every parameter, in one fixed order."""
+        placement = trial.suggest_categorical("placement", [placement_key(p) for p in self.placements])
+        low, high, log = self.fraction.low, self.fraction.high, self.fraction.log
+        values: dict[str, Any] = {"placement": placement}
+        if self.fraction_per_placement:  # per-layer K: one parameter per placement of the chosen set
+            for name in placement.split("+"):
+                values[f"fraction.{name}"] = trial.suggest_float(f"fraction.{name}", low, high, log=log)
+        else:
+            values["fraction"] = trial.suggest_float("fraction", low, high, log=log)
+        for name, domain in self.knob_domains().items():
+            if isinstance(domain, FloatRange):
+                values[name] = trial.suggest_float(name, domain.low, domain.high, log=domain.log)
+            else:
+                values[name] = trial.suggest_categorical(name, domain)
+        return Params.from_dict(values)
+
     def grid_space(self) -> dict[str, list[Any]]:
-        """Optuna GridSampler's search space: every parameter and its points."""
+        """Optuna GridSampler's form: every parameter and its points (one shared fraction)."""
         grid: dict[str, list[Any]] = {"placement": [placement_key(p) for p in self.placements]}
-        for name in ("fraction", "lr", "weight_decay"):
-            value_range = getattr(self, name)
-            if value_range is not None:
-                grid[name] = value_range.grid_values()
-        if self.batch_size is not None:
-            grid["batch_size"] = list(self.batch_size)
+        grid["fraction"] = self.fraction.grid_values()
+        for name, domain in self.knob_domains().items():
+            grid[name] = domain.grid_values() if isinstance(domain, FloatRange) else list(domain)
         return grid
 
 

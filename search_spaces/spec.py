@@ -8,37 +8,28 @@ and seeds, resources, and where results go (Ray storage, MLflow, Optuna). Comman
 
 from __future__ import annotations
 
-import os
+import copy
 import re
-import urllib.parse
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from search_spaces.params import OBJECTIVES, Params, placement_key
-from search_spaces.space import SearchSpace, grid_size
-from trainables.config import (
-    FolderData,
-    ModelConfig,
-    Strict,
-    SyntheticData,
-    TrainingConfig,
-    YamlError,
-    bounded,
-    check_sections,
-    describe,
-    parse_yaml,
-    read_yaml,
-    redact,
+from search_spaces.locations import (
+    OPTUNA_SCHEMES,
+    TRACKING_SCHEMES,
+    absolute_sqlite,
+    check_url,
+    resolve_tracking_uri,
 )
+from search_spaces.params import OBJECTIVES, Params
+from search_spaces.space import SearchSpace, grid_size
+from trainables.config import ModelConfig, TrainingConfig, check_sections
+from trainables.data import DataSettings
+from trainables.files import YamlError, parse_yaml, read_yaml
+from trainables.messages import bounded, describe, redact
 from trainables.models import ARCHITECTURES, check_placements, expand_preset
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
-# What MLflow's tracking stores and Optuna's RDBStorage accept (SQLAlchemy dialects take a
-# '+driver' suffix, e.g. postgresql+psycopg2). A tracking URI without a scheme is a local folder.
-TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
-OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
+from trainables.schema import Strict
 
 
 class ReferencePoint(Strict):
@@ -72,7 +63,7 @@ class SearchSpec(Strict):
     """A whole experiment: validated, with every path and URI made absolute."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    data: Union[SyntheticData, FolderData] = Field(discriminator="kind")
+    data: DataSettings
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     search: SearchSpace
@@ -137,11 +128,11 @@ class SearchSpec(Strict):
 
     @model_validator(mode="after")
     def _batches_fit_the_data(self) -> "SearchSpec":
-        if isinstance(self.data, SyntheticData):
-            largest = max([self.training.batch_size, *(self.search.batch_size or [])])
-            if largest > self.data.train_size:
-                raise ValueError(f"batch size {largest} is larger than data.train_size {self.data.train_size}: "
-                                 "an epoch would have no full batch; lower training.batch_size / search.batch_size")
+        images = self.data.train_images()
+        largest = max([self.training.batch_size, *(self.search.batch_size or [])])
+        if images is not None and largest > images:
+            raise ValueError(f"batch size {largest} is larger than data.train_size {images}: "
+                             "an epoch would have no full batch; lower training.batch_size / search.batch_size")
         return self
 
     @field_validator("objectives")
@@ -194,8 +185,7 @@ class SearchSpec(Strict):
         if space.fraction_per_placement:
             raise ValueError("sampler: grid cannot search per-placement fractions (each placement set has its own "
                              "parameters); set search.fraction_per_placement: false, or use tpe, nsga2 or random")
-        ranges = {name: getattr(space, name) for name in ("fraction", "lr", "weight_decay") if getattr(space, name)}
-        ungridded = [f"search.{name}" for name, value_range in ranges.items() if value_range.grid is None]
+        ungridded = [f"search.{name}" for name, value_range in space.float_ranges().items() if value_range.grid is None]
         if ungridded:
             raise ValueError(f"sampler: grid needs grid points for {', '.join(ungridded)}: add grid: <count> "
                              "(spaced from low to high) or grid: [values]")
@@ -243,49 +233,6 @@ class SearchSpec(Strict):
         return {"data": self.data.model_dump(mode="json"), "model": model, "training": training, "seed": seed}
 
 
-def resolve_tracking_uri(given: str | None) -> str:
-    """`given`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db; a SQLite path made absolute."""
-    return absolute_sqlite(given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-
-
-def check_url(url: str, schemes: tuple[str, ...], what: str, allow_path: bool = False) -> str:
-    """`url` if its scheme is one of `schemes` and it parses; ValueError naming it (password hidden) if not."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    shown = bounded(redact(url))
-    if not scheme and allow_path:
-        return url
-    if scheme.split("+")[0] not in schemes:
-        raise ValueError(f"{what} {shown} has scheme {scheme or 'none'!r}; valid: "
-                         + ", ".join(f"{s}://" for s in schemes) + (", or a local folder" if allow_path else ""))
-    if scheme in ("http", "https", "file", "databricks"):
-        parts = urllib.parse.urlsplit(url)
-        try:
-            parts.port  # raises for a port that is not a number
-        except ValueError:
-            raise ValueError(f"{what} {shown} has a port that is not a number") from None
-        if scheme.startswith("http") and not parts.hostname:
-            raise ValueError(f"{what} {shown} names no host")
-        return url
-    from sqlalchemy.engine import make_url  # both stores are SQLAlchemy URLs
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as error:
-        raise ValueError(f"{what} {shown} is not a database URL ({error})") from None
-    if parsed.get_backend_name() == "sqlite" and not parsed.database:
-        raise ValueError(f"{what} {shown} names no file: use sqlite:///path/to/file.db")
-    return url
-
-
-def absolute_sqlite(uri: str) -> str:
-    """sqlite:///relative.db -> sqlite:////abs/relative.db, so Ray workers in other dirs agree."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
-
-
 class ConfigError(ValueError):
     """A bad experiment file or override, as one line naming the key and what is valid."""
 
@@ -317,7 +264,50 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> SearchSpec:
+# What a resumed search takes from the config file it is resumed with: where things are. The rest
+# (the space, the sampler, configurations, seeds, data, training) is the search's own, as it started.
+LOCATION_KEYS = ("name", "storage_path", "tracking_uri", "experiment", "optuna_storage", "address")
+
+
+def resumed_spec(saved: Mapping[str, Any], given: SearchSpec, overrides: Sequence[str] = (),
+                 search_id: str = "the search") -> SearchSpec:
+    """The settings a search resumes with: those it started with, where things are from `given`.
+
+    An override of any other setting that would change it is refused (ConfigError): a search
+    keeps one set of settings from its first trial to its last.
+    """
+    raw = {k: copy.deepcopy(v) for k, v in saved.items() if k not in LOCATION_KEYS}
+    raw |= {k: v for k, v in given.model_dump(mode="json").items() if k in LOCATION_KEYS}
+    try:
+        kept = SearchSpec.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"the saved settings of {search_id} no longer validate: {describe(error)}") from None
+    for assignment in overrides:
+        key = assignment.split("=", 1)[0].strip()
+        if key.split(".")[0] in LOCATION_KEYS:
+            continue
+        changed = copy.deepcopy(raw)
+        apply_override(changed, assignment)
+        try:
+            same = SearchSpec.model_validate(changed) == kept
+        except ValidationError:
+            same = False
+        if not same:
+            raise ConfigError(f"override {bounded(assignment)[1:-1]} would change {search_id}, which started with "
+                              f"{key} = {bounded(_lookup(raw, key))}: a resumed search keeps its settings; drop the "
+                              f"override, or start a new search ({', '.join(LOCATION_KEYS)} may change)")
+    return kept
+
+
+def _lookup(raw: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted key of parsed settings (None where it is not set)."""
+    node: Any = raw
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SearchSpec:
     """Read, override and validate an experiment file; raise ConfigError with one line."""
     path = Path(path)
     try:

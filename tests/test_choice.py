@@ -2,9 +2,9 @@
 
 import pytest
 
-from orchestrator.choice import by_id, by_rule, closest_replicate, parse_floor
+from orchestrator.errors import SearchError
 from orchestrator.pareto import ConfigurationResult, Replicate
-from orchestrator.tracking import SearchError
+from orchestrator.promotion.choice import by_id, by_rule, closest_replicate, parse_floor
 from search_spaces.params import Params
 
 

@@ -17,8 +17,17 @@ import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import POSTGRES, MlflowServer, free_port
-from test_failures import QUICKSTART, TINY, assert_nothing_written, assert_one_line_error, cli, popen_search
+from conftest import (
+    POSTGRES,
+    QUICKSTART,
+    TINY,
+    MlflowServer,
+    assert_nothing_written,
+    assert_one_line_error,
+    cli,
+    free_port,
+    popen_search,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 RAY = str(Path(sys.executable).with_name("ray"))

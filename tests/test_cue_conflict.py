@@ -13,9 +13,9 @@ from trainables.cue_conflict import (
     read_decisions_csv,
     score_decisions,
     shape_bias_from_csv,
-    evaluate_shape_bias,
     write_decisions_csv,
 )
+from trainables.evaluate import evaluate_shape_bias
 from trainables.label_spaces import (
     CATEGORIES,
     LabelMapping,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.preflight import FORWARDED_ENV_PREFIXES
+from orchestrator.search.ray_session import FORWARDED_ENV_PREFIXES
 from run_search import build_parser
 from search_spaces.spec import SearchSpec
 

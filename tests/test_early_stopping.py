@@ -2,9 +2,9 @@
 
 import pytest
 
-from orchestrator.early_stopping import RungLadder, hypervolume_contributions, rank_order
+from conftest import QUICKSTART, REDUCED, run_search, search_runs
+from orchestrator.search.early_stopping import RungLadder, hypervolume_contributions, rank_order
 from search_spaces.spec import ConfigError, load_spec
-from test_spec import QUICKSTART
 
 
 def test_hypervolume_contribution_is_the_area_a_point_alone_adds():
@@ -45,7 +45,7 @@ def test_a_resumed_scheduler_relearns_which_configurations_were_stopped():
 
     from ray.tune.schedulers import TrialScheduler
 
-    from orchestrator.early_stopping import ReplicateSuccessiveHalving
+    from orchestrator.search.early_stopping import ReplicateSuccessiveHalving
 
     def trial(configuration, seed, status, epoch):
         return SimpleNamespace(status=status, config={"configuration": configuration, "seed": seed, "params": {"placement": "layer1", "fraction": 0.1}},
@@ -69,7 +69,7 @@ def test_the_driver_closes_a_stopped_run_its_worker_left_open(tmp_path):
     from mlflow.tracking import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    from orchestrator.early_stopping import StoppedRuns
+    from orchestrator.search.early_stopping import StoppedRuns
 
     # Tune tore down the worker of a stopped trial before it closed its run (a slow store).
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -92,8 +92,8 @@ def test_the_driver_closes_a_stopped_run_its_worker_left_open(tmp_path):
 
 
 def test_a_reused_worker_waits_for_a_stopped_trial_to_close_its_run():
-    from orchestrator.outbox import PATIENCE_S
-    from orchestrator.preflight import worker_env
+    from orchestrator.search.outbox import PATIENCE_S
+    from orchestrator.search.ray_session import worker_env
 
     # Tune's 2 s default: a slower close errors the next trial and hangs the search (Ray's searcher
     # never hears of that trial). A close may wait for the tracking server as long as the outbox does.
@@ -118,10 +118,8 @@ def test_a_search_with_early_stopping_stops_configurations_that_never_reach_the_
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from test_search_e2e import REDUCED, ROOT, run_search, search_runs
-
     tracking, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
-    out = run_search("search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *REDUCED,
+    out = run_search("search", "--config", str(QUICKSTART), *REDUCED,
                      "configurations=5", "early_stopping={rungs: [1], reduction_factor: 4}", f"tracking_uri={tracking}",
                      f"optuna_storage={storage}", f"storage_path={tmp_path / 'ray'}", "experiment=e2e-stop", cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -19,52 +19,18 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port, run_main
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
-TINY = ["data.train_size=160", "data.test_size=60", "data.conflicts_per_pair=2", "training.epochs=2",
-        "training.batch_size=16", "seeds=[0]", "configurations=2", "concurrency=2"]
-
-
-def cli(*args, cwd, module=None, timeout=120, env=None, fresh=False):
-    """Run run_search.py (or `python -m module`) as a user would, with no terminal on stdin.
-
-    A refusal of run_search.py runs in this process (`run_main`) unless `fresh`: a test that must
-    see a real process, or that reaches Ray, asks for one.
-    """
-    if module is None and not fresh:
-        return run_main(*args, cwd=cwd, env=env)
-    command = [sys.executable, "-m", module] if module else [sys.executable, str(ROOT / "run_search.py")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([*command, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def assert_one_line_error(out, *needles):
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert out.returncode == 2, f"exit {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
-    assert "Traceback" not in out.stderr and "Traceback" not in out.stdout, out.stderr[-3000:]
-    assert len(lines) == 1, out.stderr[-3000:]
-    assert lines[0].startswith("error: ") and len(lines[0]) < 2500, lines[0][:3000]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-def assert_nothing_written(cwd):
-    """A start refused before Ray: no parent run in MLflow, no Ray experiment folder."""
-    database = cwd / "mlflow.db"
-    if database.exists():
-        client = MlflowClient(f"sqlite:///{database}")
-        runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-        assert runs == [], [r.info.run_name for r in runs]
-    assert not (cwd / "ray_results").exists() or not any((cwd / "ray_results").iterdir())
-
-
-def closed_port() -> int:
-    return free_port()  # nothing listens there once the probe socket is closed
+from conftest import (
+    POSTGRES,
+    QUICKSTART,
+    TINY,
+    assert_nothing_written,
+    assert_one_line_error,
+    cli,
+    closed_port,
+    free_port,
+    popen_search,
+    search_runs,
+)
 
 
 # --- search: settings refused before Ray starts --------------------------------------------------
@@ -348,7 +314,7 @@ def test_silent_wrong_data_is_refused(tmp_path, shared_data):
 # --- the tracker: a restarted trial logs each epoch once and drops the error it retried ---------
 
 def test_reattached_child_run_logs_each_step_once_and_drops_a_stale_error(tmp_path, monkeypatch):
-    from orchestrator.worker import MLflowTrialTracker
+    from orchestrator.search.worker import MLflowTrialTracker
     from search_spaces.params import Params
     from trainables.config import TrialConfig
 
@@ -380,19 +346,10 @@ def test_reattached_child_run_logs_each_step_once_and_drops_a_stale_error(tmp_pa
 
 # --- slow: real searches ------------------------------------------------------------------------
 
-def search_runs(tmp_path, experiment="sparse-shape-search-quickstart"):
+def store_runs(tmp_path, experiment="sparse-shape-search-quickstart"):
+    """(client, parent runs, child runs) of the search store in `tmp_path`."""
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
-    parents = [r for r in runs if "search_id" in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return client, parents, children
-
-
-def popen_search(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args], cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return (client, *search_runs(client, experiment))
 
 
 @pytest.mark.slow
@@ -407,7 +364,7 @@ def test_two_searches_started_together_in_a_fresh_folder_stay_apart(tmp_path):
     for search_id in ids:
         assert (tmp_path / f"pareto-{search_id}.csv").is_file() and (tmp_path / f"pareto-{search_id}.png").is_file()
         assert (tmp_path / "ray_results" / search_id).is_dir()
-    _, parents, children = search_runs(tmp_path)
+    _, parents, children = store_runs(tmp_path)
     assert sorted(p.data.tags["search_id"] for p in parents) == sorted(ids)
     assert {p.info.status for p in parents} == {"FINISHED"}
     for parent in parents:
@@ -424,7 +381,7 @@ def test_failing_trials_end_the_search_with_their_reasons_without_retries(tmp_pa
     start = time.monotonic()
     out = cli("search", "--config", str(QUICKSTART), *TINY, "training.lr=1e12", "max_failures=3", cwd=tmp_path, timeout=900, fresh=True)
     line = assert_one_line_error(out, "2 of 2 trials failed: NonFiniteLossError: training loss became nan at epoch 1 (lr 1e+12)")
-    _, parents, children = search_runs(tmp_path)
+    _, parents, children = store_runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
     assert "NonFiniteLossError" in parents[0].data.tags["failure_reason"]
     assert len(children) == 2 and {c.info.status for c in children} == {"FAILED"}
@@ -439,7 +396,7 @@ def test_sigterm_stops_like_ctrl_c_and_resume_counts_what_was_done(tmp_path):
 
     def finished():
         try:
-            return [c for c in search_runs(tmp_path)[2] if c.info.status == "FINISHED"]
+            return [c for c in store_runs(tmp_path)[2] if c.info.status == "FINISHED"]
         except Exception:  # the store may not exist yet
             return []
 
@@ -451,7 +408,7 @@ def test_sigterm_stops_like_ctrl_c_and_resume_counts_what_was_done(tmp_path):
     driver.send_signal(signal.SIGTERM)
     stdout, stderr = driver.communicate(timeout=180)
     assert driver.returncode == 130, stdout[-2000:] + stderr[-3000:]
-    _, parents, _ = search_runs(tmp_path)
+    _, parents, _ = store_runs(tmp_path)
     search_id = parents[0].data.tags["search_id"]
     assert parents[0].info.status == "KILLED"
     assert f"--search {search_id}" in stderr and "run_search.py resume --config" in stderr
@@ -462,7 +419,7 @@ def test_sigterm_stops_like_ctrl_c_and_resume_counts_what_was_done(tmp_path):
     first_done = int(progress[0].split("trials ")[1].split(" done")[0])
     assert first_done >= done_before, progress[0]
     assert "configurations 3/3 done" in progress[-1] and "trials 6 done" in progress[-1], progress[-1]
-    client, parents, children = search_runs(tmp_path)
+    client, parents, children = store_runs(tmp_path)
     assert [p.info.status for p in parents] == ["FINISHED"] and "failure_reason" not in parents[0].data.tags
     assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}
     for child in children:
@@ -513,8 +470,6 @@ def test_a_cluster_too_small_for_a_trial_is_refused_before_any_run(tmp_path):
 
 @pytest.mark.slow
 def test_passwords_in_urls_reach_neither_mlflow_nor_the_console(tmp_path, mlflow_server):
-    from conftest import POSTGRES
-
     tracking = mlflow_server.replace("http://", "http://me:s3cret@")  # the server has no auth: it ignores them
     optuna_url = POSTGRES.replace("root@", "root:s3cret@")  # trust auth ignores the password
     out = cli("search", "--config", str(QUICKSTART), *TINY, "training.epochs=1", f"tracking_uri={tracking}",

@@ -14,15 +14,12 @@ import torchvision
 import yaml
 from mlflow.tracking import MlflowClient
 
-from test_failures import cli
-from test_models import spliced_by_hand
+from conftest import ROOT, cli, spliced_by_hand
 from trainables.config import TrialConfig
 from trainables.cue_conflict import shape_bias_from_csv
-from trainables.data import build_data
 from trainables.label_spaces import imagenet16_table
 from trainables.models import expand_preset
 
-ROOT = Path(__file__).resolve().parents[1]
 TOPK = {name: 0.1 for name in expand_preset(["after_every_pool"], "alexnet")}
 
 
@@ -59,7 +56,7 @@ def test_the_trial_cli_evaluates_a_pretrained_file_as_the_definition_says(tmp_pa
 
     # The same accuracy from the definition: the torchvision model with Top-K spliced in by hand;
     # per image, the category whose member ImageNet classes have the highest mean probability.
-    data = build_data(TrialConfig.model_validate(config).data, 16, 0, augment=False)
+    data = TrialConfig.model_validate(config).data.build(16, 0, augment=False)
     model = spliced_by_hand("alexnet", torch.load(alexnet_weights, weights_only=True), TOPK)
     table = imagenet16_table()
     with torch.no_grad():

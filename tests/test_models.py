@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
+from conftest import spliced_by_hand
 from trainables.models import PLACEMENTS, build_model, describe_placements
 from trainables.topk import TopK
 
@@ -69,43 +70,6 @@ def test_trains_end_to_end_with_channels_last():
 
 
 # --- any torchvision architecture, against the authors' way: Top-K spliced into the Sequential ---
-
-def reference_topk(x, fraction):
-    """Top-K from the definition, as the authors wrote it: topk of |x| per channel, a scattered mask."""
-    n, c, h, w = x.shape
-    k = max(1, int(fraction * h * w))
-    flat = x.flatten(2)
-    mask = torch.zeros_like(flat).scatter(-1, flat.abs().topk(k, dim=-1).indices, 1.0)
-    return (flat * mask).view_as(x)
-
-
-class Spliced(torch.nn.Module):
-    def __init__(self, fraction):
-        super().__init__()
-        self.fraction = fraction
-
-    def forward(self, x):
-        return reference_topk(x, self.fraction)
-
-
-def spliced_by_hand(arch, state, topk):
-    """The torchvision model with Top-K modules inserted after the named modules of its Sequentials."""
-    import torchvision
-
-    model = getattr(torchvision.models, arch)(weights=None)
-    model.load_state_dict(state)
-    if arch.startswith("resnet"):
-        for name, fraction in topk.items():
-            setattr(model, name, torch.nn.Sequential(getattr(model, name), Spliced(fraction)))
-    else:
-        layers = []
-        for i, layer in enumerate(model.features):
-            layers.append(layer)
-            if f"features.{i}" in topk:
-                layers.append(Spliced(topk[f"features.{i}"]))
-        model.features = torch.nn.Sequential(*layers)
-    return model.eval()
-
 
 @pytest.mark.parametrize("arch, size, fraction", [("resnet18", 64, 0.2), ("resnet50", 64, 0.1),
                                                   ("vgg16", 96, 0.05), ("alexnet", 128, 0.3)])

@@ -4,10 +4,10 @@ import optuna
 import pytest
 from ray.tune.search import Searcher
 
+from conftest import QUICKSTART
 from orchestrator.pareto import dominates, hypervolume, non_dominated_ranks
-from orchestrator.searcher import ReplicateSearcher, make_optuna_search
+from orchestrator.search.searcher import ReplicateSearcher, make_study
 from search_spaces.spec import load_spec
-from test_spec import QUICKSTART
 
 
 def test_dominance_and_ranks():
@@ -25,8 +25,9 @@ def test_hypervolume_of_a_staircase():
 
 def test_replicates_dense_first_then_optuna_told_the_means(tmp_path):
     spec = load_spec(QUICKSTART, ["configurations=3", "seeds=[0, 1]", "accuracy_floor=0.75", f"optuna_storage=sqlite:///{tmp_path}/o.db"])
-    inner = make_optuna_search(spec, study_name="unit")
-    searcher = ReplicateSearcher(inner, spec.seeds, spec.configurations, spec.trial_config, spec.training.epochs, spec.accuracy_floor)
+    searcher = ReplicateSearcher(study=make_study(spec, "unit"), space=spec.search, seeds=spec.seeds,
+                                 configurations=spec.configurations, make_trial=spec.trial_config,
+                                 epochs=spec.training.epochs, accuracy_floor=spec.accuracy_floor)
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
     assert searcher.suggest("t6") == Searcher.FINISHED
     assert [(c["configuration"], c["seed"]) for c in configs] == [("c000", 0), ("c000", 1), ("c001", 0), ("c001", 1), ("c002", 0), ("c002", 1)]
@@ -53,7 +54,7 @@ def test_hypervolume_is_logged_per_finished_configuration_above_the_dense_refere
 
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.progress import HypervolumeLog
+    from orchestrator.search.progress import HypervolumeLog
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -19,8 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import free_port, run_main, wait_for_http
-from test_search_e2e import REDUCED, ROOT, run_search
+from conftest import QUICKSTART, REDUCED, free_port, run_main, run_search, wait_for_http
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "promote-e2e"
@@ -33,7 +32,7 @@ def searched(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("promote")
     tracking = f"sqlite:///{workdir / 'mlflow.db'}"
     out = run_search(
-        "search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *REDUCED, "configurations=3",
+        "search", "--config", str(QUICKSTART), *REDUCED, "configurations=3",
         "log_models=true", f"tracking_uri={tracking}", f"optuna_storage=sqlite:///{workdir / 'optuna.db'}",
         f"storage_path={workdir / 'ray'}", f"experiment={EXPERIMENT}", cwd=workdir,
     )
@@ -115,7 +114,7 @@ def test_promote_by_rule_registers_the_closest_seed_and_pyfunc_predicts(searched
     assert np.allclose(from_array.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
     module = mlflow.pytorch.load_model(f"models:/{MODEL}@production")
     assert isinstance(module, torch.nn.Module)
-    from trainables.cue_conflict import preprocess
+    from trainables.models import preprocess
     with torch.no_grad():
         logits = module.eval()(preprocess(torch.from_numpy(images).permute(0, 3, 1, 2), 32))
     assert np.allclose(logits.softmax(-1).max(-1).values.numpy(), from_array["probability"], atol=1e-6)
@@ -190,7 +189,9 @@ class RefusingAlias(MlflowClient):
 
 
 def test_a_failure_after_the_version_was_registered_takes_everything_back(searched):
-    from orchestrator import choice, registry, tracking as lookup
+    from orchestrator import tracking as lookup
+    from orchestrator.errors import SearchError
+    from orchestrator.promotion import choice, promote
 
     workdir, tracking, client = searched
     search = lookup.find_search(client, EXPERIMENT, status="FINISHED")
@@ -199,8 +200,8 @@ def test_a_failure_after_the_version_was_registered_takes_everything_back(search
     models_before = {m.model_id for m in client.search_logged_models([search.experiment_id])}
     refusing = RefusingAlias(tracking)
     refusing.allowed = before[1]["production"]  # putting the alias back is allowed
-    with pytest.raises(lookup.SearchError, match=r"promotion failed, registry left as it was \(alias 'production' on version"):
-        registry.promote(refusing, search, chosen, MODEL, "production", workdir / "refused")
+    with pytest.raises(SearchError, match=r"promotion failed, registry left as it was \(alias 'production' on version"):
+        promote.promote(refusing, search, chosen, MODEL, "production", workdir / "refused")
     assert registry_state(client) == before
     assert {m.model_id for m in client.search_logged_models([search.experiment_id])} == models_before
     assert not list((workdir / "refused").glob("production.yaml*"))

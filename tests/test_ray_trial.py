@@ -8,12 +8,11 @@ import ray
 import ray.cloudpickle
 from ray import tune
 
-from trainables.config import TrialConfig
+from conftest import TINY_TRIAL as TINY
 from trainables.checkpoint import load_checkpoint
+from trainables.config import TrialConfig
 from trainables.train import METRICS, train_and_evaluate
 from trainables.trial import train_trial
-
-from test_trial import TINY
 
 # Workers import this module's functions by value: tests/ is not an installed package.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -1,49 +1,22 @@
 """A reduced search end to end: real Ray, Optuna (PostgreSQL / SQLite) and MLflow (HTTP server)."""
 
 import csv
-import os
 import signal
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import POSTGRES
+from conftest import POSTGRES, QUICKSTART, REDUCED, popen_search, run_search, search_runs, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-REDUCED = [
-    "data.train_size=160", "data.test_size=60", "data.conflicts_per_pair=2",
-    "training.epochs=2", "training.batch_size=16", "seeds=[0, 1]", "concurrency=2",
-]
-
-
-def run_search(*args, cwd, wait=True):
-    command = [sys.executable, str(ROOT / "run_search.py"), *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if not wait:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # No terminal on stdin, as in CI: a command that would ask must not wait for an answer.
-    return subprocess.run(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
-
-
-def search_runs(client, experiment_name):
-    experiment = client.get_experiment_by_name(experiment_name)
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if "search_id" in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return parents, children
 
 
 def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     out = run_search(
-        "search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *REDUCED, "configurations=3",
+        "search", "--config", str(QUICKSTART), *REDUCED, "configurations=3",
         f"tracking_uri={mlflow_server}", f"optuna_storage={POSTGRES}", f"storage_path={tmp_path / 'ray'}",
         "experiment=e2e-http", cwd=tmp_path,
     )
@@ -117,20 +90,12 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
         assert 0 <= trial.user_attrs["shape_bias_holdout_mean"] <= 1 and "shape_bias_holdout_std" in trial.user_attrs
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(1)
-
-
 def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["--config", str(ROOT / "search_spaces" / "quickstart.yaml"), *REDUCED, "configurations=4",
+    args = ["--config", str(QUICKSTART), *REDUCED, "configurations=4",
             f"tracking_uri={tracking}", f"optuna_storage=sqlite:///{tmp_path / 'optuna.db'}",
             f"storage_path={tmp_path / 'ray'}", "experiment=e2e-resume"]
-    driver = run_search("search", *args, cwd=tmp_path, wait=False)
+    driver = popen_search("search", *args, cwd=tmp_path)
     client = MlflowClient(tracking)
 
     def finished_children():
@@ -140,7 +105,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
             return []
 
     wait_for(lambda: len(finished_children()) >= 3 or driver.poll() is not None, 600, "three finished trials")
-    assert driver.poll() is None, driver.stdout.read()[-3000:]
+    assert driver.poll() is None, driver.communicate()[1][-3000:]
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=60)
     time.sleep(5)  # let Ray's own processes notice their driver is gone

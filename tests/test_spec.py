@@ -9,10 +9,9 @@ import pytest
 import yaml
 
 import run_search
+from conftest import QUICKSTART, ROOT
 from search_spaces.spec import ConfigError, apply_override, load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
 
 
 def test_quickstart_validates_and_builds_trials():
@@ -133,15 +132,14 @@ def test_relative_data_paths_become_absolute(shared_data, tmp_path, monkeypatch)
 def test_per_layer_k_gives_each_placement_its_own_parameter_everywhere():
     import optuna
 
-    from orchestrator.searcher import SearchSpaceFunction
     from search_spaces.params import Params
 
     spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml", ["search.fraction_per_placement=true",
                      "search.placements=[[layer2, layer3]]"])
     trial = optuna.create_study().ask()
-    SearchSpaceFunction(spec)(trial)
+    params = spec.search.suggest(trial)
     assert set(trial.params) == {"placement", "fraction.layer2", "fraction.layer3"}
-    params = Params.from_dict(trial.params)
+    assert params == Params.from_dict(trial.params)
     topk = spec.trial_config(params, seed=0)["model"]["topk"]
     assert topk == {"layer2": trial.params["fraction.layer2"], "layer3": trial.params["fraction.layer3"]}
     assert Params.from_mlflow(params.to_mlflow()) == params  # a child run's params read back
@@ -151,7 +149,7 @@ def test_per_layer_k_gives_each_placement_its_own_parameter_everywhere():
 def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
     import optuna
 
-    from orchestrator.searcher import SearchSpaceFunction, make_sampler
+    from orchestrator.search.searcher import make_sampler
 
     spec = load_spec(QUICKSTART, ["sampler=grid", "search.fraction.grid=3", "configurations=13"])
     assert spec.search.grid_space()["fraction"] == [0.02, 0.1, 0.5]  # log-spaced, ends exact
@@ -159,7 +157,7 @@ def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=make_sampler(spec))
     asked = [study.ask() for _ in range(12)]  # all at once: as many running as the grid holds
     for trial in asked:
-        SearchSpaceFunction(spec)(trial)
+        spec.search.suggest(trial)
     assert len({(t.params["placement"], t.params["fraction"]) for t in asked}) == 12
     for overrides, message in [
         (["sampler=grid"], "sampler: grid needs grid points for search.fraction: add grid: <count>"),

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from trainables.cue_conflict import evaluate_shape_bias, score_decisions
+from trainables.cue_conflict import score_decisions
+from trainables.evaluate import evaluate_shape_bias
 from trainables.label_spaces import native_mapping
 from trainables.synthetic import SHAPES, make_benchmark
 

@@ -4,7 +4,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from orchestrator.tracking import SearchError, collect, find_search
+from orchestrator.errors import SearchError
+from orchestrator.tracking import collect, find_search
 
 
 def make_search(client, experiment, search_id, children, status="FINISHED"):

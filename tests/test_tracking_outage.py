@@ -8,8 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import MlflowServer
-from orchestrator.outbox import Outbox
-from orchestrator.worker import MLflowTrialTracker
+from orchestrator.search.outbox import Outbox
+from orchestrator.search.worker import MLflowTrialTracker
 from search_spaces.params import Params
 from trainables.config import TrialConfig
 

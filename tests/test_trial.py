@@ -9,16 +9,12 @@ import pytest
 import torch
 import yaml
 
+from conftest import ROOT
+from conftest import TINY_TRIAL as TINY
 from trainables.config import TrialConfig
-from trainables.train import HOLDOUT_METRICS, METRICS, NonFiniteLossError, train_and_evaluate
+from trainables.evaluate import HOLDOUT_METRICS
+from trainables.train import METRICS, NonFiniteLossError, train_and_evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "data": {"kind": "synthetic", "train_size": 96, "test_size": 30, "conflicts_per_pair": 2, "image_size": 32},
-    "model": {"stem": "imagenet", "topk": {"layer1": 0.2}},
-    "training": {"epochs": 3, "batch_size": 16, "lr": 0.02, "threads": 1},
-    "seed": 7,
-}
 
 
 class Stop(Exception):
@@ -70,9 +66,7 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
 
 def test_a_checkpoint_alone_rebuilds_its_model_and_scores(tmp_path):
     from trainables.checkpoint import load_checkpoint, mapping_of, restore_model, save_checkpoint
-    from trainables.cue_conflict import evaluate_shape_bias
-    from trainables.data import build_data
-    from trainables.train import accuracy
+    from trainables.evaluate import accuracy, evaluate_shape_bias
 
     config = TrialConfig.model_validate({**TINY, "training": {**TINY["training"], "epochs": 1}})
     reports = []
@@ -82,7 +76,7 @@ def test_a_checkpoint_alone_rebuilds_its_model_and_scores(tmp_path):
     model, rebuilt = restore_model(state)
     assert rebuilt == config
     assert state["labels"]["class_names"] == ["circle", "square", "triangle", "star", "cross", "ring"]
-    data = build_data(rebuilt.data, 16, rebuilt.seed, augment=False)
+    data = rebuilt.data.build(16, rebuilt.seed, augment=False)
     bias, _ = evaluate_shape_bias(model, data.stimuli, mapping_of(state["labels"]), data.image_size)
     assert bias.shape_bias == reports[-1][0]["shape_bias"]
     assert accuracy(model, data.test_images, data.test_labels, data.image_size, "cpu") == reports[-1][0]["accuracy"]
@@ -118,9 +112,9 @@ def test_cifar10_folders_with_geirhos_stimuli(shared_data, in_memory_limit):
             "training": {"epochs": 1, "batch_size": 16, "threads": 1},
         }
     )
-    from trainables.data import InMemoryBatches, StreamingBatches, build_data
+    from trainables.batches import InMemoryBatches, StreamingBatches
 
-    data = build_data(config.data, 16, seed=0, augment=True)
+    data = config.data.build(16, seed=0, augment=True)
     assert isinstance(data.train, InMemoryBatches if in_memory_limit else StreamingBatches)
     images, labels = next(iter(data.train))
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8 and labels.max() < 10
@@ -191,7 +185,6 @@ def test_undecodable_training_image_is_named_before_training(shared_data, tmp_pa
 
 
 def test_imagenet_folders_are_reduced_to_the_16_categories(shared_data, tmp_path):
-    from trainables.data import build_data
 
     # WordNet-id folders: two of the 16 categories (airplane, one bear class) and one other class.
     folders = {"n02690373": "airplane", "n02132136": "cat", "n01440764": "dog"}
@@ -205,7 +198,7 @@ def test_imagenet_folders_are_reduced_to_the_16_categories(shared_data, tmp_path
         {"data": {"kind": "folder", "train_dir": str(tmp_path / "train"), "test_dir": str(tmp_path / "test"),
                   "stimuli_dir": str(shared_data / "cue-conflict"), "label_space": "imagenet16"}}
     )
-    data = build_data(config.data, batch_size=2, seed=0, augment=False)
+    data = config.data.build(batch_size=2, seed=0, augment=False)
     from trainables.label_spaces import CATEGORIES
 
     assert data.class_names == CATEGORIES and len(data.mapping.categories) == 16

@@ -10,7 +10,6 @@ categories).
 from __future__ import annotations
 
 import io
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,17 +17,14 @@ from typing import Any, Sequence
 import torch
 
 from trainables.config import TrialConfig
+from trainables.files import write_atomically
 from trainables.label_spaces import LabelMapping
 from trainables.models import build_model
 
 
 def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
     """Write `state` to directory/state.pt atomically: a crash never leaves a half-written file."""
-    path = Path(directory) / "state.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(Path(directory) / "state.pt", lambda tmp: torch.save(state, tmp))
 
 
 class CheckpointError(ValueError):

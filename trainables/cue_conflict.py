@@ -21,13 +21,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from trainables.label_spaces import CATEGORIES, LabelMapping
+from trainables.files import write_text_atomically
+from trainables.label_spaces import CATEGORIES
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CSV_COLUMNS = ("subj", "session", "trial", "rt", "object_response", "category", "condition", "imagename")
 _STIMULUS_NAME = re.compile(r"^(?P<shape>[a-z]+)\d*-(?P<texture>[a-z]+)\d*\.png$")
 
@@ -199,51 +197,6 @@ def shape_bias_per_category(
     return biases
 
 
-def preprocess(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float, resized to the model's training size, ImageNet-normalised."""
-    x = images.float().div_(255)
-    if x.shape[-1] != image_size or x.shape[-2] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
-    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-@torch.no_grad()
-def model_decisions(
-    model: torch.nn.Module,
-    stimuli: Stimuli,
-    mapping: LabelMapping,
-    image_size: int,
-    batch_size: int = 128,
-    device: torch.device | str = "cpu",
-) -> list[str]:
-    """The model's category decision on every stimulus (eval mode, Top-K stays on)."""
-    was_training = model.training
-    model.eval()
-    decisions: list[str] = []
-    for start in range(0, len(stimuli), batch_size):
-        # Resize and normalise on the device: on a GPU this is where the work is cheap.
-        batch = preprocess(stimuli.images[start : start + batch_size].to(device), image_size)
-        decisions += mapping.decide(model(batch).float().cpu())
-    model.train(was_training)
-    return decisions
-
-
-def evaluate_shape_bias(
-    model: torch.nn.Module,
-    stimuli: Stimuli,
-    mapping: LabelMapping,
-    image_size: int,
-    batch_size: int = 128,
-    device: torch.device | str = "cpu",
-) -> tuple[ShapeBiasResult, list[str]]:
-    """Shape bias of `model` on `stimuli`, and its per-image decisions."""
-    decisions = model_decisions(model, stimuli, mapping, image_size, batch_size, device)
-    result = score_decisions(decisions, stimuli.shapes, stimuli.textures, mapping.categories)
-    return result, decisions
-
-
 def decisions_csv(stimuli: Stimuli, decisions: Sequence[str], subject: str) -> str:
     """Per-image decisions as the text of a model-vs-human CSV."""
     handle = io.StringIO(newline="")
@@ -257,13 +210,6 @@ def decisions_csv(stimuli: Stimuli, decisions: Sequence[str], subject: str) -> s
 def write_decisions_csv(path: str | Path, stimuli: Stimuli, decisions: Sequence[str], subject: str) -> None:
     """Per-image decisions in the model-vs-human CSV format."""
     write_text_atomically(Path(path), decisions_csv(stimuli, decisions, subject))
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` so that no half-written file ever carries the real name."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, newline="")
-    tmp.replace(path)
 
 
 def read_decisions_csv(path: str | Path) -> tuple[list[str], list[str], list[str]]:

@@ -1,10 +1,11 @@
-"""torchvision CNNs (ResNet-18/50, VGG-16, AlexNet) with Top-K sparsity at named modules.
+"""torchvision CNNs (ResNet-18/50, VGG-16, AlexNet) with Top-K sparsity at named modules, and their input.
 
 A placement is the name of a module of the torchvision model (`layer2`, `layer2.1`,
 `features.4`, ...; `stem` is the ResNet stem, ending at its max-pool); Top-K applies to that
 module's output. Top-K modules hold no parameters and are attached through forward hooks, so the
 model's state_dict keys are exactly torchvision's: a torchvision checkpoint loads strictly into a
-sparse model (inference-time Top-K on pretrained weights, as the authors did).
+sparse model (inference-time Top-K on pretrained weights, as the authors did). `preprocess` is
+what every model here takes as input: uint8 images resized and ImageNet-normalised on the device.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Literal, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import alexnet, resnet18, resnet50, vgg16
 
@@ -39,6 +41,9 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
         "resnet50": ("layer1", "layer2", "layer3", "layer4"),
     },
 }
+# Every model here sees ImageNet-normalised inputs, as torchvision's pretrained weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 Stem = Literal["imagenet", "cifar"]
 STEMS = ("imagenet", "cifar")
 RESNETS = ("resnet18", "resnet50")
@@ -165,6 +170,16 @@ def build_model(
         model.topk[name.replace(".", "_")] = module
         _attach(_module(model, name), module)
     return model
+
+
+def preprocess(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float, resized to the model's training size, ImageNet-normalised."""
+    x = images.float().div_(255)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def load_weights(model: nn.Module, path: str | Path, arch: str) -> None:

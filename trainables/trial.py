@@ -19,9 +19,10 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from trainables.config import TrialConfig, YamlError, describe, read_yaml, redact
 from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, temporary_checkpoint
-from trainables.cue_conflict import write_text_atomically
+from trainables.config import TrialConfig, load_trial_config
+from trainables.files import write_text_atomically
+from trainables.messages import one_line
 from trainables.train import NonFiniteLossError, train_and_evaluate
 
 
@@ -87,14 +88,6 @@ def checkpoint_uri(checkpoint: Any) -> str:
 _SCHEMES = {"gcs": "gs"}  # pyarrow type names that differ from the URI scheme
 
 
-def load_trial_config(path: str | Path) -> TrialConfig:
-    """Read and validate a trial YAML file (safe: no code in config text, no duplicate keys)."""
-    raw = read_yaml(Path(path))
-    if raw is not None and not isinstance(raw, dict):
-        raise YamlError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
-    return TrialConfig.model_validate(raw or {})
-
-
 def check_checkpoint_dir(directory: Path) -> None:
     """A --checkpoint-dir that can hold state.pt, checked before any training is spent."""
     if directory.exists() and not directory.is_dir():
@@ -153,12 +146,6 @@ def _train(config_path: str, checkpoint_dir: Path | None) -> int:
         return 0
     train_and_evaluate(trial, report, resume=resume)
     return 0
-
-
-def one_line(error: BaseException) -> str:
-    """A config or data error as one readable line."""
-    text = describe(error) if isinstance(error, ValidationError) else " ".join(str(error).split())
-    return redact(text)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ import math
 import re
 from dataclasses import dataclass
 
+from orchestrator.errors import SearchError
 from orchestrator.pareto import ConfigurationResult, Replicate, front_of
-from orchestrator.tracking import SearchError
 from search_spaces.params import OBJECTIVES
-from trainables.config import bounded
+from trainables.messages import bounded
 
 _FLOOR = re.compile(r"^(?P<objective>[a-z_]+)=(?:(?P<dense>dense)(?P<offset>[-+]\d*\.?\d+)?|(?P<value>\d*\.?\d+))$")
 
@@ -115,10 +115,9 @@ def _choice(results: list[ConfigurationResult], result: ConfigurationResult, rea
 def describe(choice: Choice, search_id: str) -> str:
     """What was chosen and why, as the promote command prints it."""
     r, rep, dense = choice.result, choice.replicate, choice.dense
-    placement = "dense (no Top-K)" if r.dense else f"Top-K {r.params.fraction_label()} after {r.params.placement}"
     lines = [
         f"search {search_id}: {choice.reason}",
-        f"  chosen      {r.configuration}  {placement}  (lr {r.params.lr:g}, weight decay {r.params.weight_decay:g}, "
+        f"  chosen      {r.configuration}  {r.params.describe()}  (lr {r.params.lr:g}, weight decay {r.params.weight_decay:g}, "
         f"batch {r.params.batch_size})",
         f"  accuracy    {r.accuracy:.4f} +- {r.accuracy_std:.4f} over {r.seeds} seeds"
         + (f"   dense reference {dense.accuracy:.4f} +- {dense.accuracy_std:.4f}" if dense else ""),

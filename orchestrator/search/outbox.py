@@ -26,7 +26,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
-from trainables.trial import one_line
+from trainables.messages import one_line
 
 T = TypeVar("T")
 BATCH = 1000  # MLflow's limit of metrics per log_batch

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from orchestrator import names
 from orchestrator.pareto import hypervolume, non_dominated_ranks
 from search_spaces.params import OBJECTIVES, Outcome, Params, outcome
 
@@ -106,16 +107,17 @@ class ReplicateSuccessiveHalving(FIFOScheduler):
         result = trial.last_result or {}
         epochs = getattr(self, "epochs", None)  # absent in a scheduler pickled before it was kept
         if epochs and trial.status == "TERMINATED" and outcome(result, epochs) is Outcome.STOPPED:
-            self.ladder.stopped_at.setdefault(trial.config["configuration"], int(result["epoch"]))
+            self.ladder.stopped_at.setdefault(trial.config[names.CONFIGURATION], int(result[names.EPOCH]))
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        params = Params.from_dict(trial.config["params"])
-        if params.dense or "epoch" not in result or any(m not in result for m in OBJECTIVES):
+        params = Params.from_dict(trial.config[names.PARAMS])
+        if params.dense or names.EPOCH not in result or any(m not in result for m in OBJECTIVES):
             return TrialScheduler.CONTINUE
         point = (float(result[OBJECTIVES[0]]), float(result[OBJECTIVES[1]]))
         if any(math.isnan(v) for v in point):
             return TrialScheduler.CONTINUE  # a failing trial ends by itself, as failed
-        keep = self.ladder.observe(trial.config["configuration"], trial.config["seed"], int(result["epoch"]), point)
+        keep = self.ladder.observe(trial.config[names.CONFIGURATION], trial.config[names.SEED], int(result[names.EPOCH]),
+                                   point)
         return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
 
     def debug_string(self) -> str:
@@ -149,14 +151,14 @@ class StoppedRuns(Callback):
 
         from orchestrator.tracking import replicate_runs
 
-        configuration, seed = trial.config["configuration"], trial.config["seed"]
+        configuration, seed = trial.config[names.CONFIGURATION], trial.config[names.SEED]
         try:
             if self.experiment is None:
                 self.client = MlflowClient(self.tracking_uri)
                 self.experiment = self.client.get_run(self.parent_run_id).info.experiment_id
             for run in replicate_runs(self.client, self.experiment, self.parent_run_id, configuration, seed):
                 if run.info.status == "RUNNING":
-                    self.client.set_tag(run.info.run_id, "stopped_at_epoch", str(int(result["epoch"])))
+                    self.client.set_tag(run.info.run_id, names.STOPPED_AT_EPOCH, str(int(result[names.EPOCH])))
                     self.client.set_terminated(run.info.run_id, status="FINISHED")
         except Exception as error:  # MlflowException, OSError: the search's end marks it KILLED instead
             print(f"warning: could not close the stopped run of {configuration} seed {seed} "

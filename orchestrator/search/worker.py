@@ -14,24 +14,25 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import DatasetInput, InputTag, Param, RunTag
+import json
+
+from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from ray import tune
 
-from orchestrator.outbox import Outbox
+from orchestrator import names
+from orchestrator.search.outbox import Outbox
 from orchestrator.serving import log_model
 from orchestrator.tracking import replicate_runs
-from search_spaces.params import Params
+from search_spaces.params import OBJECTIVES, Params
 from trainables.checkpoint import load_checkpoint, restore_model
-from trainables.config import FolderData, TrialConfig
-from trainables.data import fingerprint
+from trainables.config import TrialConfig
+from trainables.data import DataInput
+from trainables.messages import one_line
 from trainables.train import NonFiniteLossError
-from trainables.trial import one_line, train_trial
+from trainables.trial import train_trial
 
 
 # Failures that a retry would repeat exactly: bad numbers, undecodable data, a bad config or
@@ -47,13 +48,13 @@ def search_trial(
     """The Tune trainable of a search: one trial, logged as a child of the search's MLflow run."""
     tracker = MLflowTrialTracker(parent_run_id, experiment, tune.get_context().get_trial_id(), config, log_models, data_digests)
     try:
-        train_trial(config["trial"], tracker)
+        train_trial(config[names.TRIAL], tracker)
     except DETERMINISTIC as error:
         # The child run is already FAILED with the reason in its `error` tag. A final result with
         # no objectives ends the trial (the searcher, the front and the progress line count it as
         # failed) instead of Ray retrying it max_failures times to the same end.
-        tune.report({"accuracy": math.nan, "shape_bias": math.nan, "epoch": 0,
-                     "failed": f"{type(error).__name__}: {one_line(error)}"[:1000]})
+        tune.report({**dict.fromkeys(OBJECTIVES, math.nan), names.EPOCH: 0,
+                     names.FAILED: f"{type(error).__name__}: {one_line(error)}"[:1000]})
 
 
 class MLflowTrialTracker:
@@ -65,8 +66,8 @@ class MLflowTrialTracker:
     ) -> None:
         self.parent_run_id, self.experiment, self.ray_trial_id = parent_run_id, experiment, ray_trial_id
         self.log_models, self.data_digests = log_models, data_digests
-        self.configuration, self.seed = search_config["configuration"], search_config["seed"]
-        self.params = Params.from_dict(search_config["params"])
+        self.configuration, self.seed = search_config[names.CONFIGURATION], search_config[names.SEED]
+        self.params = Params.from_dict(search_config[names.PARAMS])
         # The URI the driver forwarded (Ray runtime env), even where this process has set another.
         self.client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
         self.run_id: str | None = None
@@ -101,20 +102,20 @@ class MLflowTrialTracker:
                 self.finished = True
                 return dict(saved)
             restarts = int(saved.get("restarts", 0)) + 1
-            restart = [RunTag("restarts", str(restarts))]
+            restart = [RunTag(names.RESTARTS, str(restarts))]
             if "epoch" in saved:  # restored from a checkpoint, not started afresh
-                restart.append(RunTag("resumed_after_epoch", str(saved["epoch"])))
+                restart.append(RunTag(names.RESUMED_AFTER_EPOCH, str(saved["epoch"])))
             self.outbox.call("record its restart", self.client.log_batch, self.run_id, tags=restart)
             self.slot = {"mlflow_run_id": self.run_id, "restarts": restarts, "unsent": self.outbox.pending}
             return self.slot
         tags = {
-            MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-            MLFLOW_RUN_NAME: f"{self.configuration}-seed{self.seed}",
-            "ray_trial_id": self.ray_trial_id,
-            "ray_node_id": _node_id(),
-            "configuration": self.configuration,
-            "seed": str(self.seed),
-            "dense_reference": str(self.params.dense).lower(),
+            names.MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+            names.MLFLOW_RUN_NAME: f"{self.configuration}-seed{self.seed}",
+            names.RAY_TRIAL_ID: self.ray_trial_id,
+            names.RAY_NODE_ID: _node_id(),
+            names.CONFIGURATION: self.configuration,
+            names.SEED: str(self.seed),
+            names.DENSE_REFERENCE: str(self.params.dense).lower(),
         }
         self.run_id = self.outbox.call("create its MLflow run", self.client.create_run, self.experiment, tags=tags).info.run_id
         self.outbox.call("describe its MLflow run", self._describe, config)
@@ -124,20 +125,20 @@ class MLflowTrialTracker:
     def _reattach(self, config: TrialConfig) -> bool:
         """Take over the run of an earlier attempt; True if that run is already complete."""
         run = self.client.get_run(self.run_id)
-        if run.info.status == "FINISHED" and "stopped_at_epoch" not in run.data.tags:
+        if run.info.status == "FINISHED" and names.STOPPED_AT_EPOCH not in run.data.tags:
             return True
-        if "stopped_at_epoch" in run.data.tags:  # stopped as the search was interrupted, and now resumed
-            self.client.delete_tag(self.run_id, "stopped_at_epoch")
+        if names.STOPPED_AT_EPOCH in run.data.tags:  # stopped as the search was interrupted, and now resumed
+            self.client.delete_tag(self.run_id, names.STOPPED_AT_EPOCH)
         self.client.update_run(self.run_id, status="RUNNING")  # reattach, never duplicate
         # A restart resumes from the last checkpoint Ray recorded, which can be older than
         # the last epoch logged: those epochs are trained again but logged once.
-        self.logged_steps |= {m.step for m in self.client.get_metric_history(self.run_id, "epoch")}
-        if "error" in run.data.tags:
-            self.client.delete_tag(self.run_id, "error")  # the failure this attempt retries
+        self.logged_steps |= {m.step for m in self.client.get_metric_history(self.run_id, names.EPOCH)}
+        if names.ERROR in run.data.tags:
+            self.client.delete_tag(self.run_id, names.ERROR)  # the failure this attempt retries
         if not run.inputs.dataset_inputs:
             self._log_inputs(config)  # the attempt that created the run died before logging them
-        self.client.set_tag(self.run_id, "ray_trial_id", self.ray_trial_id)
-        self.client.set_tag(self.run_id, "ray_node_id", _node_id())  # where this attempt runs
+        self.client.set_tag(self.run_id, names.RAY_TRIAL_ID, self.ray_trial_id)
+        self.client.set_tag(self.run_id, names.RAY_NODE_ID, _node_id())  # where this attempt runs
         return False
 
     def _describe(self, config: TrialConfig) -> None:
@@ -147,21 +148,21 @@ class MLflowTrialTracker:
         effective = replace(self.params, lr=training.lr, weight_decay=training.weight_decay, batch_size=training.batch_size)
         logged = {
             **effective.to_mlflow(),
-            "seed": str(self.seed),
-            "epochs": str(training.epochs),
+            names.SEED: str(self.seed),
+            names.EPOCHS: str(training.epochs),
             "stem": config.model.stem,
             "data": config.data.kind,
             "image_size": str(config.data.image_size),
-            **{f"topk.{k}": str(v) for k, v in config.model.topk.items()},
+            **{f"{names.TOPK_PREFIX}{k}": str(v) for k, v in config.model.topk.items()},
         }
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in logged.items()])
         # The whole trial config: enough to rebuild (or retrain) this model from MLflow alone.
-        self.client.log_dict(self.run_id, config.model_dump(mode="json"), "trial_config.yaml")
+        self.client.log_dict(self.run_id, config.model_dump(mode="json"), names.TRIAL_CONFIG)
         self._log_inputs(config)
 
     def _log_inputs(self, config: TrialConfig, attempts: int = 3) -> None:
         """What it trained and was scored on: the runs table's Dataset column."""
-        inputs = datasets(config, self.data_digests or fingerprint(config.data))
+        inputs = [dataset_input(part) for part in config.data.inputs(self.data_digests or config.data.fingerprint())]
         for attempt in range(attempts):
             try:
                 self.client.log_inputs(self.run_id, datasets=inputs)
@@ -174,7 +175,7 @@ class MLflowTrialTracker:
                 time.sleep(0.5 * (attempt + 1))
 
     def log_epoch(self, metrics: dict[str, float], files: dict[str, str] | None = None) -> dict[str, float]:
-        step = int(metrics["epoch"])
+        step = int(metrics[names.EPOCH])
         if not self.finished and step not in self.logged_steps:
             self.logged_steps.add(step)
             self.outbox.send(self.run_id, metrics, step)  # queued, not lost, while the server is away
@@ -182,7 +183,7 @@ class MLflowTrialTracker:
             for name, text in (files or {}).items():
                 self.outbox.call(f"log {name}", self.client.log_text, self.run_id, text, name)
         # Reported to Tune with the epoch: the driver warns when trials hold metrics (SearchProgress).
-        return {"tracking_unsent": float(len(self.outbox.pending))}
+        return {names.TRACKING_UNSENT: float(len(self.outbox.pending))}
 
     def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None:
         if self.run_id is None or self.finished:
@@ -191,17 +192,18 @@ class MLflowTrialTracker:
         if isinstance(error, SystemExit) and error.code in (0, None):
             # Tune ends a trial it stops (the early-stopping scheduler) with exit(0) inside
             # tune.report: the trial did not fail, it was stopped after its last logged epoch.
-            self.outbox.call("record its stop", self.client.set_tag, self.run_id, "stopped_at_epoch", str(self.slot.get("epoch", 0)))
+            self.outbox.call("record its stop", self.client.set_tag, self.run_id, names.STOPPED_AT_EPOCH,
+                             str(self.slot.get("epoch", 0)))
             self.outbox.call("close its MLflow run", self.client.set_terminated, self.run_id, status="FINISHED")
             return
         if error is None and checkpoint_uri is not None:
             # Any finished trial can be loaded later without Ray (`promote` reads it from here).
-            self.outbox.call("tag its checkpoint", self.client.set_tag, self.run_id, "checkpoint_uri", checkpoint_uri)
+            self.outbox.call("tag its checkpoint", self.client.set_tag, self.run_id, names.CHECKPOINT_URI, checkpoint_uri)
             if self.log_models:
                 self._log_model(checkpoint_uri)
         if error is not None:
             reason = f"{type(error).__name__}: {one_line(error)}"[:5000]
-            self.outbox.call("record its error", self.client.set_tag, self.run_id, "error", reason)
+            self.outbox.call("record its error", self.client.set_tag, self.run_id, names.ERROR, reason)
         status = "FAILED" if error is not None else "FINISHED"
         self.outbox.call("close its MLflow run", self.client.set_terminated, self.run_id, status=status)
 
@@ -213,7 +215,7 @@ class MLflowTrialTracker:
             self.outbox.call("log its model", log_model, model, state["labels"], config.data.image_size, self.run_id, self.experiment)
         except Exception as error:  # the trial is complete and its checkpoint is tagged: keep it
             reason = f"{type(error).__name__}: {one_line(error)}"[:5000]
-            self.outbox.call("record its model error", self.client.set_tag, self.run_id, "log_model_error", reason)
+            self.outbox.call("record its model error", self.client.set_tag, self.run_id, names.LOG_MODEL_ERROR, reason)
 
 
 def _node_id() -> str:
@@ -223,19 +225,7 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def datasets(config: TrialConfig, digests: dict[str, str]) -> list[DatasetInput]:
-    """The trial's training data and its evaluation data (test split and stimuli) as MLflow inputs."""
-    if isinstance(config.data, FolderData):
-        sources = {part: LocalArtifactDatasetSource(str(getattr(config.data, f"{part}_dir"))) for part in ("train", "test", "stimuli")}
-        names = {part: f"{path.parent.name}/{path.name}" for part, path in
-                 (("train", config.data.train_dir), ("test", config.data.test_dir), ("stimuli", config.data.stimuli_dir))}
-    else:
-        settings = {k: str(v) for k, v in config.data.model_dump(mode="json").items()}
-        sources = {part: CodeDatasetSource(tags={**settings, "split": part}) for part in ("train", "test", "stimuli")}
-        names = {"train": "synthetic-train", "test": "synthetic-test", "stimuli": "synthetic-cue-conflict"}
-    contexts = {"train": "training", "test": "evaluation", "stimuli": "evaluation"}
-    return [
-        DatasetInput(MetaDataset(sources[part], name=names[part], digest=digests[part][:16])._to_mlflow_entity(),
-                     tags=[InputTag(MLFLOW_DATASET_CONTEXT, contexts[part])])
-        for part in ("train", "test", "stimuli")
-    ]
+def dataset_input(part: DataInput) -> DatasetInput:
+    """One part of a trial's data as an MLflow input: the runs table's Dataset column."""
+    dataset = Dataset(name=part.name, digest=part.digest, source_type=part.source_type, source=json.dumps(part.source))
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, part.context)])

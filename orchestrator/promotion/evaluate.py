@@ -1,0 +1,83 @@
+"""Re-evaluating a registered model: its objectives now, beside those recorded when it was promoted.
+
+The model is loaded from the registry, its data rebuilt from its `production.yaml` (or other
+folders), and scored by the one evaluation a trial uses (`trainables.evaluate`), so the numbers
+agree exactly where nothing changed, whatever the model's head.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from orchestrator.errors import SearchError
+from orchestrator.promotion.records import PRODUCTION_YAML
+from orchestrator.promotion.registry import resolve_version
+from trainables.config import TrialConfig
+from trainables.files import read_settings
+from trainables.messages import one_line
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A registered model's metrics now, beside the ones recorded when it was promoted."""
+
+    version: ModelVersion
+    provenance: dict[str, Any]
+    now: dict[str, float]  # every metric a trial's last epoch logs
+
+    @property
+    def recorded(self) -> dict[str, float]:
+        """The promoted replicate's metrics at promotion (accuracy, shape bias, held-out shape bias)."""
+        return dict(self.provenance["metrics"]["replicate"])
+
+
+def evaluate(client: MlflowClient, model_uri: str, stimuli_dir: Path | None = None,
+             data_dir: Path | None = None) -> Evaluation:
+    """Recompute a registered model's metrics on its data (or the folders given)."""
+    import torch
+
+    from trainables.evaluate import evaluate as evaluate_model
+    from trainables.evaluate import model_outputs
+
+    version = resolve_version(client, model_uri)
+    raw = _production_yaml(client, version, model_uri)
+    config = TrialConfig.model_validate(raw, context={"check_paths": False})
+    try:
+        data = config.data.for_evaluation(stimuli_dir=stimuli_dir, test_dir=data_dir)
+        # Validated again with the paths checked: the data must exist here.
+        config = TrialConfig.model_validate(config.model_copy(update={"data": data}).model_dump(mode="json"))
+    except ValueError as error:  # pydantic's ValidationError is one too
+        raise SearchError(f"cannot evaluate {model_uri}: {one_line(error)}") from None
+
+    if config.training.threads > 0:
+        torch.set_num_threads(config.training.threads)  # the trial's own count: results depend on it
+    model = mlflow.pytorch.load_model(f"models:/{version.name}/{version.version}", map_location="cpu").eval()
+    trial_data = config.data.build(config.training.batch_size, config.seed, augment=False)
+    outputs = model_outputs(config.model.head, trial_data)
+    recorded_classes = raw["provenance"].get("class_names")
+    if recorded_classes and list(outputs.class_names) != recorded_classes:
+        raise SearchError(f"the data's classes {list(outputs.class_names)[:20]} are not the model's "
+                          f"{recorded_classes[:20]}")
+    evaluation = evaluate_model(model, trial_data, outputs, device="cpu", detailed=True, subject=config.model.arch)
+    return Evaluation(version, raw["provenance"], evaluation.metrics)
+
+
+def _production_yaml(client: MlflowClient, version: ModelVersion, model_uri: str) -> dict[str, Any]:
+    """The version's `production.yaml` as plain settings; SearchError if it has none."""
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                f"models:/{version.name}/{version.version}/{PRODUCTION_YAML}", dst_path=tmp)
+        except MlflowException:
+            raise SearchError(f"{model_uri} (version {version.version}) has no {PRODUCTION_YAML}: it was not "
+                              "registered by `run_search.py promote`") from None
+        return read_settings(Path(path))

@@ -1,0 +1,114 @@
+"""What a promoted model carries: its `production.yaml` (the trial config that retrains it, and
+its provenance), the version's tags and its description. Plain data and text, nothing written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any
+
+import yaml
+
+from orchestrator import names
+from orchestrator.pareto import ConfigurationResult
+from orchestrator.promotion.choice import Choice
+from orchestrator.provenance import git_commit, package_versions
+from orchestrator.tracking import SearchRecord
+from search_spaces.params import OBJECTIVES
+from trainables.config import TrialConfig
+
+PRODUCTION_YAML = "production.yaml"
+
+
+def _summary(result: ConfigurationResult | None) -> dict[str, Any] | None:
+    """A configuration's seed means and spreads, seeds and runs, as plain data."""
+    if result is None:
+        return None
+    return {
+        "configuration": result.configuration,
+        **{m: {"mean": result.mean(m), "std": result.std(m)} for m in OBJECTIVES},
+        **({"shape_bias_holdout": {"mean": result.shape_bias_holdout, "std": result.shape_bias_holdout_std}}
+           if result.has_holdout else {}),
+        "seeds": [r.seed for r in result.replicates],
+        "run_ids": list(result.run_ids),
+    }
+
+
+def production_config(
+    config: TrialConfig, state: dict[str, Any], search: SearchRecord, choice: Choice, checkpoint_uri: str
+) -> dict[str, Any]:
+    """The trial config that retrains the promoted model exactly, with its provenance."""
+    replicate = choice.replicate
+    # The thread count the trial really used: results depend on it, and 0 means "Ray's allocation".
+    training = config.training.model_copy(update={"threads": int(state.get("threads", config.training.threads))})
+    # The digests the search took when it started: the data as it was trained on, not as it is now.
+    data_fingerprint = search.data_digests or "not recorded (a search from before data digests were kept)"
+    provenance = {
+        "search_id": search.search_id,
+        "experiment": search.experiment_name,
+        "parent_run_id": search.run_id,
+        "configuration": choice.result.configuration,
+        "seed": replicate.seed,
+        "class_names": list(state["labels"]["class_names"]),
+        "source_run_id": replicate.run_id,
+        "checkpoint_uri": checkpoint_uri,
+        "chosen_by": choice.reason,
+        "on_front": choice.on_front,
+        "metrics": {
+            **(_summary(choice.result) or {}),
+            "replicate": {"accuracy": replicate.accuracy, "shape_bias": replicate.shape_bias,
+                          **({names.SHAPE_BIAS_HOLDOUT: replicate.shape_bias_holdout}
+                             if math.isfinite(replicate.shape_bias_holdout) else {})},
+        },
+        "dense_reference": _summary(choice.dense),
+        "data_fingerprint": data_fingerprint,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "promoted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    trial = config.model_copy(update={"training": training, "provenance": provenance})
+    return trial.model_dump(mode="json")
+
+
+def version_tags(search: SearchRecord, choice: Choice) -> dict[str, str]:
+    """Tags of a promoted version: where it came from and how it scored, with spread."""
+    r, dense = choice.result, choice.dense
+    tags = {
+        names.SEARCH_ID: search.search_id,
+        names.CONFIGURATION: r.configuration,
+        names.SEED: str(choice.replicate.seed),
+        "source_run_id": choice.replicate.run_id,
+        "placement": r.params.placement,
+        "fraction": r.params.fraction_label(6) if r.params.fractions else str(r.params.fraction),
+        "on_front": "yes" if choice.on_front else "no",
+        names.GIT_COMMIT: git_commit(),
+    }
+    for m in OBJECTIVES:
+        tags[f"{m}_mean"], tags[f"{m}_std"] = f"{r.mean(m):.4f}", f"{r.std(m):.4f}"
+        tags[f"{m}_replicate"] = f"{getattr(choice.replicate, m):.4f}"
+        if dense is not None:
+            tags[f"dense_{m}_mean"], tags[f"dense_{m}_std"] = f"{dense.mean(m):.4f}", f"{dense.std(m):.4f}"
+    if r.has_holdout:  # on the report set, which nothing selected on: the number to quote
+        tags["shape_bias_holdout_mean"], tags["shape_bias_holdout_std"] = f"{r.shape_bias_holdout:.4f}", f"{r.shape_bias_holdout_std:.4f}"
+    return tags
+
+
+def version_description(search: SearchRecord, choice: Choice) -> str:
+    """The version's description: what the network is, where it came from, how it scored."""
+    r, dense = choice.result, choice.dense
+    text = (f"{search.arch}, {r.params.describe()}: configuration {r.configuration} of search {search.search_id}, seed {choice.replicate.seed} "
+            f"(child run {choice.replicate.run_id}). Accuracy {r.accuracy:.4f} +- {r.accuracy_std:.4f}, shape bias "
+            f"{r.shape_bias:.4f} +- {r.shape_bias_std:.4f} over {r.seeds} seeds")
+    if r.has_holdout:
+        text += f" (held out: {r.shape_bias_holdout:.4f} +- {r.shape_bias_holdout_std:.4f})"
+    if dense is not None:
+        text += f"; dense reference {dense.accuracy:.4f} / {dense.shape_bias:.4f}"
+    return text + f". On the Pareto front: {'yes' if choice.on_front else 'no'}. Chosen by {choice.reason}."
+
+
+def dump_yaml(config: dict[str, Any]) -> str:
+    """`production.yaml`'s text: the config with a header saying what it is."""
+    header = ("# A promoted model's trial config: `python -m trainables.trial --config production.yaml` retrains it.\n"
+              "# `provenance` records where it came from; training ignores it.\n")
+    return header + yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,36 @@
+"""Where a result came from: the code's commit and the stack's versions, recorded with every
+search (parent run tags) and every promoted model (its `production.yaml`)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "torchvision", "ray", "optuna", "mlflow", "sparse-shape-search")
+
+
+def git_commit() -> str:
+    """The checkout's commit (with '-dirty' for uncommitted changes), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+
+    try:
+        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the stack's versions."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

@@ -1,0 +1,134 @@
+"""The driver of a search: open it (new or resumed), run Tune, close it.
+
+The spec is already valid. `opening.open_search` checks what only the world can say (folders,
+services, resources) and, for a resume, finds the search and the settings it started with; the
+driver then starts or joins Ray with the tracking URI in the runtime environment, and only then
+writes the search's start, so a refused start leaves nothing behind. Tune runs the replicate
+searcher; when it returns the driver closes what dead workers left open, reports the Pareto front
+(`orchestrator.report`), and closes the parent run: FINISHED, KILLED (interrupted: resumable), or
+FAILED with the reason in its `failure_reason` tag.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from orchestrator import names
+from orchestrator.errors import SearchError, SearchInterrupted
+from orchestrator.pareto import ConfigurationResult
+from orchestrator.report import report_early_stopping, report_front, report_importances
+from orchestrator.search import preflight
+from orchestrator.search.opening import Opening, open_search
+from orchestrator.search.ray_session import quiet, sigterm_as_ctrl_c, start_ray
+from orchestrator.search.worker import search_trial
+from orchestrator.tracking import child_runs, failure_summary, find_search
+from search_spaces.spec import SearchSpec
+from trainables.messages import one_line, redact
+
+__all__ = ["SearchError", "SearchInterrupted", "SearchOutcome", "run_search"]
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    search_id: str
+    parent_run_id: str
+    results: list[ConfigurationResult]
+    hypervolume: float
+    wall_s: float
+
+
+def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = None,
+               overrides: Sequence[str] = ()) -> SearchOutcome:
+    """Run the search described by `spec` (or resume `search_id`, default its newest unfinished run) to the end.
+
+    A resumed search runs with the settings it started with; `overrides` (the command line's
+    key=value) may change only where things are.
+    """
+    quiet()
+    # Everything that can be refused is refused here, before Ray starts or MLflow holds a run.
+    opening = open_search(spec, resume, search_id, overrides)
+    spec, client = opening.spec, opening.client
+    started_ray = not ray.is_initialized()
+    status, reason = "FAILED", None
+    start = time.monotonic()
+    try:
+        start_ray(spec, opening.tracking_uri)
+        sigterm_as_ctrl_c()
+        preflight.check_cluster_resources(spec)
+        preflight.check_multi_node(opening.tracking_uri, opening.storage)
+        opening.start()
+        start = time.monotonic()
+        results = opening.tuner(_trainable(opening)).fit()
+        # Tune swallows the first Ctrl+C (or SIGTERM) and returns early: then the search is unfinished.
+        ended = results.num_terminated + results.num_errors
+        status = "FINISHED" if ended >= spec.configurations * len(spec.seeds) else "KILLED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+    except BaseException as error:
+        reason = f"{type(error).__name__}: {one_line(error)}"
+        raise
+    finally:
+        if opening.parent_run_id:
+            close_open_children(client, opening.experiment, opening.parent_run_id)
+            if status != "FINISHED":
+                _end(client, opening.parent_run_id, status, reason)
+        if started_ray:
+            ray.shutdown()
+    if status == "KILLED":
+        if not opening.parent_run_id:
+            raise SearchError("interrupted before the search started: nothing was written")
+        raise SearchInterrupted(opening.search_id)
+    return _report(opening, time.monotonic() - start)
+
+
+def _trainable(opening: Opening) -> Any:
+    """The Tune trainable of this search, with its resources: every trial a child run of its parent."""
+    spec = opening.spec
+    trial = tune.with_parameters(search_trial, parent_run_id=opening.parent_run_id, experiment=opening.experiment,
+                                 log_models=spec.log_models, data_digests=opening.data_digests)
+    return tune.with_resources(trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _report(opening: Opening, wall_s: float) -> SearchOutcome:
+    """The finished search's front, failures, early-stopping savings and importances; then FINISHED."""
+    spec, client, parent_run_id = opening.spec, opening.client, opening.parent_run_id
+    search = find_search(client, spec.mlflow_experiment, search_id=opening.search_id)
+    failures = failure_summary(client, search)
+    try:
+        results, volume = report_front(client, search, Path.cwd())
+    except SearchError as error:
+        # Every configuration failed: the trials' own reasons say why better than an empty front.
+        reason = failures or str(error)
+        _end(client, parent_run_id, "FAILED", reason)
+        raise SearchError(f"search {search.search_id} failed: {reason}") from None
+    if failures:
+        print(f"warning: {failures}", flush=True)
+    if spec.early_stopping:
+        report_early_stopping(client, search, spec.training.epochs)
+    report_importances(client, search, spec.resolved_optuna_storage())
+    client.set_terminated(parent_run_id, status="FINISHED")
+    return SearchOutcome(search.search_id, parent_run_id, results, volume, wall_s)
+
+
+def _end(client: MlflowClient, parent_run_id: str, status: str, reason: str | None) -> None:
+    """Close the parent run as KILLED or FAILED, with the reason in its `failure_reason` tag."""
+    if reason:
+        client.set_tag(parent_run_id, names.FAILURE_REASON, redact(reason)[:5000])
+    client.set_terminated(parent_run_id, status=status)
+
+
+def close_open_children(client: MlflowClient, experiment: str, parent_run_id: str) -> int:
+    """Mark children still RUNNING (their worker died, or the driver was stopped) as KILLED."""
+    closed = 0
+    for run in child_runs(client, experiment, parent_run_id):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed += 1
+    return closed

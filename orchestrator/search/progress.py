@@ -1,0 +1,210 @@
+"""What the driver shows of a running search: one progress line per change instead of Ray's
+per-trial tables, and the front's hypervolume charted on the parent run as configurations finish.
+
+Both count trials the same way (`Tally`), by the searcher's and the front's rules
+(`search_spaces.params.outcome` and `configuration_outcome`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, TextIO
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from orchestrator import names
+from orchestrator.pareto import ConfigurationResult, Replicate, front_hypervolume
+from search_spaces.params import OBJECTIVES, Outcome, Params, configuration_outcome, outcome
+
+
+class Tally:
+    """How every trial that ended, ended, by configuration; and what the complete ones scored."""
+
+    def __init__(self, seeds: int, epochs: int) -> None:
+        self.seeds, self.epochs = seeds, epochs
+        self.outcomes: dict[str, dict[str, Outcome]] = {}  # configuration -> trial id -> outcome
+        self.points: dict[str, dict[str, tuple[float, float]]] = {}  # configuration -> trial id -> objectives
+        self.params: dict[str, Params] = {}
+
+    def add(self, trial: Trial, error: bool = False) -> Outcome:
+        """Count an ended trial (`error`: Tune errored it) and return its outcome."""
+        configuration = trial.config.get(names.CONFIGURATION, trial.trial_id)
+        ended = outcome(trial.last_result, self.epochs, error)
+        self.outcomes.setdefault(configuration, {})[trial.trial_id] = ended
+        if ended is Outcome.COMPLETE:
+            self.params[configuration] = Params.from_dict(trial.config[names.PARAMS])
+            point = (trial.last_result[OBJECTIVES[0]], trial.last_result[OBJECTIVES[1]])
+            self.points.setdefault(configuration, {})[trial.trial_id] = point
+        return ended
+
+    def configuration_of(self, trial: Trial) -> str:
+        return str(trial.config.get(names.CONFIGURATION, trial.trial_id))
+
+    def verdict(self, configuration: str) -> Outcome | None:
+        """The configuration's outcome, None while a seed has not ended."""
+        return configuration_outcome(list(self.outcomes.get(configuration, {}).values()), self.seeds)
+
+    def trials(self, ended: Outcome) -> int:
+        return sum(o is ended for seeds in self.outcomes.values() for o in seeds.values())
+
+    def finished(self) -> int:
+        """Configurations whose every seed ended, whatever the outcome."""
+        return sum(self.verdict(c) is not None for c in self.outcomes)
+
+    def complete(self) -> list[ConfigurationResult]:
+        """Configurations whose every seed is complete, as the front reads them."""
+        return [ConfigurationResult(c, self.params[c], tuple(Replicate(t, i, *point) for i, (t, point) in
+                                                             enumerate(self.points[c].items())))
+                for c in sorted(self.outcomes) if self.verdict(c) is Outcome.COMPLETE]
+
+    def recount(self, trials: list[Trial]) -> None:
+        """Count the trials that ended before a resume (a restored callback starts empty)."""
+        for trial in trials:
+            if trial.status in (Trial.TERMINATED, Trial.ERROR):
+                self.add(trial, error=trial.status == Trial.ERROR)
+
+
+class SearchProgress(Callback):
+    """Prints configurations and trials done / running / failed, elapsed time, best objectives."""
+
+    def __init__(self, configurations: int, seeds: int, epochs: int, stream: TextIO | None = None) -> None:
+        self.configurations, self.seeds, self.epochs = configurations, seeds, epochs
+        self.stream = stream
+        self.start = time.monotonic()
+        self.running: set[str] = set()
+        self.tally = Tally(seeds, epochs)
+        self.counted_earlier = False
+        self.holding: set[str] = set()  # trials whose metrics wait for the MLflow server
+
+    # Tune pickles callbacks with the experiment state when a search starts, so a restored copy
+    # would carry that moment's (empty) counts: it starts afresh and counts the trials that
+    # ended before the resume on its first step (`on_step_begin`).
+    def __getstate__(self) -> dict[str, Any]:
+        return {"configurations": self.configurations, "seeds": self.seeds, "epochs": self.epochs}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["configurations"], state["seeds"], state["epochs"])  # type: ignore[misc]
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if not self.counted_earlier:
+            self.counted_earlier = True
+            self.tally.recount(trials)
+
+    def _print(self) -> None:
+        best = " · ".join(
+            f"best {name.replace('_', ' ')} {max(p[i] for seeds in self.tally.points.values() for p in seeds.values()):.3f}"
+            for i, name in enumerate(OBJECTIVES) if self.tally.points)
+        elapsed = int(time.monotonic() - self.start)
+        complete = sum(self.tally.verdict(c) is Outcome.COMPLETE for c in self.tally.outcomes)
+        stopped = self.tally.trials(Outcome.STOPPED)
+        line = (
+            f"[{elapsed // 60:>2}m{elapsed % 60:02d}s] configurations {complete}/{self.configurations} done"
+            f" · trials {self.tally.trials(Outcome.COMPLETE)} done, {len(self.running)} running, "
+            f"{self.tally.trials(Outcome.FAILED)} failed"
+            + (f", {stopped} stopped early" if stopped else "")
+            + f" (of {self.configurations * self.seeds})" + (f" · {best}" if best else "")
+        )
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+        self._print()
+
+    def on_trial_restore(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
+                        **info: Any) -> None:
+        # Workers write MLflow themselves; their epoch results tell the driver when they cannot.
+        if result.get(names.TRACKING_UNSENT, 0) > 0:
+            if not self.holding:
+                self._warn("the MLflow tracking server is not answering: trials keep training and hold their "
+                           "metrics until it answers")
+            self.holding.add(trial.trial_id)
+        else:
+            self._released(trial)
+
+    def _released(self, trial: Trial) -> None:
+        if trial.trial_id in self.holding:
+            self.holding.discard(trial.trial_id)
+            if not self.holding:
+                self._warn("the MLflow tracking server answers again: the metrics trials held are written")
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        name = f"{self.tally.configuration_of(trial)}-seed{trial.config.get(names.SEED, '?')}"
+        self._warn(f"trial {name} lost its worker (failure {trial.num_failures}); Ray restarts it "
+                   "from its last checkpoint")
+
+    def _warn(self, message: str) -> None:
+        print(f"warning: {message}", file=self.stream or sys.stdout, flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.running.discard(trial.trial_id)
+        self._released(trial)  # a trial completes only once everything it held is written
+        self.tally.add(trial)
+        self._print()
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.running.discard(trial.trial_id)
+        self.tally.add(trial, error=True)
+        self._print()
+
+
+class HypervolumeLog(Callback):
+    """Logs the front's hypervolume to the parent run as each configuration finishes (step = configurations finished).
+
+    The MLflow UI then charts the search's progress. A configuration has finished once every seed
+    has ended, complete, stopped early or failed, so searches with and without early stopping
+    share one x axis; only complete configurations are on the front (its rule), so a stopped or
+    failed one logs the front's unchanged hypervolume. With `reference_point: dense` nothing is
+    logged until the dense reference is complete. A tracking server that does not answer costs
+    the chart a point, never the search.
+    """
+
+    def __init__(self, tracking_uri: str, parent_run_id: str, reference: str | dict[str, float], seeds: int,
+                 epochs: int) -> None:
+        self.tracking_uri, self.parent_run_id, self.reference = tracking_uri, parent_run_id, reference
+        self.seeds, self.epochs = seeds, epochs
+        self.tally = Tally(seeds, epochs)
+        self.counted_earlier = False
+        self.client: Any = None  # an MlflowClient, made at the first point
+
+    def __getstate__(self) -> dict[str, Any]:  # as SearchProgress: a restored copy recounts on its first step
+        return {k: getattr(self, k) for k in ("tracking_uri", "parent_run_id", "reference", "seeds", "epochs")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if not self.counted_earlier:
+            self.counted_earlier = True
+            self.tally.recount(trials)  # logged before the resume: counted, not logged again
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._end(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._end(trial, error=True)
+
+    def _end(self, trial: Trial, error: bool) -> None:
+        self.tally.add(trial, error)
+        if self.tally.verdict(self.tally.configuration_of(trial)) is not None:
+            self._log()
+
+    def _log(self) -> None:
+        finished = self.tally.finished()
+        volume = front_hypervolume(self.tally.complete(), self.reference)
+        if volume is None:
+            return
+        try:
+            if self.client is None:
+                from mlflow.tracking import MlflowClient
+
+                self.client = MlflowClient(self.tracking_uri)
+            self.client.log_metric(self.parent_run_id, names.HYPERVOLUME, volume, step=finished)
+        except Exception as error:  # MlflowException, OSError: the chart misses a point
+            print(f"warning: could not log the hypervolume after {finished} configurations "
+                  f"({type(error).__name__}); the search goes on", flush=True)
