@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -22,7 +24,8 @@ from orchestrator.errors import SearchError
 from orchestrator.pareto import ConfigurationResult, Replicate
 from search_spaces.params import OBJECTIVES, Outcome, Params, configuration_outcome, outcome
 from trainables.evaluate import HOLDOUT, SHAPE_BIAS
-from trainables.messages import bounded, redact
+from trainables.files import read_settings
+from trainables.messages import bounded, one_line, redact
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -124,12 +127,13 @@ class SearchRecord:
         """The search's settings as it started (`search_spec.yaml`, passwords shown as ***)."""
         from mlflow.exceptions import MlflowException
 
-        try:
-            saved = mlflow.artifacts.load_dict(f"{self.run.info.artifact_uri}/{names.SEARCH_SPEC}")
-        except MlflowException as error:
-            raise SearchError(f"search {self.search_id} keeps no {names.SEARCH_SPEC} in its parent run "
-                              f"({error.message.split('.')[0]}): it cannot be resumed with its settings") from None
-        return dict(saved)
+        with tempfile.TemporaryDirectory(prefix="search-spec-") as tmp:
+            try:
+                path = client.download_artifacts(self.run_id, names.SEARCH_SPEC, tmp)
+                return read_settings(Path(path))
+            except (MlflowException, OSError, ValueError) as error:
+                raise SearchError(f"search {self.search_id} has no readable {names.SEARCH_SPEC} in its parent run "
+                                  f"({one_line(error)[:200]}): it cannot be resumed with its settings") from None
 
 
 def find_search(

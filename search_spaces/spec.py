@@ -282,20 +282,22 @@ def resumed_spec(saved: Mapping[str, Any], given: SearchSpec, overrides: Sequenc
         kept = SearchSpec.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"the saved settings of {search_id} no longer validate: {describe(error)}") from None
-    for assignment in overrides:
+    changed = copy.deepcopy(raw)
+    given_keys = []
+    for assignment in overrides:  # in order, as `load_spec` applies them: the last one wins
         key = assignment.split("=", 1)[0].strip()
-        if key.split(".")[0] in LOCATION_KEYS:
-            continue
-        changed = copy.deepcopy(raw)
-        apply_override(changed, assignment)
-        try:
-            same = SearchSpec.model_validate(changed) == kept
-        except ValidationError:
-            same = False
-        if not same:
-            raise ConfigError(f"override {bounded(assignment)[1:-1]} would change {search_id}, which started with "
-                              f"{key} = {bounded(_lookup(raw, key))}: a resumed search keeps its settings; drop the "
-                              f"override, or start a new search ({', '.join(LOCATION_KEYS)} may change)")
+        if key.split(".")[0] not in LOCATION_KEYS:
+            apply_override(changed, assignment)
+            given_keys.append(key)
+    try:
+        same = SearchSpec.model_validate(changed) == kept
+    except ValidationError:
+        same = False
+    if not same:
+        key = next((k for k in given_keys if _lookup(changed, k) != _lookup(raw, k)), given_keys[-1])
+        raise ConfigError(f"override {key}={bounded(_lookup(changed, key))} would change {search_id}, which started "
+                          f"with {key} = {bounded(_lookup(raw, key))}: a resumed search keeps its settings; drop the "
+                          f"override, or start a new search (only {', '.join(LOCATION_KEYS)} may change)")
     return kept
 
 

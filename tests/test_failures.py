@@ -184,6 +184,51 @@ def test_resume_skips_starts_that_never_ran(tmp_path, store):
     assert_one_line_error(out, "no unfinished search named 'quickstart' has Ray Tune state", store["FAILED"], "--search")
 
 
+class _Payload:
+    """Unpickling it runs code: it writes a marker file (what a hostile Ray state could do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "unpickled"))
+
+
+def hostile_state(folder, marker):
+    """A folder Ray would take for a search's state, whose tuner.pkl runs code when read."""
+    import pickle
+
+    folder.mkdir(parents=True)
+    (folder / "experiment_state-2026-11-01_10-00-00.json").write_text("{}")
+    (folder / "tuner.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+
+
+@pytest.mark.parametrize("how", ["id climbs out", "path points out", "folder links out"])
+def test_resume_reads_no_state_from_outside_the_storage_path(tmp_path, how):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("sparse-shape-search-quickstart")
+    storage, outside, marker = tmp_path / "ray_results", tmp_path / "outside", tmp_path / "unpickled"
+    storage.mkdir()
+    hostile_state(outside, marker)
+    search_id = {"id climbs out": "../outside"}.get(how, "quickstart-20261101-130000-dddddd")
+    path = {"path points out": outside}.get(how, storage / search_id)
+    if how == "folder links out":
+        (storage / search_id).symlink_to(outside)
+    # Anyone who can write tags to the tracking server can write these.
+    run = client.create_run(experiment, tags={"search_id": search_id, "search_name": "quickstart",
+                                              "search_path": str(path), "mlflow.runName": "hostile"})
+    client.log_param(run.info.run_id, "seeds", "[0]")
+    client.set_terminated(run.info.run_id, status="KILLED")
+    out = cli("resume", "--config", str(QUICKSTART), cwd=tmp_path)
+    line = assert_one_line_error(out)
+    if how == "id climbs out":
+        assert "'../outside' is not a search id" in line, line
+    else:
+        assert "outside storage_path" in line and search_id in line, line
+    assert not marker.exists(), "resume unpickled state from outside the storage path"
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
 def test_resume_in_a_folder_without_a_store(tmp_path):
     assert_one_line_error(cli("resume", "--config", str(QUICKSTART), cwd=tmp_path), "no MLflow database", "no search to resume")
     assert os.listdir(tmp_path) == []
@@ -389,9 +434,8 @@ def test_failing_trials_end_the_search_with_their_reasons_without_retries(tmp_pa
     assert time.monotonic() - start < 600, line
 
 
-@pytest.mark.slow
-def test_sigterm_stops_like_ctrl_c_and_resume_counts_what_was_done(tmp_path):
-    args = ["--config", str(QUICKSTART), *TINY, "configurations=3", "seeds=[0, 1]"]
+def interrupted_search(tmp_path, args, how):
+    """Start a search, interrupt it with signal `how` once two trials finished: (trials finished, stderr)."""
     driver = popen_search("search", *args, cwd=tmp_path)
 
     def finished():
@@ -405,27 +449,60 @@ def test_sigterm_stops_like_ctrl_c_and_resume_counts_what_was_done(tmp_path):
         time.sleep(1)
     assert driver.poll() is None, driver.communicate()[0][-3000:]
     done_before = len(finished())
-    driver.send_signal(signal.SIGTERM)
+    driver.send_signal(how)
     stdout, stderr = driver.communicate(timeout=180)
     assert driver.returncode == 130, stdout[-2000:] + stderr[-3000:]
     _, parents, _ = store_runs(tmp_path)
-    search_id = parents[0].data.tags["search_id"]
-    assert parents[0].info.status == "KILLED"
-    assert f"--search {search_id}" in stderr and "run_search.py resume --config" in stderr
+    assert [p.info.status for p in parents] == ["KILLED"]
+    return done_before, stderr
 
-    out = cli("resume", *args, "--search", search_id, cwd=tmp_path, timeout=900, fresh=True)
+
+def assert_resumed_to_the_end(tmp_path, out, done_before, configurations, seeds):
+    """The resume printed its front, and every trial of the search finished once, each epoch logged once."""
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Pareto front of" in out.stdout, out.stdout[-3000:]
     progress = [line for line in out.stdout.splitlines() if "trials " in line and " done" in line]
     first_done = int(progress[0].split("trials ")[1].split(" done")[0])
     assert first_done >= done_before, progress[0]
-    assert "configurations 3/3 done" in progress[-1] and "trials 6 done" in progress[-1], progress[-1]
+    trials = configurations * seeds
+    assert f"configurations {configurations}/{configurations} done" in progress[-1], progress[-1]
+    assert f"trials {trials} done" in progress[-1], progress[-1]
     client, parents, children = store_runs(tmp_path)
     assert [p.info.status for p in parents] == ["FINISHED"] and "failure_reason" not in parents[0].data.tags
-    assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}
+    assert len(children) == trials and {c.info.status for c in children} == {"FINISHED"}
     for child in children:
         assert "error" not in child.data.tags
         for metric in ("epoch", "accuracy", "train_loss"):
             assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == [1, 2], metric
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_resume_counts_what_was_done(tmp_path):
+    args = ["--config", str(QUICKSTART), *TINY, "configurations=3", "seeds=[0, 1]"]
+    done_before, stderr = interrupted_search(tmp_path, args, signal.SIGTERM)
+    search_id = store_runs(tmp_path)[1][0].data.tags["search_id"]
+    assert f"--search {search_id}" in stderr and "run_search.py resume --config" in stderr
+    # The overrides the search started with may be given again: they change nothing.
+    out = cli("resume", *args, "--search", search_id, cwd=tmp_path, timeout=900, fresh=True)
+    assert_resumed_to_the_end(tmp_path, out, done_before, configurations=3, seeds=2)
+
+
+@pytest.mark.slow
+def test_a_search_stopped_with_ctrl_c_resumes_to_the_end_from_its_config_file_alone(tmp_path):
+    args = ["--config", str(QUICKSTART), *TINY, "configurations=3", "seeds=[0, 1]"]
+    done_before, stderr = interrupted_search(tmp_path, args, signal.SIGINT)
+    search_id = store_runs(tmp_path)[1][0].data.tags["search_id"]
+    # The line it prints needs none of the overrides: the search keeps the settings it started with.
+    assert stderr.strip().endswith(f"run_search.py resume --config {QUICKSTART} --search {search_id}"), stderr[-2000:]
+    # An override that would change the search is refused before anything runs.
+    refused = cli("resume", "--config", str(QUICKSTART), "configurations=5", cwd=tmp_path)
+    assert_one_line_error(refused, "override configurations=5 would change", search_id, "started with configurations = 3")
+    assert [p.info.status for p in store_runs(tmp_path)[1]] == ["KILLED"]
+
+    out = cli("resume", "--config", str(QUICKSTART), cwd=tmp_path, timeout=900, fresh=True)
+    assert_resumed_to_the_end(tmp_path, out, done_before, configurations=3, seeds=2)
+    assert f"resuming search {search_id}" in out.stdout
+    assert (tmp_path / f"pareto-{search_id}.csv").is_file()
 
 
 @pytest.mark.slow

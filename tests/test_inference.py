@@ -83,14 +83,25 @@ def test_inference_settings_that_cannot_work_are_refused(shared_data, alexnet_we
         TrialConfig.model_validate(config)
 
 
-@pytest.mark.slow
-def test_a_reduced_paper_search_maps_per_layer_k_at_inference(tmp_path, shared_data, alexnet_weights):
+@pytest.fixture(scope="module")
+def paper_search(tmp_path_factory, shared_data):
+    """A reduced paper search (per-layer K at inference on a random AlexNet saved to a file): its folder and output."""
+    tmp_path = tmp_path_factory.mktemp("paper")
+    torch.manual_seed(0)
+    weights = tmp_path / "alexnet-random.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
     out = cli("search", "--config", str(ROOT / "search_spaces" / "paper_alexnet.yaml"),
               f"data.train_dir={shared_data}/filled-silhouettes", f"data.test_dir={shared_data}/filled-silhouettes",
               f"data.stimuli_dir={shared_data}/cue-conflict", "data.label_space=categories", "data.image_size=64",
-              f"model.weights={alexnet_weights}", "configurations=3", "concurrency=2", "resources={cpu: 1, gpu: 0}",
+              f"model.weights={weights}", "configurations=3", "concurrency=2", "resources={cpu: 1, gpu: 0}",
               "training.device=cpu", "search.fraction_per_placement=true", cwd=tmp_path, timeout=900, fresh=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return tmp_path, out
+
+
+@pytest.mark.slow
+def test_a_reduced_paper_search_maps_per_layer_k_at_inference(paper_search):
+    tmp_path, out = paper_search
     assert "configurations 3/3 done" in out.stdout, out.stdout[-2000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("paper-alexnet").experiment_id])
@@ -113,6 +124,29 @@ def test_a_reduced_paper_search_maps_per_layer_k_at_inference(tmp_path, shared_d
         assert len(set(fractions.values())) == 5 and "fraction" not in child.data.params
     front = next(tmp_path.glob("pareto-paper-alexnet-*.csv")).read_text()
     assert "features.2=" in front and "; features.12=" in front, front
+
+
+@pytest.mark.slow
+def test_an_inference_only_imagenet_head_model_is_promoted_and_evaluated_as_its_trial_scored_it(paper_search):
+    tmp_path, _ = paper_search
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("promote", "--experiment", "paper-alexnet", "--configuration", "c001", "--yes", "--tracking-uri", tracking,
+              cwd=tmp_path, timeout=600, fresh=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "registered sparse-alexnet-paper-alexnet version 1" in out.stdout, out.stdout[-2000:]  # named after its arch
+    out = cli("evaluate", "--model", "models:/sparse-alexnet-paper-alexnet@production", "--tracking-uri", tracking,
+              cwd=tmp_path, timeout=600, fresh=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # The 1000-way head is scored through the 16-category decision, as the trial scored it.
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()
+            if line.startswith(("accuracy", "shape_bias"))}
+    assert set(rows) == {"accuracy", "shape_bias", "shape_bias_holdout"}, out.stdout
+    for name, row in rows.items():
+        assert row[1] == row[2] and row[3] == "same", out.stdout
+    client = MlflowClient(tracking)
+    child = next(r for r in client.search_runs([client.get_experiment_by_name("paper-alexnet").experiment_id])
+                 if r.data.tags.get("configuration") == "c001")
+    assert float(rows["accuracy"][2]) == pytest.approx(child.data.metrics["accuracy"], abs=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["vgg16", "alexnet"])

@@ -69,9 +69,10 @@ class _Configuration:
     params: Params
     seeds_left: list[int]
     optuna_trial: optuna.Trial | None  # None for the dense reference
-    ended: dict[str, Outcome] = field(default_factory=dict)  # Ray trial id -> outcome
-    results: dict[str, dict[str, float]] = field(default_factory=dict)  # complete seeds' objectives
+    ended: dict[int, Outcome] = field(default_factory=dict)  # seed -> how its trial ended
+    results: dict[int, dict[str, float]] = field(default_factory=dict)  # complete seeds' objectives
     stopped_at: int | None = None  # the furthest epoch a seed reached before early stopping ended it
+    told: bool = False  # the study knows how it ended
 
 
 class ReplicateSearcher(Searcher):
@@ -93,13 +94,13 @@ class ReplicateSearcher(Searcher):
         self.seeds, self.configurations = list(seeds), configurations
         self.make_trial, self.epochs, self.accuracy_floor = make_trial, epochs, accuracy_floor
         self._configurations: dict[str, _Configuration] = {}
-        self._trial_to_configuration: dict[str, str] = {}
+        self._trial_to_configuration: dict[str, tuple[str, int]] = {}  # Ray trial id -> (configuration, seed)
         self._current: str | None = None
         self._restored = False
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self._restored:
-            self._fail_orphaned_optuna_trials()
+            self._reconcile_with_the_study()
             self._restored = False
         if self._current is None or not self._configurations[self._current].seeds_left:
             if len(self._configurations) >= self.configurations:
@@ -114,7 +115,7 @@ class ReplicateSearcher(Searcher):
             self._current = configuration
         assigned = self._configurations[self._current]
         seed = assigned.seeds_left.pop(0)
-        self._trial_to_configuration[trial_id] = self._current
+        self._trial_to_configuration[trial_id] = (self._current, seed)
         return {
             names.CONFIGURATION: self._current,
             names.SEED: seed,
@@ -123,22 +124,25 @@ class ReplicateSearcher(Searcher):
         }
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        name = self._trial_to_configuration.get(trial_id)
-        if name is None:
+        if self._restored:  # a trial that ended while Tune restored the search, before any suggest
+            self._reconcile_with_the_study()
+            self._restored = False
+        assigned = self._trial_to_configuration.get(trial_id)
+        if assigned is None:
             return
-        configuration = self._configurations[name]
+        configuration, seed = self._configurations[assigned[0]], assigned[1]
         ended = outcome(result, self.epochs, error)
-        configuration.ended[trial_id] = ended
+        configuration.ended[seed] = ended
         if ended is Outcome.COMPLETE and result is not None:
             # The held-out shape bias rides along for the study's record, never as an objective.
-            configuration.results[trial_id] = {m: result[m] for m in (*OBJECTIVES, names.SHAPE_BIAS_HOLDOUT)
-                                               if m in result}
+            configuration.results[seed] = {m: result[m] for m in (*OBJECTIVES, names.SHAPE_BIAS_HOLDOUT) if m in result}
         elif ended is Outcome.STOPPED and result is not None and math.isfinite(result.get(names.EPOCH, math.nan)):
             configuration.stopped_at = max(configuration.stopped_at or 0, int(result[names.EPOCH]))
         verdict = configuration_outcome(list(configuration.ended.values()), len(self.seeds))
-        if verdict is None or configuration.optuna_trial is None:
+        if verdict is None or configuration.optuna_trial is None or configuration.told:
             return
         self._tell(configuration, verdict)
+        configuration.told = True
 
     def _tell(self, configuration: _Configuration, verdict: Outcome) -> None:
         """Tell the study how a configuration ended: its seed means, or a failure (and why)."""
@@ -162,16 +166,22 @@ class ReplicateSearcher(Searcher):
             trial.set_constraint("accuracy_floor", self.accuracy_floor - means["accuracy"])
         self.study.tell(trial, [means[m] for m in OBJECTIVES])
 
-    def _fail_orphaned_optuna_trials(self) -> None:
-        """After a driver crash, fail the Optuna trials asked after the last saved state.
+    def _reconcile_with_the_study(self) -> None:
+        """After a restore, agree with the study, which saw more than the state Tune saved.
 
-        Their Ray trials were never recorded, so nobody will ever tell Optuna their values;
-        left RUNNING they would sit in the study's history forever.
+        A configuration told after the last save is finished in the study: it is not told again
+        when its trials report once more. A trial asked after the last save has no Ray trial, so
+        nobody will ever tell its values: it is failed, or it would sit RUNNING in the study's
+        history forever.
         """
-        known = {c.optuna_trial.number for c in self._configurations.values() if c.optuna_trial is not None}
-        for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if trial.number not in known:
-                self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        running = {t.number for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+        known = set()
+        for configuration in self._configurations.values():
+            if configuration.optuna_trial is not None:
+                known.add(configuration.optuna_trial.number)
+                configuration.told = configuration.told or configuration.optuna_trial.number not in running
+        for number in running - known:
+            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
 
     # Tune saves the innermost searcher with `save` and restores it with `restore` (Ray state, in
     # the search's storage). The study travels with it: its storage reconnects from its URL, and
