@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replay import TABLE, Replay, Table, load_table, replay, replay_spec  # noqa: E402
 
-from orchestrator.early_stopping import RungLadder  # noqa: E402
+from orchestrator.search.early_stopping import RungLadder  # noqa: E402
 from search_spaces.spec import SearchSpec  # noqa: E402
 
 

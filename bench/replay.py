@@ -28,10 +28,10 @@ from pathlib import Path
 
 import optuna
 
-from orchestrator.early_stopping import RungLadder
-from orchestrator.pareto import front_of, hypervolume
-from orchestrator.pareto import ConfigurationResult, Replicate
-from orchestrator.searcher import ReplicateSearcher, make_optuna_search
+from orchestrator import names
+from orchestrator.pareto import ConfigurationResult, Replicate, front_of, hypervolume
+from orchestrator.search.early_stopping import RungLadder
+from orchestrator.search.searcher import ReplicateSearcher, make_study
 from search_spaces.params import Params
 from search_spaces.spec import SearchSpec, load_spec
 
@@ -143,9 +143,10 @@ class _Running:
 def replay(table: Table, spec: SearchSpec, ladder: RungLadder | None = None, concurrency: int = 1) -> Replay:
     """Run `spec`'s search against the table: the real searcher and sampler, no training."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    inner = make_optuna_search(spec, study_name="replay", storage=optuna.storages.InMemoryStorage())
-    searcher = ReplicateSearcher(inner, spec.seeds, spec.configurations, spec.trial_config, spec.training.epochs,
-                                 spec.accuracy_floor)
+    study = make_study(spec, "replay", storage=optuna.storages.InMemoryStorage())
+    searcher = ReplicateSearcher(study=study, space=spec.search, seeds=spec.seeds, configurations=spec.configurations,
+                                 make_trial=spec.trial_config, epochs=spec.training.epochs,
+                                 accuracy_floor=spec.accuracy_floor)
     proposed: dict[str, Params] = {}
     running: list[_Running] = []
     trained, asked, finished = 0, 0, False
@@ -155,10 +156,10 @@ def replay(table: Table, spec: SearchSpec, ladder: RungLadder | None = None, con
             if not isinstance(config, dict):
                 finished = True
                 break
-            params = Params.from_dict(config["params"])
-            proposed.setdefault(config["configuration"], params)
-            running.append(_Running(f"t{asked}", config["configuration"], params, config["seed"],
-                                    table.lookup(params, config["seed"])))
+            params = Params.from_dict(config[names.PARAMS])
+            proposed.setdefault(config[names.CONFIGURATION], params)
+            running.append(_Running(f"t{asked}", config[names.CONFIGURATION], params, config[names.SEED],
+                                    table.lookup(params, config[names.SEED])))
             asked += 1
         ended = []
         for trial in running:  # one epoch each

@@ -4,7 +4,7 @@ Starts each cluster as users do (`ray start --head`, then `ray start --address=.
 node; token authentication on, 1 CPU per node, all on this machine: Ray swaps 127.0.0.1 for the
 machine's own address), and one MLflow tracking server over HTTP that both runs write to (a
 multi-node cluster refuses a file store). On each cluster it runs the same reduced quickstart
-search in-process (`orchestrator.driver.run_search`): N configurations x 2 seeds, random sampler
+search in-process (`orchestrator.search.driver.run_search`): N configurations x 2 seeds, random sampler
 with a fixed seed (so both runs train the same configurations), 2 trials at a time, each trial
 about 10 s of single-threaded training. Trials per hour = finished trials / search wall time x
 3600; the child runs' `ray_node_id` tags show how many nodes trained. Clusters and server are torn
@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.driver import run_search
+from orchestrator.search.driver import run_search
 from orchestrator.tracking import child_runs
 from search_spaces.spec import load_spec
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.driver import run_search
+from orchestrator.search.driver import run_search
 from orchestrator.tracking import child_runs
 from search_spaces.spec import load_spec
 

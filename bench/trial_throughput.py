@@ -22,12 +22,10 @@ import torch
 import torch.nn.functional as F
 from ray import tune
 
-from trainables.config import TrialConfig
 from trainables.checkpoint import temporary_checkpoint
-from trainables.cue_conflict import evaluate_shape_bias, preprocess
-from trainables.data import build_data
-from trainables.models import build_model
-from trainables.train import accuracy
+from trainables.config import TrialConfig
+from trainables.evaluate import evaluate, model_outputs
+from trainables.models import build_model, preprocess
 from trainables.trial import train_trial
 
 # The quickstart's trial: 32 px synthetic benchmark, Top-K 10% after layer1 and layer2.
@@ -43,7 +41,7 @@ def plain_loop(config: TrialConfig) -> tuple[float, float]:
     """(median images/s over epochs 2.., wall seconds with data) of a bare SGD loop over the trial's data."""
     start_wall = time.perf_counter()
     torch.set_num_threads(config.training.threads)
-    data = build_data(config.data, config.training.batch_size, config.seed, config.training.augment)
+    data = config.data.build(config.training.batch_size, config.seed, config.training.augment)
     torch.manual_seed(config.seed)
     model = build_model(len(data.class_names), config.model.stem, config.model.topk)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.training.lr, momentum=0.9, weight_decay=5e-4)
@@ -64,14 +62,11 @@ def plain_loop(config: TrialConfig) -> tuple[float, float]:
 
 def extras(config: TrialConfig) -> tuple[float, float]:
     """(seconds of one evaluation, seconds of one checkpoint write) for the trial's model and data."""
-    data = build_data(config.data, config.training.batch_size, config.seed, config.training.augment)
+    data = config.data.build(config.training.batch_size, config.seed, config.training.augment)
     model = build_model(len(data.class_names), config.model.stem, config.model.topk)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     start = time.perf_counter()
-    accuracy(model, data.test_images, data.test_labels, data.image_size, torch.device("cpu"))
-    for stimuli in (data.stimuli, data.holdout):
-        if stimuli is not None:
-            evaluate_shape_bias(model, stimuli, data.mapping, data.image_size)
+    evaluate(model, data, model_outputs(config.model.head, data))  # what a trial runs after every epoch
     evaluation = time.perf_counter() - start
     start = time.perf_counter()
     with temporary_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict()}):
