@@ -3,7 +3,8 @@
     python run_search.py search --config search_spaces/quickstart.yaml [key=value ...]
     python run_search.py resume --config search_spaces/quickstart.yaml [--search ID]
     python run_search.py pareto --experiment sparse-shape-search-quickstart
-    python run_search.py promote --experiment sparse-shape-search-quickstart --maximize shape_bias --floor accuracy=dense-0.05
+    python run_search.py promote --experiment sparse-shape-search-quickstart --maximize shape_bias \\
+        --floor accuracy=dense-0.05
     python run_search.py evaluate --model models:/sparse-resnet18-sparse-shape-search-quickstart@production
 
 Config errors (found before Ray starts), and what pareto / promote / evaluate cannot find or do, are
@@ -17,8 +18,9 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from search_spaces.params import OBJECTIVES  # plain names: no torch, Ray or MLflow behind them
 
@@ -30,65 +32,95 @@ TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (see search_spaces/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override any field, dotted for nesting: configurations=4 search.fraction.high=0.3 "
-                        "seeds=[0,1,2]")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="override any field, dotted for nesting: configurations=4 search.fraction.high=0.3 seeds=[0,1,2]",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: search, resume, pareto, promote, evaluate."""
-    parser = argparse.ArgumentParser(prog="run_search.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="run_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{search,resume,pareto,promote,evaluate}")
-    search = commands.add_parser("search", help="run a new search", description=(
-        "Run a new search: Optuna proposes configurations (Top-K fraction, placement, training knobs), each runs "
-        "under every seed as a Ray Tune trial, MLflow records a parent run with one child per trial, and the "
-        "Pareto front is printed and written to pareto.csv / pareto.png."))
+    search = commands.add_parser(
+        "search",
+        help="run a new search",
+        description=(
+            "Run a new search: Optuna proposes configurations (Top-K fraction, placement, training knobs), each runs "
+            "under every seed as a Ray Tune trial, MLflow records a parent run with one child per trial, and the "
+            "Pareto front is printed and written to pareto.csv / pareto.png."
+        ),
+    )
     _add_config_arguments(search)
     resume = commands.add_parser(
-        "resume", help="continue an interrupted search (default: the newest resumable one of this config's name)",
+        "resume",
+        help="continue an interrupted search (default: the newest resumable one of this config's name)",
         description="Continue an interrupted search (Tuner.restore): finished trials are not rerun, unfinished ones "
         "restart from their last checkpoint and reattach to their MLflow runs, and Optuna continues its stored "
         "study. The search keeps the settings it started with: the config file supplies only where things are "
         "(name, storage_path, tracking_uri, experiment, optuna_storage, address), and an override of any other "
         "setting that would change it is refused. Starts that failed before any trial ran have nothing to resume "
-        "and are skipped.")
+        "and are skipped.",
+    )
     _add_config_arguments(resume)
-    resume.add_argument("--search", help="the search id to resume (printed when it started, and its MLflow parent run's name)")
-    front = commands.add_parser("pareto", help="print and plot the Pareto front of a finished search",
-                                description="Read a search's child runs from MLflow, print the front, write pareto.csv "
-                                "and pareto.png.")
+    resume.add_argument(
+        "--search", help="the search id to resume (printed when it started, and its MLflow parent run's name)"
+    )
+    front = commands.add_parser(
+        "pareto",
+        help="print and plot the Pareto front of a finished search",
+        description="Read a search's child runs from MLflow, print the front, write pareto.csv and pareto.png.",
+    )
     front.add_argument("--experiment", required=True, help="MLflow experiment name")
     front.add_argument("--search", help="search id (default: the newest search in the experiment)")
     front.add_argument("--tracking-uri", help=TRACKING_HELP)
     front.add_argument("--seeds", type=int, help="seeds per configuration (default: from the search's parent run)")
-    front.add_argument("--out", type=Path, default=Path.cwd(), help="directory for pareto.csv and pareto.png (default: .)")
+    front.add_argument(
+        "--out", type=Path, default=Path.cwd(), help="directory for pareto.csv and pareto.png (default: .)"
+    )
 
-    promote = commands.add_parser("promote", help="register a chosen configuration's model and point an alias at it",
-                                  description="Choose a configuration of a finished search (by id, or the highest seed "
-                                  "mean of one objective above floors), register its most representative seed's model "
-                                  "in the MLflow Model Registry, and move the alias (default: production) to the new "
-                                  "version.")
+    promote = commands.add_parser(
+        "promote",
+        help="register a chosen configuration's model and point an alias at it",
+        description="Choose a configuration of a finished search (by id, or the highest seed "
+        "mean of one objective above floors), register its most representative seed's model "
+        "in the MLflow Model Registry, and move the alias (default: production) to the new "
+        "version.",
+    )
     promote.add_argument("--experiment", required=True, help="MLflow experiment name")
     promote.add_argument("--search", help="search id (default: the newest finished search in the experiment)")
     pick = promote.add_mutually_exclusive_group(required=True)
     pick.add_argument("--configuration", help="a configuration id, e.g. c004")
     pick.add_argument("--maximize", choices=OBJECTIVES, help="the objective whose highest seed mean wins")
-    promote.add_argument("--floor", action="append", default=[], metavar="OBJECTIVE=VALUE",
-                         help="with --maximize: a seed-mean floor, absolute (accuracy=0.75) or relative to the dense "
-                         "reference (accuracy=dense-0.01); repeatable")
+    promote.add_argument(
+        "--floor",
+        action="append",
+        default=[],
+        metavar="OBJECTIVE=VALUE",
+        help="with --maximize: a seed-mean floor, absolute (accuracy=0.75) or relative to the dense "
+        "reference (accuracy=dense-0.01); repeatable",
+    )
     promote.add_argument("--model-name", help="registered model name (default: sparse-<model.arch>-<experiment>)")
     promote.add_argument("--alias", default="production", help="alias moved to the new version (default: production)")
     promote.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
     promote.add_argument("--tracking-uri", help=TRACKING_HELP)
     promote.add_argument("--out", type=Path, default=Path.cwd(), help="directory for production.yaml (default: .)")
 
-    evaluate = commands.add_parser("evaluate", help="recompute a registered model's accuracy and shape bias",
-                                   description="Recompute accuracy and shape bias of a registered model and print them "
-                                   "beside the values recorded when it was promoted.")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="recompute a registered model's accuracy and shape bias",
+        description="Recompute accuracy and shape bias of a registered model and print them "
+        "beside the values recorded when it was promoted.",
+    )
     evaluate.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     evaluate.add_argument("--stimuli", type=Path, help="cue-conflict folder (default: the one it was trained with)")
-    evaluate.add_argument("--data", type=Path, help="labelled test folder, one sub-folder per class (folder-trained models)")
+    evaluate.add_argument(
+        "--data", type=Path, help="labelled test folder, one sub-folder per class (folder-trained models)"
+    )
     evaluate.add_argument("--tracking-uri", help=TRACKING_HELP)
     return parser
 
@@ -131,17 +163,21 @@ def promote_command(args: argparse.Namespace) -> int:
     name = args.model_name or default_model_name(args.experiment, search.arch)
     check_registry_names(name, args.alias)
     if search.status != "FINISHED":
-        raise SearchError(f"search {search.search_id} is {search.status}, not FINISHED: wait for it to end, or finish it "
-                          "with `run_search.py resume`")
+        raise SearchError(
+            f"search {search.search_id} is {search.status}, not FINISHED: wait for it to end, or finish it "
+            "with `run_search.py resume`"
+        )
     results = collect(client, search)
     if not results:
-        raise SearchError(f"search {search.search_id} has an empty front: no configuration finished all its "
-                          f"{len(search.seeds)} seeds")
+        raise SearchError(
+            f"search {search.search_id} has an empty front: no configuration finished all its {len(search.seeds)} seeds"
+        )
     if args.configuration:
         from orchestrator import names
 
-        ids = sorted({r.data.tags.get(names.CONFIGURATION, "") for r in child_runs(client, search.experiment_id,
-                                                                                   search.run_id)})
+        ids = sorted(
+            {r.data.tags.get(names.CONFIGURATION, "") for r in child_runs(client, search.experiment_id, search.run_id)}
+        )
         chosen = choosing.by_id(results, args.configuration, ids)
     else:
         chosen = choosing.by_rule(results, args.maximize, floors)
@@ -160,8 +196,10 @@ def promote_command(args: argparse.Namespace) -> int:
     start = time.monotonic()
     promotion = promote(client, search, chosen, name, args.alias, args.out)
     version = promotion.version
-    print(f"registered {name} version {version.version}; alias {args.alias!r} -> version {version.version} "
-          f"({time.monotonic() - start:.1f} s)")
+    print(
+        f"registered {name} version {version.version}; alias {args.alias!r} -> version {version.version} "
+        f"({time.monotonic() - start:.1f} s)"
+    )
     print(f"wrote {promotion.production_yaml}; load it with mlflow.pyfunc.load_model({promotion.model_uri!r})")
     return 0
 
@@ -175,17 +213,22 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     result = evaluate(MlflowClient(existing_store(args.tracking_uri)), args.model, args.stimuli, args.data)
     source = result.provenance
-    print(f"{args.model} = version {result.version.version}: configuration {source['configuration']} seed {source['seed']} "
-          f"of search {source['search_id']}")
+    print(
+        f"{args.model} = version {result.version.version}: configuration {source['configuration']} "
+        f"seed {source['seed']} of search {source['search_id']}"
+    )
     print(f"{'':<18} {'at promotion':>12} {'now':>10}")
     for name, recorded in result.recorded.items():
         value = result.now[name]
-        print(f"{name:<18} {recorded:>12.4f} {value:>10.4f}  {'same' if value == recorded else f'{value - recorded:+.4f}'}")
+        change = "same" if value == recorded else f"{value - recorded:+.4f}"
+        print(f"{name:<18} {recorded:>12.4f} {value:>10.4f}  {change}")
     return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "pareto": pareto_command, "promote": promote_command, "evaluate": evaluate_command,
+    "pareto": pareto_command,
+    "promote": promote_command,
+    "evaluate": evaluate_command,
 }
 
 
@@ -229,8 +272,17 @@ def search_command(spec: SearchSpec, args: argparse.Namespace) -> int:
         run_search(spec, resume=resume, search_id=getattr(args, "search", None), overrides=args.overrides)
     except SearchInterrupted as stopped:
         # The search keeps its own settings when resumed: the config file and where things are suffice.
-        again = shlex.join(["run_search.py", "resume", "--config", args.config, *_location_overrides(args.overrides),
-                            "--search", stopped.search_id])
+        again = shlex.join(
+            [
+                "run_search.py",
+                "resume",
+                "--config",
+                args.config,
+                *_location_overrides(args.overrides),
+                "--search",
+                stopped.search_id,
+            ]
+        )
         print(f"{stopped}; its finished trials are kept. Continue it with:\n  {again}", file=sys.stderr)
         return 130  # the shell's code for a run stopped by Ctrl+C
     return 0

@@ -26,12 +26,24 @@ from replay import TABLE, Replay, Table, load_table, replay, replay_spec  # noqa
 from orchestrator.search.early_stopping import RungLadder  # noqa: E402
 from search_spaces.spec import SearchSpec  # noqa: E402
 
-
-SWEEP = [([1], 2), ([1], 3), ([1], 4), ([1], 6), ([1], 8), ([1], 12), ([1], 16), ([2], 3), ([2], 6), ([1, 2], 2), ([1, 3], 2)]
+SWEEP = [
+    ([1], 2),
+    ([1], 3),
+    ([1], 4),
+    ([1], 6),
+    ([1], 8),
+    ([1], 12),
+    ([1], 16),
+    ([2], 3),
+    ([2], 6),
+    ([1, 2], 2),
+    ([1, 3], 2),
+]
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
     """Rank correlation (ties share their mean rank)."""
+
     def ranks(values: list[float]) -> list[float]:
         order = sorted(range(len(values)), key=values.__getitem__)
         result = [0.0] * len(values)
@@ -44,6 +56,7 @@ def spearman(xs: list[float], ys: list[float]) -> float:
                 result[k] = (i + j) / 2
             i = j + 1
         return result
+
     return statistics.correlation(ranks(xs), ranks(ys))
 
 
@@ -54,13 +67,16 @@ def predictiveness(table: Table) -> str:
     cells = []
     for epoch in range(1, table.epochs):
         at = [table.means(params, epoch) for params in configurations]
-        cells.append(f"epoch {epoch}: {spearman([a[0] for a in at], [z[0] for z in final]):.2f} / "
-                     f"{spearman([a[1] for a in at], [z[1] for z in final]):.2f}")
+        cells.append(
+            f"epoch {epoch}: {spearman([a[0] for a in at], [z[0] for z in final]):.2f} / "
+            f"{spearman([a[1] for a in at], [z[1] for z in final]):.2f}"
+        )
     return "rank correlation with the last epoch, accuracy / shape bias: " + "; ".join(cells)
 
 
-def paired_replays(table: Table, args: argparse.Namespace, rungs: list[int], factor: float,
-                   without: dict[int, Replay]) -> tuple[list[float], list[float], list[int]]:
+def paired_replays(
+    table: Table, args: argparse.Namespace, rungs: list[int], factor: float, without: dict[int, Replay]
+) -> tuple[list[float], list[float], list[int]]:
     """Per sampler seed: hypervolume ratio and epoch ratio of the search with early stopping over the one without."""
     reference = table.reference()
     hv_ratios, cost_ratios, stopped = [], [], []
@@ -94,20 +110,27 @@ def main() -> None:
     print(predictiveness(table))
     without: dict[int, Replay] = {}
     if args.sweep:
-        print(f"{'rungs':<8} {'factor':>6} {'hypervolume':>12} {'epochs':>7}   (medians of {args.repeats} paired replays)")
+        print(
+            f"{'rungs':<8} {'factor':>6} {'hypervolume':>12} {'epochs':>7}   (medians of {args.repeats} paired replays)"
+        )
         for rungs, factor in SWEEP:
             hv, cost, _ = paired_replays(table, args, rungs, factor, without)
-            print(f"{str(rungs):<8} {factor:>6g} {statistics.median(hv):>12.3f} {statistics.median(cost):>7.3f}", flush=True)
+            print(
+                f"{str(rungs):<8} {factor:>6g} {statistics.median(hv):>12.3f} {statistics.median(cost):>7.3f}",
+                flush=True,
+            )
     hv_ratios, cost_ratios, stopped = paired_replays(table, args, args.rungs, args.reduction_factor, without)
 
     def summary(values: list[float]) -> str:
         q = statistics.quantiles(values, n=4, method="inclusive")
         return f"{statistics.median(values):.3f} [q1 {q[0]:.3f}, q3 {q[2]:.3f}]"
 
-    print(f"{args.repeats} replayed searches of {args.configurations} configurations x {len(table.seeds)} seeds x "
-          f"{table.epochs} epochs, sampler {args.sampler}, {args.concurrency} trials at a time; early stopping at rungs "
-          f"{args.rungs}, reduction factor {args.reduction_factor:g}; median {statistics.median(stopped):g} "
-          "configurations stopped per search")
+    print(
+        f"{args.repeats} replayed searches of {args.configurations} configurations x {len(table.seeds)} seeds x "
+        f"{table.epochs} epochs, sampler {args.sampler}, {args.concurrency} trials at a time; early stopping at rungs "
+        f"{args.rungs}, reduction factor {args.reduction_factor:g}; median {statistics.median(stopped):g} "
+        "configurations stopped per search"
+    )
     print(f"hypervolume with / without early stopping: {summary(hv_ratios)}")
     print(f"training epochs with / without early stopping: {summary(cost_ratios)}")
     print(f"early_stopping_hv_ratio: {statistics.median(hv_ratios):.3f}")

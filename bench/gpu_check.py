@@ -28,8 +28,9 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 # Run as `python bench/gpu_check.py` on a lent machine where the project may not be installed:
 # the repository root must be importable for `trainables`.
@@ -38,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from trainables.models import build_model  # noqa: E402
-from trainables.topk import topk_sparsify  # noqa: E402
-
 # The authors' reference implementation, shared with the CPU benchmark beside this file.
 from topk import authors_sparse_hw, saved_bytes  # noqa: E402
+
+from trainables.models import build_model  # noqa: E402
+from trainables.topk import topk_sparsify  # noqa: E402
 
 FRACTION = 0.2
 TOPK = {"layer2": FRACTION}
@@ -120,7 +121,9 @@ def ratio(a: float | int | None, b: float | int | None) -> str:
 
 def step_section(args: argparse.Namespace, device: torch.device, summary: dict[str, str]) -> None:
     """Sparse vs dense training step per precision and memory format: time and peak memory."""
-    emit(f"\n== training step: cifar stem, {args.size} px, batch {args.batch}, Top-K {FRACTION:.0%} after layer2, SGD ==")
+    emit(
+        f"\n== training step: cifar stem, {args.size} px, batch {args.batch}, Top-K {FRACTION:.0%} after layer2, SGD =="
+    )
     torch.manual_seed(0)
     dense_cpu = build_model(num_classes=NUM_CLASSES, stem="cifar")
     sparse_cpu = build_model(num_classes=NUM_CLASSES, stem="cifar", topk=TOPK)
@@ -135,8 +138,8 @@ def step_section(args: argparse.Namespace, device: torch.device, summary: dict[s
     for precision, amp_dtype in precisions.items():
         for format_name, memory_format in formats.items():
             # Fresh copies per setting: no optimizer state or cached layouts carry across settings.
-            dense = copy.deepcopy(dense_cpu).to(device, memory_format=memory_format)
-            sparse = copy.deepcopy(sparse_cpu).to(device, memory_format=memory_format)
+            dense = copy.deepcopy(dense_cpu).to(device).to(memory_format=memory_format)
+            sparse = copy.deepcopy(sparse_cpu).to(device).to(memory_format=memory_format)
             x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=memory_format)
             y = torch.randint(0, NUM_CLASSES, (args.batch,), device=device)
             steps = {"dense": training_step(dense, x, y, amp_dtype), "sparse": training_step(sparse, x, y, amp_dtype)}
@@ -146,7 +149,8 @@ def step_section(args: argparse.Namespace, device: torch.device, summary: dict[s
             r = medians["sparse"] / medians["dense"]
             ratios.append(r)
             emit(
-                f"{precision:4s} {format_name:13s}: dense {medians['dense'] * 1e3:7.1f} ms  sparse {medians['sparse'] * 1e3:7.1f} ms"
+                f"{precision:4s} {format_name:13s}: dense {medians['dense'] * 1e3:7.1f} ms  "
+                f"sparse {medians['sparse'] * 1e3:7.1f} ms"
                 f"  ratio {r:.3f}  | step peak dense {mib(peaks['dense'])}  sparse {mib(peaks['sparse'])}"
                 f"  ratio {ratio(peaks['sparse'], peaks['dense'])}"
             )
@@ -172,24 +176,30 @@ def kernel_section(args: argparse.Namespace, device: torch.device, summary: dict
         x = torch.randn(shape, device=device, dtype=dtype)
         grad = torch.randn_like(x)
 
-        def forward_backward(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Callable[[], None]:
+        def forward_backward(
+            fn: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor, grad: torch.Tensor
+        ) -> Callable[[], None]:
             """One forward and backward of fn on a fresh leaf of x."""
 
-            def run() -> None:
+            def step() -> None:
                 leaf = x.detach().requires_grad_(True)
                 fn(leaf, FRACTION).backward(grad)
 
-            return run
+            return step
 
-        contenders = {"ours": forward_backward(topk_sparsify), "authors": forward_backward(authors_sparse_hw)}
+        contenders = {
+            "ours": forward_backward(topk_sparsify, x, grad),
+            "authors": forward_backward(authors_sparse_hw, x, grad),
+        }
         medians = interleaved_medians(contenders, args.repeats, args.warmup, device)
         peaks = {who: peak_bytes(run, device) for who, run in contenders.items()}
         ours_saved = saved_bytes(lambda t: topk_sparsify(t, FRACTION), x)
         theirs_saved = saved_bytes(lambda t: authors_sparse_hw(t, FRACTION), x)
         t_ratio = medians["ours"] / medians["authors"]
         emit(
-            f"{name}: time ours {medians['ours'] * 1e3:.2f} ms  authors {medians['authors'] * 1e3:.2f} ms  ratio {t_ratio:.3f}"
-            f"  | peak ours {mib(peaks['ours'])}  authors {mib(peaks['authors'])}  ratio {ratio(peaks['ours'], peaks['authors'])}"
+            f"{name}: time ours {medians['ours'] * 1e3:.2f} ms  authors {medians['authors'] * 1e3:.2f} ms  "
+            f"ratio {t_ratio:.3f}  | peak ours {mib(peaks['ours'])}  authors {mib(peaks['authors'])}  "
+            f"ratio {ratio(peaks['ours'], peaks['authors'])}"
             f"  | kept for backward ours {mib(ours_saved)}  authors {mib(theirs_saved)}"
             f"  ratio {ratio(ours_saved, theirs_saved)}"
         )
@@ -226,9 +236,9 @@ def compile_section(args: argparse.Namespace, device: torch.device, summary: dic
         from torch._dynamo.utils import counters
 
         torch.manual_seed(0)
-        eager = build_model(num_classes=NUM_CLASSES, stem="cifar", topk=TOPK).to(device, memory_format=memory_format)
+        eager = build_model(num_classes=NUM_CLASSES, stem="cifar", topk=TOPK).to(device).to(memory_format=memory_format)
         twin = copy.deepcopy(eager)
-        compiled = torch.compile(twin)
+        compiled: Any = torch.compile(twin)
         x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=memory_format)
         y = torch.randint(0, NUM_CLASSES, (args.batch,), device=device)
         steps = {"eager": training_step(eager, x, y, amp_dtype), "compiled": training_step(compiled, x, y, amp_dtype)}
@@ -268,7 +278,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpu_check: --device cuda but no CUDA device is visible (use --device cpu for a smoke run)", file=sys.stderr)
+        print(
+            "gpu_check: --device cuda but no CUDA device is visible (use --device cpu for a smoke run)", file=sys.stderr
+        )
         sys.exit(2)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)

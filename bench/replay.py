@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import bisect
 import csv
+import itertools
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,27 +109,44 @@ class Replay:
     epochs_trained: int
     epochs_full: int
 
-    def hypervolume(self, table: Table, budget: int | None = None, reference: tuple[float, float] | None = None) -> float:
-        """Hypervolume of the front of the first `budget` proposed configurations (dense excluded), on full-training metrics."""
+    def hypervolume(
+        self, table: Table, budget: int | None = None, reference: tuple[float, float] | None = None
+    ) -> float:
+        """Hypervolume of the front of the first `budget` proposed configurations (dense excluded).
+
+        Measured on full-training metrics, whether or not a configuration was stopped early.
+        """
         chosen = [(p, stopped) for p, stopped in self.configurations if not p.dense][:budget]
-        results = [ConfigurationResult(f"c{i}", p, (Replicate("", 0, *table.full_result(p)),))
-                   for i, (p, stopped) in enumerate(chosen) if not stopped]
+        results = [
+            ConfigurationResult(f"c{i}", p, (Replicate("", 0, *table.full_result(p)),))
+            for i, (p, stopped) in enumerate(chosen)
+            if not stopped
+        ]
         return hypervolume([(r.accuracy, r.shape_bias) for r in front_of(results)], reference or table.reference())
 
 
-def replay_spec(table: Table, sampler: str, configurations: int, sampler_seed: int, extra: list[str] = ()) -> SearchSpec:
+def replay_spec(
+    table: Table, sampler: str, configurations: int, sampler_seed: int, extra: Sequence[str] = ()
+) -> SearchSpec:
     """The quickstart spec over the table's placements and fraction range, with this sampler."""
     placements = "[" + ", ".join("[" + ", ".join(p.split("+")) + "]" for p in table.placements()) + "]"
     fractions = sorted({f for p, f, _ in table.runs if p != "dense"})
     # Half a grid step beyond each end: the end fractions then own as much log range as any other.
-    half_step = math.sqrt(statistics.median(b / a for a, b in zip(fractions, fractions[1:])))
-    return load_spec(ROOT / "search_spaces" / "quickstart.yaml", [
-        f"sampler={sampler}", f"sampler_seed={sampler_seed}", f"configurations={configurations}",
-        f"seeds=[{', '.join(map(str, table.seeds))}]", f"training.epochs={table.epochs}",
-        f"search.placements={placements}",
-        f"search.fraction={{low: {fractions[0] / half_step:.6g}, high: {min(1.0, fractions[-1] * half_step):.6g}, log: true}}",
-        *extra,
-    ])
+    half_step = math.sqrt(statistics.median(b / a for a, b in itertools.pairwise(fractions)))
+    return load_spec(
+        ROOT / "search_spaces" / "quickstart.yaml",
+        [
+            f"sampler={sampler}",
+            f"sampler_seed={sampler_seed}",
+            f"configurations={configurations}",
+            f"seeds=[{', '.join(map(str, table.seeds))}]",
+            f"training.epochs={table.epochs}",
+            f"search.placements={placements}",
+            f"search.fraction={{low: {fractions[0] / half_step:.6g}, "
+            f"high: {min(1.0, fractions[-1] * half_step):.6g}, log: true}}",
+            *extra,
+        ],
+    )
 
 
 @dataclass
@@ -144,9 +163,15 @@ def replay(table: Table, spec: SearchSpec, ladder: RungLadder | None = None, con
     """Run `spec`'s search against the table: the real searcher and sampler, no training."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = make_study(spec, "replay", storage=optuna.storages.InMemoryStorage())
-    searcher = ReplicateSearcher(study=study, space=spec.search, seeds=spec.seeds, configurations=spec.configurations,
-                                 make_trial=spec.trial_config, epochs=spec.training.epochs,
-                                 accuracy_floor=spec.accuracy_floor)
+    searcher = ReplicateSearcher(
+        study=study,
+        space=spec.search,
+        seeds=spec.seeds,
+        configurations=spec.configurations,
+        make_trial=spec.trial_config,
+        epochs=spec.training.epochs,
+        accuracy_floor=spec.accuracy_floor,
+    )
     proposed: dict[str, Params] = {}
     running: list[_Running] = []
     trained, asked, finished = 0, 0, False
@@ -158,15 +183,27 @@ def replay(table: Table, spec: SearchSpec, ladder: RungLadder | None = None, con
                 break
             params = Params.from_dict(config[names.PARAMS])
             proposed.setdefault(config[names.CONFIGURATION], params)
-            running.append(_Running(f"t{asked}", config[names.CONFIGURATION], params, config[names.SEED],
-                                    table.lookup(params, config[names.SEED])))
+            running.append(
+                _Running(
+                    f"t{asked}",
+                    config[names.CONFIGURATION],
+                    params,
+                    config[names.SEED],
+                    table.lookup(params, config[names.SEED]),
+                )
+            )
             asked += 1
         ended = []
         for trial in running:  # one epoch each
             metrics = trial.history[trial.epoch]
             trial.epoch += 1
-            keep = (ladder is None or trial.params.dense
-                    or ladder.observe(trial.configuration, trial.seed, trial.epoch, (metrics["accuracy"], metrics["shape_bias"])))
+            keep = (
+                ladder is None
+                or trial.params.dense
+                or ladder.observe(
+                    trial.configuration, trial.seed, trial.epoch, (metrics["accuracy"], metrics["shape_bias"])
+                )
+            )
             if not keep or trial.epoch == len(trial.history):
                 ended.append(trial)
         for trial in ended:
@@ -174,5 +211,8 @@ def replay(table: Table, spec: SearchSpec, ladder: RungLadder | None = None, con
             trained += trial.epoch
             searcher.on_trial_complete(trial.trial_id, {**trial.history[trial.epoch - 1]})
     stopped = set(ladder.stopped_at) if ladder is not None else set()
-    return Replay([(p, n in stopped) for n, p in proposed.items()], trained,
-                  spec.configurations * len(spec.seeds) * spec.training.epochs)
+    return Replay(
+        [(p, n in stopped) for n, p in proposed.items()],
+        trained,
+        spec.configurations * len(spec.seeds) * spec.training.epochs,
+    )

@@ -54,16 +54,24 @@ def main() -> None:
         start = time.perf_counter()
         curves[sampler] = []
         for repeat in range(args.repeats):
-            result = replay(table, replay_spec(table, sampler, budget + 1, sampler_seed=repeat), concurrency=args.concurrency)
+            result = replay(
+                table, replay_spec(table, sampler, budget + 1, sampler_seed=repeat), concurrency=args.concurrency
+            )
             curves[sampler].append([result.hypervolume(table, b, reference) for b in range(1, budget + 1)])
         print(f"# {sampler}: {args.repeats} replays in {time.perf_counter() - start:.0f} s", flush=True)
 
     target = statistics.median(curve[budget - 1] for curve in curves["random"])
-    print(f"table {args.table.name}: {len(table.runs)} recorded trials, {args.concurrency} at a time; reference point (nadir) "
-          f"accuracy {reference[0]:.3f}, shape bias {reference[1]:.3f}; target = random search's median "
-          f"hypervolume at 32: {target:.5f}")
-    print(f"{'sampler':<8} " + " ".join(f"{'hv@' + str(b) + ' median [q1, q3]':>30}" for b in BUDGETS)
-          + f" {'configs to target':>18} {'reached':>8}")
+    print(
+        f"table {args.table.name}: {len(table.runs)} recorded trials, {args.concurrency} at a time; "
+        "reference point (nadir) "
+        f"accuracy {reference[0]:.3f}, shape bias {reference[1]:.3f}; target = random search's median "
+        f"hypervolume at 32: {target:.5f}"
+    )
+    print(
+        f"{'sampler':<8} "
+        + " ".join(f"{'hv@' + str(b) + ' median [q1, q3]':>30}" for b in BUDGETS)
+        + f" {'configs to target':>18} {'reached':>8}"
+    )
     needed: dict[str, float] = {}
     for sampler, runs in curves.items():
         cells = []

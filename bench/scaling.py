@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import shutil
@@ -30,13 +31,13 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from mlflow.tracking import MlflowClient
 
 from orchestrator.search.driver import run_search
-from orchestrator.tracking import child_runs
+from orchestrator.tracking import child_runs, experiment_id
 from search_spaces.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,10 +92,27 @@ def mlflow_server(workdir: Path) -> Iterator[str]:
     port, log = free_port(), workdir / "mlflow-server.log"
     with open(log, "w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db", "--serve-artifacts",
-             "--artifacts-destination", str(workdir / "artifacts"), "--workers", "1"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{workdir}/mlflow.db",
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(workdir / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             uri = f"http://127.0.0.1:{port}"
             wait_until(lambda: answers(f"{uri}/health"), server, log)
@@ -103,10 +121,16 @@ def mlflow_server(workdir: Path) -> Iterator[str]:
             stop(server)
 
 
+def has_nodes(port: int, nodes: int) -> bool:
+    """Whether the cluster at `port` has at least `nodes` live nodes."""
+    return live_nodes(port) >= nodes
+
+
 def live_nodes(port: int) -> int:
     """How many nodes `ray status` lists as active on the cluster at 127.0.0.1:port."""
-    status = subprocess.run([RAY, "status", f"--address=127.0.0.1:{port}"], env=ray_env(),
-                            capture_output=True, text=True).stdout
+    status = subprocess.run(
+        [RAY, "status", f"--address=127.0.0.1:{port}"], env=ray_env(), capture_output=True, text=True
+    ).stdout
     return status.split("Active:", 1)[-1].split("Pending:", 1)[0].count("node_")
 
 
@@ -126,12 +150,22 @@ def ray_cluster(nodes: int, logs: Path) -> Iterator[str]:
     try:
         for i in range(nodes):
             log = logs / f"{nodes}nodes-node{i}.log"
-            role = (["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"] if i == 0
-                    else [f"--address=127.0.0.1:{port}"])
+            role = (
+                ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
+                if i == 0
+                else [f"--address=127.0.0.1:{port}"]
+            )
             with open(log, "w") as out:
-                started.append(subprocess.Popen([RAY, "start", *role, *common], stdout=out, stderr=subprocess.STDOUT,
-                                                start_new_session=True, env=ray_env()))
-            wait_until(lambda: live_nodes(port) > i, started[-1], log)
+                started.append(
+                    subprocess.Popen(
+                        [RAY, "start", *role, *common],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        env=ray_env(),
+                    )
+                )
+            wait_until(functools.partial(has_nodes, port, i + 1), started[-1], log)
         yield f"127.0.0.1:{port}"
     finally:
         for process in reversed(started):
@@ -145,32 +179,54 @@ def ray_cluster(nodes: int, logs: Path) -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def search(nodes: int, address: str, tracking_uri: str, workdir: Path, configurations: int, round_: int) -> dict[str, float]:
+def search(
+    nodes: int, address: str, tracking_uri: str, workdir: Path, configurations: int, round_: int
+) -> dict[str, float]:
     """Run the reduced search on the cluster at `address`; its trials, wall time and nodes that trained."""
     rundir = workdir / f"round{round_}-{nodes}node"
     rundir.mkdir()
     os.chdir(rundir)  # run_search writes the Pareto front's files here
     experiment = f"scaling-round{round_}-{nodes}node"
-    spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml", [
-        "name=scaling", f"configurations={configurations}", "seeds=[0, 1]", "concurrency=2",
-        "data.image_size=32", "data.train_size=1200", "data.test_size=60", "data.conflicts_per_pair=1",
-        "training.epochs=2", "training.batch_size=32", "sampler=random", f"address={address}",
-        f"tracking_uri={tracking_uri}", f"optuna_storage=sqlite:///{rundir}/optuna.db",
-        f"storage_path={workdir}/ray_results", f"experiment={experiment}",
-    ])
+    spec = load_spec(
+        ROOT / "search_spaces" / "quickstart.yaml",
+        [
+            "name=scaling",
+            f"configurations={configurations}",
+            "seeds=[0, 1]",
+            "concurrency=2",
+            "data.image_size=32",
+            "data.train_size=1200",
+            "data.test_size=60",
+            "data.conflicts_per_pair=1",
+            "training.epochs=2",
+            "training.batch_size=32",
+            "sampler=random",
+            f"address={address}",
+            f"tracking_uri={tracking_uri}",
+            f"optuna_storage=sqlite:///{rundir}/optuna.db",
+            f"storage_path={workdir}/ray_results",
+            f"experiment={experiment}",
+        ],
+    )
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         outcome = run_search(spec)
     wall = time.perf_counter() - start
 
     client = MlflowClient(tracking_uri)
-    runs = child_runs(client, client.get_experiment_by_name(experiment).experiment_id, outcome.parent_run_id)
+    runs = child_runs(client, experiment_id(client, experiment), outcome.parent_run_id)
     done = [r for r in runs if r.info.status == "FINISHED"]
     # From the first trial's start to the last one's end; the rest of the wall time is fixed cost.
     span = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000 if runs else 0.0
-    return {"nodes": nodes, "trials": len(done), "wall": wall, "per_hour": len(done) / wall * 3600,
-            "trained_on": len({r.data.tags.get("ray_node_id") for r in done}), "outside": wall - span,
-            "trial_s": sum((r.info.end_time - r.info.start_time) / 1000 for r in done) / max(1, len(done))}
+    return {
+        "nodes": nodes,
+        "trials": len(done),
+        "wall": wall,
+        "per_hour": len(done) / wall * 3600,
+        "trained_on": len({r.data.tags.get("ray_node_id") for r in done}),
+        "outside": wall - span,
+        "trial_s": sum((r.info.end_time - r.info.start_time) / 1000 for r in done) / max(1, len(done)),
+    }
 
 
 def main() -> None:
@@ -199,19 +255,26 @@ def main() -> None:
         shutil.rmtree(workdir / "ray_results", ignore_errors=True)
     for round_, results in enumerate(rounds):
         for r in results.values():
-            print(f"round {round_ + 1}, {r['nodes']} node(s), 1 CPU each: {r['trials']} trials in {r['wall']:.1f} s wall = "
-                  f"{r['per_hour']:.0f} trials/hour; mean trial {r['trial_s']:.1f} s; {r['outside']:.1f} s outside "
-                  f"trials; trained on {r['trained_on']} distinct ray_node_id(s)")
+            print(
+                f"round {round_ + 1}, {r['nodes']} node(s), 1 CPU each: {r['trials']} trials in "
+                f"{r['wall']:.1f} s wall = "
+                f"{r['per_hour']:.0f} trials/hour; mean trial {r['trial_s']:.1f} s; {r['outside']:.1f} s outside "
+                f"trials; trained on {r['trained_on']} distinct ray_node_id(s)"
+            )
     ratios = [r[2]["per_hour"] / r[1]["per_hour"] for r in rounds]
     slowdown = statistics.median(r[2]["trial_s"] / r[1]["trial_s"] for r in rounds)
     outside = statistics.median(r[2]["outside"] for r in rounds)
     print(f"workdir {workdir} (MLflow database, node and server logs)")
-    print(f"limit: {os.cpu_count()} cores carry both nodes' trials plus the driver, Ray's GCS, raylets and agents "
-          f"and the MLflow server, so a trial took {slowdown:.2f}x as long two at a time "
-          f"(perfect: 1.00); and the ~{outside:.0f} s per search outside trials (joining Ray, first worker, "
-          "report) does not shrink with nodes")
-    print(f"2-node / 1-node trials per hour, per round: {', '.join(f'{r:.2f}' for r in ratios)} "
-          f"(range {min(ratios):.2f} to {max(ratios):.2f})")
+    print(
+        f"limit: {os.cpu_count()} cores carry both nodes' trials plus the driver, Ray's GCS, raylets and agents "
+        f"and the MLflow server, so a trial took {slowdown:.2f}x as long two at a time "
+        f"(perfect: 1.00); and the ~{outside:.0f} s per search outside trials (joining Ray, first worker, "
+        "report) does not shrink with nodes"
+    )
+    print(
+        f"2-node / 1-node trials per hour, per round: {', '.join(f'{r:.2f}' for r in ratios)} "
+        f"(range {min(ratios):.2f} to {max(ratios):.2f})"
+    )
     print(f"two_over_one_node: {statistics.median(ratios):.2f}")
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from trainables.models import build_model
+from trainables.models import Stem, build_model
 from trainables.topk import topk_sparsify
 
 
@@ -51,7 +51,9 @@ def interleaved_medians(contenders: dict[str, Callable[[], None]], rounds: int, 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def training_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], None]:
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
@@ -60,7 +62,7 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
     return step
 
 
-def step_ratio(image_size: int, stem: str, topk: dict[str, float], batch: int, rounds: int) -> tuple[float, float]:
+def step_ratio(image_size: int, stem: Stem, topk: dict[str, float], batch: int, rounds: int) -> tuple[float, float]:
     """Median seconds of a dense and a sparse training step with identical weights and data."""
     torch.manual_seed(0)
     dense = build_model(num_classes=10, stem=stem)
@@ -80,7 +82,12 @@ def saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> 
     """Bytes of the tensors autograd keeps for fn's backward, other than x itself."""
     x = x.detach().requires_grad_(True)
     saved: list[torch.Tensor] = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         fn(x)
     return sum(t.numel() * t.element_size() for t in saved if t.data_ptr() != x.data_ptr())
 
@@ -94,9 +101,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, medians")
 
     dense64, sparse64 = step_ratio(64, "imagenet", {"layer2": 0.2, "layer3": 0.2}, 64, args.rounds)
-    print(f"step 64px imagenet stem, Top-K 20% layer2+layer3: dense {dense64*1e3:.1f} ms  sparse {sparse64*1e3:.1f} ms  ratio {sparse64/dense64:.3f}")
+    print(
+        f"step 64px imagenet stem, Top-K 20% layer2+layer3: dense {dense64 * 1e3:.1f} ms  "
+        f"sparse {sparse64 * 1e3:.1f} ms  ratio {sparse64 / dense64:.3f}"
+    )
     dense96, sparse96 = step_ratio(96, "cifar", {"layer2": 0.2}, 64, max(3, args.rounds // 3))
-    print(f"step 96px cifar stem, Top-K 20% layer2:          dense {dense96*1e3:.1f} ms  sparse {sparse96*1e3:.1f} ms  ratio {sparse96/dense96:.3f}")
+    print(
+        f"step 96px cifar stem, Top-K 20% layer2:          dense {dense96 * 1e3:.1f} ms  "
+        f"sparse {sparse96 * 1e3:.1f} ms  ratio {sparse96 / dense96:.3f}"
+    )
 
     # The activation Top-K sees after layer2 at the authors' scaled setting: 64 x 128 x 48 x 48.
     x = torch.randn(64, 128, 48, 48)
@@ -109,12 +122,20 @@ def main() -> None:
 
         return run
 
-    medians = interleaved_medians({"ours": forward_backward(topk_sparsify), "authors": forward_backward(authors_sparse_hw)}, args.rounds)
+    medians = interleaved_medians(
+        {"ours": forward_backward(topk_sparsify), "authors": forward_backward(authors_sparse_hw)}, args.rounds
+    )
     ours_bytes = saved_bytes(lambda t: topk_sparsify(t, 0.2), x)
     theirs_bytes = saved_bytes(lambda t: authors_sparse_hw(t, 0.2), x)
-    print(f"Top-K fwd+bwd on {tuple(x.shape)} float32: ours {medians['ours']*1e3:.1f} ms  authors {medians['authors']*1e3:.1f} ms  ratio {medians['ours']/medians['authors']:.3f}")
-    print(f"kept for backward: ours {ours_bytes/2**20:.1f} MiB  authors {theirs_bytes/2**20:.1f} MiB  ratio {ours_bytes/theirs_bytes:.3f}")
-    print(f"sparse_over_dense_step_64px: {sparse64/dense64:.3f}")
+    print(
+        f"Top-K fwd+bwd on {tuple(x.shape)} float32: ours {medians['ours'] * 1e3:.1f} ms  "
+        f"authors {medians['authors'] * 1e3:.1f} ms  ratio {medians['ours'] / medians['authors']:.3f}"
+    )
+    print(
+        f"kept for backward: ours {ours_bytes / 2**20:.1f} MiB  authors {theirs_bytes / 2**20:.1f} MiB  "
+        f"ratio {ours_bytes / theirs_bytes:.3f}"
+    )
+    print(f"sparse_over_dense_step_64px: {sparse64 / dense64:.3f}")
 
 
 if __name__ == "__main__":

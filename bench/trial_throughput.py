@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import ray
 import torch
@@ -29,7 +30,7 @@ from trainables.models import build_model, preprocess
 from trainables.trial import train_trial
 
 # The quickstart's trial: 32 px synthetic benchmark, Top-K 10% after layer1 and layer2.
-TRIAL = {
+TRIAL: dict[str, Any] = {
     "data": {"kind": "synthetic", "train_size": 1200, "test_size": 300, "conflicts_per_pair": 10},
     "model": {"stem": "imagenet", "topk": {"layer1": 0.1, "layer2": 0.1}},
     "training": {"epochs": 4, "batch_size": 32, "lr": 0.02, "augment": False},
@@ -80,13 +81,15 @@ def ray_trial(config: TrialConfig, storage: str) -> tuple[float, float]:
     tuner = tune.Tuner(
         tune.with_resources(train_trial, {"cpu": cpus}),
         param_space=config.model_dump(mode="json"),
-        run_config=tune.RunConfig(name="throughput", storage_path=storage, verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        run_config=tune.RunConfig(
+            name="throughput", storage_path=storage, verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)
+        ),
     )
     result = tuner.fit()[0]
     if result.error:
         raise result.error
     history = result.metrics_dataframe
+    assert history is not None, "the trial reported nothing"
     return statistics.median(history["images_per_s"].tolist()[1:]), float(history["time_total_s"].iloc[-1])
 
 
@@ -105,8 +108,11 @@ def main() -> None:
         ray_rate, ray_wall = ray_trial(config, args.storage)
         rate_ratios.append(ray_rate / plain_rate)
         wall_ratios.append(ray_wall / plain_wall)
-        print(f"round {round_}: plain {plain_rate:.0f} img/s, {plain_wall:.1f} s;  Ray trial {ray_rate:.0f} img/s, "
-              f"{ray_wall:.1f} s", flush=True)
+        print(
+            f"round {round_}: plain {plain_rate:.0f} img/s, {plain_wall:.1f} s;  Ray trial {ray_rate:.0f} img/s, "
+            f"{ray_wall:.1f} s",
+            flush=True,
+        )
     ray.shutdown()
     evaluation, checkpoint = extras(config)
     epochs = config.training.epochs
@@ -116,8 +122,10 @@ def main() -> None:
 
     print(f"images/s, Ray trial over plain loop: {spread(rate_ratios)}")
     print(f"wall time, whole Ray trial over plain loop: {spread(wall_ratios)}")
-    print(f"per epoch the trial also evaluates ({evaluation:.2f} s: test accuracy and shape bias on both stimuli "
-          f"sets) and checkpoints ({checkpoint:.2f} s): {epochs * (evaluation + checkpoint):.1f} s over {epochs} epochs")
+    print(
+        f"per epoch the trial also evaluates ({evaluation:.2f} s: test accuracy and shape bias on both stimuli "
+        f"sets) and checkpoints ({checkpoint:.2f} s): {epochs * (evaluation + checkpoint):.1f} s over {epochs} epochs"
+    )
     print(f"trial_wall_over_plain_wall: {statistics.median(wall_ratios):.3f}")
     print(f"trial_over_plain_loop: {statistics.median(rate_ratios):.3f}")
 

@@ -29,7 +29,9 @@ def writable_dir(path: Path, what: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
             pass
     except OSError as error:
-        raise SearchError(f"{what} {path} is not writable ({error.strerror}): choose a directory you can write") from None
+        raise SearchError(
+            f"{what} {path} is not writable ({error.strerror}): choose a directory you can write"
+        ) from None
     return path
 
 
@@ -37,12 +39,14 @@ def sqlite_file(url: str) -> Path | None:
     """The database file of a sqlite:/// URL (its query string dropped), or None for any other URL."""
     if not url.startswith("sqlite:///"):
         return None
-    return Path(url[len("sqlite:///"):].split("?", 1)[0])
+    return Path(url[len("sqlite:///") :].split("?", 1)[0])
 
 
 def check_sqlite(url: str, what: str) -> None:
     """A SQLite store's folder exists and is writable (SQLite would say only 'unable to open database file')."""
     path = sqlite_file(url)
+    if path is None:
+        return  # not a SQLite store
     if not path.parent.is_dir():
         raise SearchError(f"{what} {url}: folder {path.parent} does not exist; create it or choose another path")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -92,7 +96,9 @@ def existing_store(given: str | None) -> str:
     # MLflow would create an empty database at a mistyped path and report nothing found in it.
     database = sqlite_file(uri)
     if database is not None and not database.is_file():
-        raise SearchError(f"no MLflow database at {database}: run from the search's directory, or pass "
-                          "--tracking-uri (or set MLFLOW_TRACKING_URI)")
+        raise SearchError(
+            f"no MLflow database at {database}: run from the search's directory, or pass "
+            "--tracking-uri (or set MLFLOW_TRACKING_URI)"
+        )
     check_reachable(uri, "the MLflow tracking store", "start it, or pass --tracking-uri / set MLFLOW_TRACKING_URI")
     return uri

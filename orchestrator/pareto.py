@@ -125,12 +125,12 @@ def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float
 def front_of(results: list[ConfigurationResult]) -> list[ConfigurationResult]:
     """The non-dominated configurations, most accurate first."""
     ranks = non_dominated_ranks([(r.accuracy, r.shape_bias) for r in results])
-    return sorted((r for r, k in zip(results, ranks) if k == 0), key=lambda r: -r.accuracy)
+    return sorted((r for r, k in zip(results, ranks, strict=True) if k == 0), key=lambda r: -r.accuracy)
 
 
 def reference_of(setting: str | dict[str, float], results: list[ConfigurationResult]) -> tuple[float, float] | None:
     """The hypervolume's reference point: given, or (`dense`) the dense reference's means; None until it is complete."""
-    if setting == "dense":
+    if isinstance(setting, str):  # "dense", the only word the spec accepts
         dense = next((r for r in results if r.dense), None)
         return None if dense is None else (dense.accuracy, dense.shape_bias)
     return (setting["accuracy"], setting["shape_bias"])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -23,15 +25,18 @@ def format_table(results: list[ConfigurationResult]) -> str:
     """The front as a fixed-width table, with the dense reference always listed."""
     front = front_of(results)
     rows = front + [r for r in results if r.dense and r not in front]
-    header = (f"{'config':<7} {'placement':<24} {'fraction':>8} {'lr':>7} {'wd':>7} {'batch':>5}  {'accuracy':>15}  "
-              f"{'shape bias':>15}  {'held-out bias':>15}  front  child runs")
+    header = (
+        f"{'config':<7} {'placement':<24} {'fraction':>8} {'lr':>7} {'wd':>7} {'batch':>5}  {'accuracy':>15}  "
+        f"{'shape bias':>15}  {'held-out bias':>15}  front  child runs"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         p = r.params
         placement = DENSE_LABEL if r.dense else p.placement
         fraction = p.fraction_label()
         lines.append(
-            f"{r.configuration:<7} {placement:<24} {fraction:>8} {p.lr:>7.4f} {p.weight_decay:>7.0e} {p.batch_size:>5}  "
+            f"{r.configuration:<7} {placement:<24} {fraction:>8} {p.lr:>7.4f} {p.weight_decay:>7.0e} "
+            f"{p.batch_size:>5}  "
             f"{r.accuracy:.3f} +- {r.accuracy_std:.3f}  {r.shape_bias:.3f} +- {r.shape_bias_std:.3f}  "
             f"{_holdout(r):>15}  {'yes' if r in front else 'no':<5}  {','.join(i[:8] for i in r.run_ids)}"
         )
@@ -56,17 +61,49 @@ def write_csv(results: list[ConfigurationResult], path: Path) -> None:
     front = set(front_of(results))
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["configuration", "placement", "fraction", "lr", "weight_decay", "batch_size", "seeds",
-                         "accuracy_mean", "accuracy_std", "shape_bias_mean", "shape_bias_std",
-                         "shape_bias_holdout_mean", "shape_bias_holdout_std", "on_front",
-                         "dense_reference", "child_run_ids"])
+        writer.writerow(
+            [
+                "configuration",
+                "placement",
+                "fraction",
+                "lr",
+                "weight_decay",
+                "batch_size",
+                "seeds",
+                "accuracy_mean",
+                "accuracy_std",
+                "shape_bias_mean",
+                "shape_bias_std",
+                "shape_bias_holdout_mean",
+                "shape_bias_holdout_std",
+                "on_front",
+                "dense_reference",
+                "child_run_ids",
+            ]
+        )
         for r in results:
             p = r.params
             fraction = "; ".join(f"{n}={v}" for n, v in p.fractions) if p.fractions else p.fraction
-            writer.writerow([r.configuration, p.placement, fraction, p.lr, p.weight_decay, p.batch_size, r.seeds,
-                             r.accuracy, r.accuracy_std, r.shape_bias, r.shape_bias_std,
-                             r.shape_bias_holdout, r.shape_bias_holdout_std, r in front, r.dense,
-                             " ".join(r.run_ids)])
+            writer.writerow(
+                [
+                    r.configuration,
+                    p.placement,
+                    fraction,
+                    p.lr,
+                    p.weight_decay,
+                    p.batch_size,
+                    r.seeds,
+                    r.accuracy,
+                    r.accuracy_std,
+                    r.shape_bias,
+                    r.shape_bias_std,
+                    r.shape_bias_holdout,
+                    r.shape_bias_holdout_std,
+                    r in front,
+                    r.dense,
+                    " ".join(r.run_ids),
+                ]
+            )
 
 
 def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
@@ -80,11 +117,27 @@ def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 4.8))
     for r in results:
         colour = "tab:red" if r in front else "tab:gray"
-        axis.errorbar(r.accuracy, r.shape_bias, xerr=r.accuracy_std, yerr=r.shape_bias_std, fmt="none", ecolor=colour, alpha=0.6, lw=1)
-        axis.scatter(r.accuracy, r.shape_bias, s=160 if r.dense else 40, marker="*" if r.dense else "o", color=colour,
-                     edgecolor="black", zorder=3, label="dense reference (no Top-K)" if r.dense else None)
-        axis.annotate(_label(r), (r.accuracy, r.shape_bias),
-                      fontsize=7, xytext=(4, 4), textcoords="offset points")
+        axis.errorbar(
+            r.accuracy,
+            r.shape_bias,
+            xerr=r.accuracy_std,
+            yerr=r.shape_bias_std,
+            fmt="none",
+            ecolor=colour,
+            alpha=0.6,
+            lw=1,
+        )
+        axis.scatter(
+            r.accuracy,
+            r.shape_bias,
+            s=160 if r.dense else 40,
+            marker="*" if r.dense else "o",
+            color=colour,
+            edgecolor="black",
+            zorder=3,
+            label="dense reference (no Top-K)" if r.dense else None,
+        )
+        axis.annotate(_label(r), (r.accuracy, r.shape_bias), fontsize=7, xytext=(4, 4), textcoords="offset points")
     steps = sorted(((r.accuracy, r.shape_bias) for r in front), key=lambda p: p[0])
     axis.plot([p[0] for p in steps], [p[1] for p in steps], color="tab:red", lw=1.5, label="Pareto front")
     axis.set_xlabel("accuracy (held-out, last epoch; mean over seeds)")
@@ -110,8 +163,16 @@ def plot_categories(results: list[ConfigurationResult], path: Path, title: str) 
         values = per_category[r.configuration]
         xs = [i for i, c in enumerate(categories) if c in values]
         label = "dense reference" if r.dense else f"{r.configuration} {_label(r)}"
-        axis.plot(xs, [values[categories[i]] for i in xs], marker="*" if r.dense else "o", ms=10 if r.dense else 5,
-                  color="black" if r.dense else None, lw=1.5 if r.dense else 1, alpha=1 if r.dense else 0.8, label=label)
+        axis.plot(
+            xs,
+            [values[categories[i]] for i in xs],
+            marker="*" if r.dense else "o",
+            ms=10 if r.dense else 5,
+            color="black" if r.dense else None,
+            lw=1.5 if r.dense else 1,
+            alpha=1 if r.dense else 0.8,
+            label=label,
+        )
     axis.set_xticks(range(len(categories)), categories, rotation=45, ha="right")
     axis.set_ylim(-0.02, 1.02)
     held_out = any(r.has_holdout for r in shown)
@@ -120,7 +181,7 @@ def plot_categories(results: list[ConfigurationResult], path: Path, title: str) 
     return True
 
 
-def _save(figure, axis, path: Path, title: str, legend_size: int) -> None:
+def _save(figure: Any, axis: Any, path: Path, title: str, legend_size: int) -> None:
     """Title, legend and grid as every report plot has them; written to `path` and closed."""
     import matplotlib.pyplot as plt
 
@@ -145,10 +206,19 @@ def report_front(
     reference = reference_of(search.reference_point, results)
     volume = front_hypervolume(results, search.reference_point)
     volume = math.nan if volume is None else volume
-    above = "the dense reference" if search.reference_point == "dense" else f"({reference[0]:g}, {reference[1]:g})"
-    print(f"\nPareto front of {search.search_id}: {len(front)} of {len(results)} configurations, "
-          + (f"hypervolume {volume:.4f} above {above}" if reference else "no hypervolume (its reference, the dense "
-             "model, did not complete)"))
+    above = (
+        "the dense reference"
+        if search.reference_point == "dense" or reference is None
+        else f"({reference[0]:g}, {reference[1]:g})"
+    )
+    print(
+        f"\nPareto front of {search.search_id}: {len(front)} of {len(results)} configurations, "
+        + (
+            f"hypervolume {volume:.4f} above {above}"
+            if reference
+            else "no hypervolume (its reference, the dense model, did not complete)"
+        )
+    )
     print(format_table(results))
     out_dir.mkdir(parents=True, exist_ok=True)
     # Named after the search, so two searches run in one folder never overwrite each other's.
@@ -169,27 +239,34 @@ def report_front(
     # a value already charted is not charted again, so the chart shows no double.
     history = client.get_metric_history(search.run_id, names.HYPERVOLUME)
     if reference is not None and volume not in {m.value for m in history}:
-        client.log_metric(search.run_id, names.HYPERVOLUME, volume, step=max([len(results), *(m.step for m in history)]))
+        client.log_metric(
+            search.run_id, names.HYPERVOLUME, volume, step=max([len(results), *(m.step for m in history)])
+        )
     client.log_metric(search.run_id, names.FRONT_SIZE, len(front))
     print(f"wrote {', '.join(str(p) for p in written)} (also logged to MLflow run {search.run_id})")
     return results, volume
 
 
 def report_importances(client: MlflowClient, search: SearchRecord, optuna_storage: str) -> dict[str, dict[str, float]]:
-    """Each searched parameter's importance for each objective (Optuna's fANOVA), printed and logged to the parent run."""
+    """Each searched parameter's importance per objective (Optuna's fANOVA), printed and logged to the parent run."""
     import optuna
 
     study = optuna.load_study(study_name=search.search_id, storage=optuna_storage)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
-        print(f"parameter importance: needs 2 complete configurations besides the dense one, the study has {len(complete)}")
+        print(
+            "parameter importance: needs 2 complete configurations besides the dense one, "
+            f"the study has {len(complete)}"
+        )
         return {}
     importances = {}
     try:
         for index, objective in enumerate(OBJECTIVES):
             # Seeded, so the same study always prints the same figures.
             evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-            values = optuna.importance.get_param_importances(study, evaluator=evaluator, target=lambda t, i=index: t.values[i])
+            values = optuna.importance.get_param_importances(
+                study, evaluator=evaluator, target=functools.partial(_value, index=index)
+            )
             importances[objective] = {param: float(value) for param, value in values.items()}
     except (ValueError, RuntimeError) as error:  # e.g. no parameter varied: the search's result stands
         print(f"parameter importance: not computed ({' '.join(str(error).split())[:200]})")
@@ -200,9 +277,20 @@ def report_importances(client: MlflowClient, search: SearchRecord, optuna_storag
     for param in params:
         print(f"{param:<24} " + " ".join(f"{importances[o].get(param, 0.0):>10.3f}" for o in OBJECTIVES))
     now = int(time.time() * 1000)
-    client.log_batch(search.run_id, metrics=[Metric(f"{names.IMPORTANCE_PREFIX}{o}.{p}", v, now, 0)
-                                             for o, values in importances.items() for p, v in values.items()])
+    client.log_batch(
+        search.run_id,
+        metrics=[
+            Metric(f"{names.IMPORTANCE_PREFIX}{o}.{p}", v, now, 0)
+            for o, values in importances.items()
+            for p, v in values.items()
+        ],
+    )
     return importances
+
+
+def _value(trial: Any, index: int) -> float:
+    """One objective's value of a finished Optuna trial."""
+    return float(trial.values[index])
 
 
 def report_early_stopping(client: MlflowClient, search: SearchRecord, epochs: int) -> dict[str, float]:
@@ -212,12 +300,17 @@ def report_early_stopping(client: MlflowClient, search: SearchRecord, epochs: in
     trained = sum(int(r.data.metrics.get(names.EPOCH, 0)) for r in children)
     saved = sum(epochs - int(r.data.tags[names.STOPPED_AT_EPOCH]) for r in stopped)
     configurations = {r.data.tags.get(names.CONFIGURATION) for r in stopped}
-    summary = {names.STOPPED_CONFIGURATIONS: float(len(configurations)), names.EPOCHS_SAVED: float(saved),
-               names.EPOCHS_TRAINED: float(trained)}
+    summary = {
+        names.STOPPED_CONFIGURATIONS: float(len(configurations)),
+        names.EPOCHS_SAVED: float(saved),
+        names.EPOCHS_TRAINED: float(trained),
+    }
     total = trained + saved
-    print(f"early stopping: {len(configurations)} of {len({r.data.tags.get(names.CONFIGURATION) for r in children})} "
-          f"configurations stopped; {trained} of {total} trial-epochs trained ({saved} saved, "
-          f"{saved / total if total else 0:.0%})")
+    print(
+        f"early stopping: {len(configurations)} of {len({r.data.tags.get(names.CONFIGURATION) for r in children})} "
+        f"configurations stopped; {trained} of {total} trial-epochs trained ({saved} saved, "
+        f"{saved / total if total else 0:.0%})"
+    )
     now = int(time.time() * 1000)
     client.log_batch(search.run_id, metrics=[Metric(k, v, now, 0) for k, v in summary.items()])
     return summary

@@ -22,23 +22,26 @@ import os
 import shutil
 import tempfile
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.pyfunc
 import mlflow.pytorch
 import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
 from trainables.checkpoint import mapping_of
-from trainables.models import preprocess
 from trainables.label_spaces import CATEGORIES
+from trainables.models import preprocess
 
 MODEL_NAME = "model"  # the logged model's name in a run's Models tab
 IMAGE_COLUMN = "image"
@@ -60,7 +63,10 @@ def to_images(model_input: Any) -> list[torch.Tensor]:
     """uint8 (N, H, W, 3) array, or a DataFrame of encoded images -> uint8 (3, H, W) tensors."""
     if isinstance(model_input, pd.DataFrame):
         if IMAGE_COLUMN not in model_input.columns:
-            raise ValueError(f"expected a DataFrame with an {IMAGE_COLUMN!r} column of PNG/JPEG bytes, got columns {list(model_input.columns)}")
+            raise ValueError(
+                f"expected a DataFrame with an {IMAGE_COLUMN!r} column of PNG/JPEG bytes, "
+                f"got columns {list(model_input.columns)}"
+            )
         return [_decode(value, i) for i, value in enumerate(model_input[IMAGE_COLUMN])]
     array = np.asarray(model_input)
     if array.ndim != 4 or array.shape[-1] != 3:
@@ -84,15 +90,17 @@ def _decode(value: Any, index: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_images(model: torch.nn.Module, labels: dict[str, list], image_size: int, images: list[torch.Tensor]) -> pd.DataFrame:
+def predict_images(
+    model: torch.nn.Module, labels: dict[str, list], image_size: int, images: list[torch.Tensor]
+) -> pd.DataFrame:
     """One row per image: label, probability, per-class probabilities, category where there is one."""
     model.eval()
-    logits = []
+    batches = []
     for start in range(0, len(images), BATCH):
         # Each image is resized to the training size on its own: the inputs may differ in size.
         batch = torch.cat([preprocess(image.unsqueeze(0), image_size) for image in images[start : start + BATCH]])
-        logits.append(model(batch).float())
-    logits = torch.cat(logits) if logits else torch.zeros(0, len(labels["class_names"]))
+        batches.append(model(batch).float())
+    logits = torch.cat(batches) if batches else torch.zeros(0, len(labels["class_names"]))
     probabilities = logits.softmax(dim=-1)
     best = probabilities.argmax(dim=-1)
     names = labels["class_names"]
@@ -107,26 +115,28 @@ def predict_images(model: torch.nn.Module, labels: dict[str, list], image_size: 
     return pd.DataFrame(table, columns=output_columns(labels))
 
 
-class ImageClassifier(mlflow.pyfunc.PythonModel):
+class ImageClassifier(PythonModel):
     """The pyfunc flavor: images in, one row of class decisions per image out."""
 
     # predict checks its own input (see the module docstring): MLflow's type-hint validation,
     # and its warning that there are no hints, are switched off.
     _skip_type_hint_validation = True
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         self.model = mlflow.pytorch.load_model(context.artifacts["torch"], map_location="cpu").eval()
         meta = json.loads(Path(context.artifacts["labels"]).read_text())
         self.labels, self.image_size = meta["labels"], meta["image_size"]
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would turn them into a schema
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # hints would become a schema
         return predict_images(self.model, self.labels, self.image_size, to_images(model_input))
 
 
 def signature(labels: dict[str, list]) -> ModelSignature:
     """Outputs only (see the module docstring)."""
     types_ = {"label": "string", "category": "string"}
-    return ModelSignature(inputs=None, outputs=Schema([ColSpec(types_.get(c, "double"), c) for c in output_columns(labels)]))
+    return ModelSignature(
+        inputs=None, outputs=Schema([ColSpec(types_.get(c, "double"), c) for c in output_columns(labels)])
+    )
 
 
 def log_model(
@@ -135,7 +145,7 @@ def log_model(
     image_size: int,
     run_id: str,
     experiment_id: str,
-    extra_files: list[Path] = (),
+    extra_files: Sequence[Path] = (),
     name: str = MODEL_NAME,
 ) -> ModelInfo:
     """Log `model` as an MLflow model of run `run_id` (its Models tab), with both flavors."""
@@ -146,9 +156,14 @@ def log_model(
         # Created here, in the run's experiment: Model.log alone would file it under the current
         # experiment of the process (or of MLFLOW_EXPERIMENT_ID / _NAME), not the run's.
         logged = MlflowClient(mlflow.get_tracking_uri()).create_logged_model(
-            experiment_id=experiment_id, name=name, source_run_id=run_id)
+            experiment_id=experiment_id, name=name, source_run_id=run_id
+        )
         return Model.log(
-            artifact_path=None, name=name, flavor=flavor, run_id=run_id, model_id=logged.model_id,
+            artifact_path=None,
+            name=name,
+            flavor=flavor,
+            run_id=run_id,
+            model_id=logged.model_id,
             signature=signature(labels),
             input_example=np.zeros((1, image_size, image_size, 3), dtype=np.uint8),
             pip_requirements=_requirements(),
@@ -162,13 +177,23 @@ def _flavor(model: torch.nn.Module, meta: Path, extra_files: list[Path]) -> type
         with tempfile.TemporaryDirectory(prefix="torch-") as tmp:
             torch_dir = os.path.join(tmp, "torch")
             # pickle keeps the model's own class (pt2 would return an fx GraphModule).
-            mlflow.pytorch.save_model(model.cpu().eval(), torch_dir, serialization_format="pickle",
-                                      pip_requirements=_requirements())
-            mlflow.pyfunc.save_model(path, python_model=ImageClassifier(), mlflow_model=mlflow_model,
-                                     artifacts={"torch": torch_dir, "labels": str(meta)}, **kwargs)
+            mlflow.pytorch.save_model(
+                model.cpu().eval(), torch_dir, serialization_format="pickle", pip_requirements=_requirements()
+            )
+            mlflow.pyfunc.save_model(
+                path,
+                python_model=ImageClassifier(),
+                mlflow_model=mlflow_model,
+                artifacts={"torch": torch_dir, "labels": str(meta)},
+                **kwargs,
+            )
         torch_flavor = Model.load(os.path.join(path, "artifacts", "torch")).flavors["pytorch"]
-        mlflow_model.add_flavor("pytorch", model_data=f"artifacts/torch/{torch_flavor['model_data']}",
-                                pytorch_version=torch_flavor["pytorch_version"], code=None)
+        mlflow_model.add_flavor(
+            "pytorch",
+            model_data=f"artifacts/torch/{torch_flavor['model_data']}",
+            pytorch_version=torch_flavor["pytorch_version"],
+            code=None,
+        )
         mlflow_model.save(os.path.join(path, "MLmodel"))
         for extra in extra_files:
             shutil.copy(extra, path)

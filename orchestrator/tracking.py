@@ -51,26 +51,40 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 def check_id(value: str, what: str, example: str) -> str:
     """`value` if it can be a search or configuration id, else SearchError naming it."""
     if not _ID.match(value) or ".." in value:
-        raise SearchError(f"{bounded(value)} is not a {what}: ids are letters, digits, '_', '.' and '-' (e.g. {example})")
+        raise SearchError(
+            f"{bounded(value)} is not a {what}: ids are letters, digits, '_', '.' and '-' (e.g. {example})"
+        )
     return value
 
 
 def child_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> list[Run]:
     """All child runs of a search's parent run."""
-    return list(client.search_runs(
-        [experiment], filter_string=f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'", max_results=50_000))
+    return list(
+        client.search_runs(
+            [experiment], filter_string=f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'", max_results=50_000
+        )
+    )
 
 
 def replicate_runs(
-    client: MlflowClient, experiment: str, parent_run_id: str, configuration: str, seed: int, max_results: int = 100,
+    client: MlflowClient,
+    experiment: str,
+    parent_run_id: str,
+    configuration: str,
+    seed: int,
+    max_results: int = 100,
 ) -> list[Run]:
     """The child runs of one configuration's seed in a search (more than one only if an attempt's run was replaced)."""
-    return list(client.search_runs(
-        [experiment],
-        filter_string=(f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and "
-                       f"tags.{names.CONFIGURATION} = '{configuration}' and tags.{names.SEED} = '{seed}'"),
-        max_results=max_results,
-    ))
+    return list(
+        client.search_runs(
+            [experiment],
+            filter_string=(
+                f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and "
+                f"tags.{names.CONFIGURATION} = '{configuration}' and tags.{names.SEED} = '{seed}'"
+            ),
+            max_results=max_results,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -89,8 +103,11 @@ class SearchRecord:
     def search_id(self) -> str:
         """The id in the parent run's tag, checked as a user's `--search` is: anyone who can write
         tags can set it, and it names a folder under the storage path."""
-        return check_id(str(self.run.data.tags[names.SEARCH_ID]), "search id (in its parent run's tag)",
-                        "quickstart-20261128-101500-3fa2c1")
+        return check_id(
+            str(self.run.data.tags[names.SEARCH_ID]),
+            "search id (in its parent run's tag)",
+            "quickstart-20261128-101500-3fa2c1",
+        )
 
     @property
     def status(self) -> str:
@@ -132,8 +149,10 @@ class SearchRecord:
                 path = client.download_artifacts(self.run_id, names.SEARCH_SPEC, tmp)
                 return read_settings(Path(path))
             except (MlflowException, OSError, ValueError) as error:
-                raise SearchError(f"search {self.search_id} has no readable {names.SEARCH_SPEC} in its parent run "
-                                  f"({one_line(error)[:200]}): it cannot be resumed with its settings") from None
+                raise SearchError(
+                    f"search {self.search_id} has no readable {names.SEARCH_SPEC} in its parent run "
+                    f"({one_line(error)[:200]}): it cannot be resumed with its settings"
+                ) from None
 
 
 def find_search(
@@ -160,8 +179,10 @@ def find_searches(
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         known = sorted(e.name for e in client.search_experiments())
-        raise SearchError(f"no MLflow experiment {bounded(experiment_name)} at {redact(client.tracking_uri)}; "
-                          f"known: {bounded(', '.join(known) or 'none')[1:-1]}")
+        raise SearchError(
+            f"no MLflow experiment {bounded(experiment_name)} at {redact(client.tracking_uri)}; "
+            f"known: {bounded(', '.join(known) or 'none')[1:-1]}"
+        )
     if search_id:
         check_id(search_id, "search id", "quickstart-20261128-101500-3fa2c1")
     if name:
@@ -169,22 +190,32 @@ def find_searches(
     filters = [f"tags.{names.SEARCH_ID} = '{search_id}'" if search_id else f"tags.{names.SEARCH_ID} != ''"]
     if name:
         filters.append(f"tags.{names.SEARCH_NAME} = '{name}'")
-    runs = client.search_runs([experiment.experiment_id], filter_string=" and ".join(filters),
-                              order_by=["attributes.start_time DESC"], max_results=1000)
-    matching = [SearchRecord(experiment.experiment_id, experiment_name, r) for r in runs
-                if (status is None or r.info.status == status)
-                and (exclude_status is None or r.info.status != exclude_status)]
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=" and ".join(filters),
+        order_by=["attributes.start_time DESC"],
+        max_results=1000,
+    )
+    matching = [
+        SearchRecord(experiment.experiment_id, experiment_name, r)
+        for r in runs
+        if (status is None or r.info.status == status) and (exclude_status is None or r.info.status != exclude_status)
+    ]
     if matching:
         return matching
-    everything = client.search_runs([experiment.experiment_id], filter_string=f"tags.{names.SEARCH_ID} != ''",
-                                    order_by=["attributes.start_time DESC"], max_results=10)
-    known = ", ".join(f"{bounded(r.data.tags[names.SEARCH_ID])[1:-1]} ({r.info.status})" for r in everything) or "none"
+    everything = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.{names.SEARCH_ID} != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=10,
+    )
+    there = ", ".join(f"{bounded(r.data.tags[names.SEARCH_ID])[1:-1]} ({r.info.status})" for r in everything) or "none"
     wanted = "search" + (f" {bounded(search_id)}" if search_id else "") + (f" named {bounded(name)}" if name else "")
     if status:
         wanted += f" with status {status}"
     if exclude_status:
         wanted += f" not {exclude_status}"
-    raise SearchError(f"no {wanted} in MLflow experiment {bounded(experiment_name)}; searches there: {known}")
+    raise SearchError(f"no {wanted} in MLflow experiment {bounded(experiment_name)}; searches there: {there}")
 
 
 def collect(client: MlflowClient, search: SearchRecord, seeds: int | None = None) -> list[ConfigurationResult]:
@@ -206,9 +237,15 @@ def replicate(run: Run) -> Replicate:
     """A complete child run as a Replicate; per-category numbers from the report set when there is one."""
     metrics = run.data.metrics
     prefix = (names.SHAPE_BIAS_HOLDOUT if names.SHAPE_BIAS_HOLDOUT in metrics else SHAPE_BIAS) + "."
-    per_category = tuple(sorted((k[len(prefix):], v) for k, v in metrics.items() if k.startswith(prefix)))
-    return Replicate(run.info.run_id, int(run.data.tags[names.SEED]), metrics["accuracy"], metrics["shape_bias"],
-                     metrics.get(SHAPE_BIAS + HOLDOUT, math.nan), per_category)
+    per_category = tuple(sorted((k[len(prefix) :], v) for k, v in metrics.items() if k.startswith(prefix)))
+    return Replicate(
+        run.info.run_id,
+        int(run.data.tags[names.SEED]),
+        metrics["accuracy"],
+        metrics["shape_bias"],
+        metrics.get(SHAPE_BIAS + HOLDOUT, math.nan),
+        per_category,
+    )
 
 
 def run_outcome(run: Run) -> Outcome:
@@ -223,7 +260,7 @@ def run_outcome(run: Run) -> Outcome:
 
 
 def failure_summary(client: MlflowClient, search: SearchRecord, limit: int = 3) -> str | None:
-    """"2 of 6 trials failed: NonFiniteLossError: ... [2 trials]; ...": the failed child runs' reasons, grouped."""
+    """ "2 of 6 trials failed: NonFiniteLossError: ... [2 trials]; ...": the failed child runs' reasons, grouped."""
     children = child_runs(client, search.experiment_id, search.run_id)
     failed = [r for r in children if r.info.status == "FAILED"]
     if not failed:

@@ -32,12 +32,15 @@ def check_url(url: str, schemes: tuple[str, ...], what: str, allow_path: bool = 
     if not scheme and allow_path:
         return url
     if scheme.split("+")[0] not in schemes:
-        raise ValueError(f"{what} {shown} has scheme {scheme or 'none'!r}; valid: "
-                         + ", ".join(f"{s}://" for s in schemes) + (", or a local folder" if allow_path else ""))
+        raise ValueError(
+            f"{what} {shown} has scheme {scheme or 'none'!r}; valid: "
+            + ", ".join(f"{s}://" for s in schemes)
+            + (", or a local folder" if allow_path else "")
+        )
     if scheme in ("http", "https", "file", "databricks"):
         parts = urllib.parse.urlsplit(url)
         try:
-            parts.port  # raises for a port that is not a number
+            _ = parts.port  # raises for a port that is not a number
         except ValueError:
             raise ValueError(f"{what} {shown} has a port that is not a number") from None
         if scheme.startswith("http") and not parts.hostname:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 OBJECTIVES = ("accuracy", "shape_bias")  # both maximised
 DENSE = "dense"  # the placement-set name of the reference model without Top-K
@@ -57,7 +58,7 @@ class Params:
     fractions: tuple[tuple[str, float], ...] = ()
 
     @classmethod
-    def dense_reference(cls) -> "Params":
+    def dense_reference(cls) -> Params:
         """The reference every front is read against: no Top-K anywhere."""
         return cls(placement=DENSE)
 
@@ -71,7 +72,7 @@ class Params:
 
     def topk(self) -> dict[str, float]:
         """The trial's `model.topk`: each placement's own fraction, or the one fraction at every placement."""
-        return dict(self.fractions) if self.fractions else {name: self.fraction for name in self.placements}
+        return dict(self.fractions) if self.fractions else dict.fromkeys(self.placements, self.fraction)
 
     def fraction_label(self, digits: int = 3) -> str:
         """The fraction(s) for tables and plots: '0.100', or 'layer2 0.100, layer3 0.200'."""
@@ -98,13 +99,15 @@ class Params:
         return values
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "Params":
+    def from_dict(cls, values: Mapping[str, Any]) -> Params:
         """From Optuna's suggestion or `to_dict`; the dense reference has no fraction."""
         per = {k.removeprefix("fraction."): float(v) for k, v in values.items() if k.startswith("fraction.")}
         unknown = set(values) - {"placement", "fraction", *KNOB_NAMES} - {f"fraction.{name}" for name in per}
         if unknown:
-            raise ValueError(f"unknown search parameters {sorted(unknown)}; known: placement, fraction, "
-                             f"fraction.<placement>, {', '.join(KNOB_NAMES)}")
+            raise ValueError(
+                f"unknown search parameters {sorted(unknown)}; known: placement, fraction, "
+                f"fraction.<placement>, {', '.join(KNOB_NAMES)}"
+            )
         placement = str(values["placement"])
         order = [] if placement == DENSE else placement.split("+")
         if per and sorted(per) != sorted(order):
@@ -123,10 +126,15 @@ class Params:
         return {k: str(v) for k, v in self.to_dict().items()}
 
     @classmethod
-    def from_mlflow(cls, params: Mapping[str, str]) -> "Params":
+    def from_mlflow(cls, params: Mapping[str, str]) -> Params:
         """Back from a child run's params (the keys `to_mlflow` wrote)."""
-        return cls.from_dict({k: v for k, v in params.items()
-                              if k in ("placement", "fraction", *KNOB_NAMES) or k.startswith("fraction.")})
+        return cls.from_dict(
+            {
+                k: v
+                for k, v in params.items()
+                if k in ("placement", "fraction", *KNOB_NAMES) or k.startswith("fraction.")
+            }
+        )
 
 
 class Outcome(enum.Enum):

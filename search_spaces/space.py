@@ -8,7 +8,8 @@ the placement set, the fraction (one, or one per placement), and the knobs of `p
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -31,7 +32,7 @@ class FloatRange(Strict):
     grid: Annotated[int, Field(ge=2, le=1000)] | list[float] | None = None
 
     @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
+    def _ordered(self) -> FloatRange:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
@@ -39,7 +40,9 @@ class FloatRange(Strict):
         if isinstance(self.grid, list):
             outside = [v for v in self.grid if not self.low <= v <= self.high]
             if outside or not self.grid or len(set(self.grid)) != len(self.grid):
-                raise ValueError(f"grid {bounded(self.grid)} must list distinct values within [{self.low}, {self.high}]")
+                raise ValueError(
+                    f"grid {bounded(self.grid)} must list distinct values within [{self.low}, {self.high}]"
+                )
         return self
 
     def grid_values(self) -> list[float]:
@@ -95,7 +98,7 @@ class SearchSpace(Strict):
         ranges = {name: d for name, d in self.knob_domains().items() if isinstance(d, FloatRange)}
         return {"fraction": self.fraction, **ranges}
 
-    def suggest(self, trial: "optuna.Trial") -> Params:
+    def suggest(self, trial: optuna.Trial) -> Params:
         """Optuna's define-by-run form: ask `trial` for every parameter, in one fixed order."""
         placement = trial.suggest_categorical("placement", [placement_key(p) for p in self.placements])
         low, high, log = self.fraction.low, self.fraction.high, self.fraction.log

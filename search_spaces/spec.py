@@ -9,9 +9,11 @@ and seeds, resources, and where results go (Ray storage, MLflow, Optuna). Comman
 from __future__ import annotations
 
 import copy
+import itertools
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -48,7 +50,7 @@ class EarlyStopping(Strict):
     @field_validator("rungs")
     @classmethod
     def _increasing(cls, rungs: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(rungs, rungs[1:])):
+        if any(b <= a for a, b in itertools.pairwise(rungs)):
             raise ValueError(f"rungs {rungs} must be strictly increasing epochs")
         return rungs
 
@@ -71,7 +73,7 @@ class SearchSpec(Strict):
     accuracy_floor: float | None = Field(None, ge=0.0, le=1.0)
     # The hypervolume's reference: a point, or `dense` for the dense reference's seed means (then
     # the hypervolume is the area the front gains over the dense model).
-    reference_point: Union[Literal["dense"], ReferencePoint] = Field(default_factory=ReferencePoint)
+    reference_point: Literal["dense"] | ReferencePoint = Field(default_factory=ReferencePoint)
     # Off unless set: stop configurations that fall behind at rung epochs (all their seeds at once).
     early_stopping: EarlyStopping | None = None
     # Random by default: on the quickstart's space it matched or beat TPE, NSGA-II and GP in
@@ -109,8 +111,10 @@ class SearchSpec(Strict):
         host_port = address.removeprefix("ray://")
         host, _, port = host_port.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{bounded(address)} is not a Ray address: use host:port (the head's GCS port, "
-                             "e.g. 10.0.0.5:6379), ray://host:10001, 'auto' or leave it unset")
+            raise ValueError(
+                f"{bounded(address)} is not a Ray address: use host:port (the head's GCS port, "
+                "e.g. 10.0.0.5:6379), ray://host:10001, 'auto' or leave it unset"
+            )
         return address
 
     @field_validator("storage_path")
@@ -123,16 +127,20 @@ class SearchSpec(Strict):
             try:
                 pyarrow.fs.FileSystem.from_uri(path)
             except Exception as error:
-                raise ValueError(f"{bounded(redact(path))} is not a storage URI Ray can use ({' '.join(str(error).split())[:200]})") from None
+                raise ValueError(
+                    f"{bounded(redact(path))} is not a storage URI Ray can use ({' '.join(str(error).split())[:200]})"
+                ) from None
         return path
 
     @model_validator(mode="after")
-    def _batches_fit_the_data(self) -> "SearchSpec":
+    def _batches_fit_the_data(self) -> SearchSpec:
         images = self.data.train_images()
         largest = max([self.training.batch_size, *(self.search.batch_size or [])])
         if images is not None and largest > images:
-            raise ValueError(f"batch size {largest} is larger than data.train_size {images}: "
-                             "an epoch would have no full batch; lower training.batch_size / search.batch_size")
+            raise ValueError(
+                f"batch size {largest} is larger than data.train_size {images}: "
+                "an epoch would have no full batch; lower training.batch_size / search.batch_size"
+            )
         return self
 
     @field_validator("objectives")
@@ -157,51 +165,61 @@ class SearchSpec(Strict):
         arch = model.get("arch", "resnet18") if isinstance(model, dict) else "resnet18"
         if not (isinstance(search, dict) and isinstance(search.get("placements"), list) and arch in ARCHITECTURES):
             return raw  # malformed: the field validators say what is wrong
-        sets = [expand_preset(names, arch) if isinstance(names, list) and all(isinstance(n, str) for n in names)
-                else names for names in search["placements"]]
+        sets = [
+            expand_preset(names, arch) if isinstance(names, list) and all(isinstance(n, str) for n in names) else names
+            for names in search["placements"]
+        ]
         return {**raw, "search": {**search, "placements": sets}}
 
     @model_validator(mode="after")
-    def _placements_fit_arch(self) -> "SearchSpec":
+    def _placements_fit_arch(self) -> SearchSpec:
         for names in self.search.placements:
             try:
-                check_placements({name: 1.0 for name in names}, self.model.arch)
+                check_placements(dict.fromkeys(names, 1.0), self.model.arch)
             except ValueError as error:
                 raise ValueError(f"search.placements: {error}") from None
         return self
 
     @model_validator(mode="after")
-    def _rungs_inside_training(self) -> "SearchSpec":
+    def _rungs_inside_training(self) -> SearchSpec:
         if self.early_stopping and self.early_stopping.rungs[-1] >= self.training.epochs:
-            raise ValueError(f"early_stopping.rungs {self.early_stopping.rungs} must all lie before the last epoch "
-                             f"(training.epochs {self.training.epochs}): a rung at the end stops nothing")
+            raise ValueError(
+                f"early_stopping.rungs {self.early_stopping.rungs} must all lie before the last epoch "
+                f"(training.epochs {self.training.epochs}): a rung at the end stops nothing"
+            )
         return self
 
     @model_validator(mode="after")
-    def _grid_is_complete(self) -> "SearchSpec":
+    def _grid_is_complete(self) -> SearchSpec:
         if self.sampler != "grid":
             return self
         space = self.search
         if space.fraction_per_placement:
-            raise ValueError("sampler: grid cannot search per-placement fractions (each placement set has its own "
-                             "parameters); set search.fraction_per_placement: false, or use tpe, nsga2 or random")
+            raise ValueError(
+                "sampler: grid cannot search per-placement fractions (each placement set has its own "
+                "parameters); set search.fraction_per_placement: false, or use tpe, nsga2 or random"
+            )
         ungridded = [f"search.{name}" for name, value_range in space.float_ranges().items() if value_range.grid is None]
         if ungridded:
-            raise ValueError(f"sampler: grid needs grid points for {', '.join(ungridded)}: add grid: <count> "
-                             "(spaced from low to high) or grid: [values]")
+            raise ValueError(
+                f"sampler: grid needs grid points for {', '.join(ungridded)}: add grid: <count> "
+                "(spaced from low to high) or grid: [values]"
+            )
         points = grid_size(space.grid_space())
         if self.configurations > points + 1:
-            raise ValueError(f"configurations {self.configurations} exceeds the grid's {points} points plus the dense "
-                             f"reference: set configurations: {points + 1} to run the whole grid")
+            raise ValueError(
+                f"configurations {self.configurations} exceeds the grid's {points} points plus the dense "
+                f"reference: set configurations: {points + 1} to run the whole grid"
+            )
         return self
 
     @model_validator(mode="after")
-    def _sections_agree(self) -> "SearchSpec":
+    def _sections_agree(self) -> SearchSpec:
         check_sections(self.data, self.model, self.training)
         return self
 
     @model_validator(mode="after")
-    def _topk_comes_from_the_search(self) -> "SearchSpec":
+    def _topk_comes_from_the_search(self) -> SearchSpec:
         if self.model.topk:
             raise ValueError("model.topk is set by the search (search.placements, search.fraction); leave it empty")
         return self
@@ -269,8 +287,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 LOCATION_KEYS = ("name", "storage_path", "tracking_uri", "experiment", "optuna_storage", "address")
 
 
-def resumed_spec(saved: Mapping[str, Any], given: SearchSpec, overrides: Sequence[str] = (),
-                 search_id: str = "the search") -> SearchSpec:
+def resumed_spec(
+    saved: Mapping[str, Any], given: SearchSpec, overrides: Sequence[str] = (), search_id: str = "the search"
+) -> SearchSpec:
     """The settings a search resumes with: those it started with, where things are from `given`.
 
     An override of any other setting that would change it is refused (ConfigError): a search
@@ -295,9 +314,11 @@ def resumed_spec(saved: Mapping[str, Any], given: SearchSpec, overrides: Sequenc
         same = False
     if not same:
         key = next((k for k in given_keys if _lookup(changed, k) != _lookup(raw, k)), given_keys[-1])
-        raise ConfigError(f"override {key}={bounded(_lookup(changed, key))} would change {search_id}, which started "
-                          f"with {key} = {bounded(_lookup(raw, key))}: a resumed search keeps its settings; drop the "
-                          f"override, or start a new search (only {', '.join(LOCATION_KEYS)} may change)")
+        raise ConfigError(
+            f"override {key}={bounded(_lookup(changed, key))} would change {search_id}, which started "
+            f"with {key} = {bounded(_lookup(raw, key))}: a resumed search keeps its settings; drop the "
+            f"override, or start a new search (only {', '.join(LOCATION_KEYS)} may change)"
+        )
     return kept
 
 

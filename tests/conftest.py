@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -29,8 +30,15 @@ QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
 POSTGRES = "postgresql://root@127.0.0.1:5432/test"
 
 # The one reduced search of the end-to-end tests: the quickstart at a size a CPU runs in a minute.
-REDUCED = ["data.train_size=160", "data.test_size=60", "data.conflicts_per_pair=2", "training.epochs=2",
-           "training.batch_size=16", "seeds=[0, 1]", "concurrency=2"]
+REDUCED = [
+    "data.train_size=160",
+    "data.test_size=60",
+    "data.conflicts_per_pair=2",
+    "training.epochs=2",
+    "training.batch_size=16",
+    "seeds=[0, 1]",
+    "concurrency=2",
+]
 TINY = [*REDUCED, "seeds=[0]", "configurations=2"]  # the same with one seed and one proposed configuration
 # One trial (no Ray, no search) of the same kind, for the trainables' tests.
 TINY_TRIAL = {
@@ -50,6 +58,7 @@ def shared_data() -> Path:
 
 # --- the command line ---------------------------------------------------------------------------
 
+
 @functools.cache
 def _run_search_module() -> ModuleType:
     """run_search.py as a module (it is a script, not in a package), loaded once."""
@@ -67,7 +76,15 @@ def run_main(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpro
     MLflow) per call, and these tests make dozens of calls; the tests that must see a real process
     (the exit status, what reaches the console through loggers) still start one.
     """
-    cli_module = _run_search_module()
+    return _in_process("run_search", args, cwd, env)
+
+
+def _in_process(
+    program: str, args: tuple[str, ...], cwd: Path, env: dict[str, str] | None
+) -> subprocess.CompletedProcess[str]:
+    """`program`'s main(ARGS) in this process, in `cwd` and `env`, as a finished process would report it."""
+    main = _run_search_module().main if program == "run_search" else importlib.import_module(program).main
+    threads = torch.get_num_threads()  # the trial command sets its own count; the next test gets ours back
     stdout, stderr = io.StringIO(), io.StringIO()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -76,14 +93,15 @@ def run_main(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpro
         os.chdir(cwd)
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
-                code = cli_module.main(list(args))
+                code = main(list(args))
             except SystemExit as exit:  # argparse's refusals
                 code = exit.code if isinstance(exit.code, int) else 1
     finally:
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
-    return subprocess.CompletedProcess(["run_search.py", *args], code, stdout.getvalue(), stderr.getvalue())
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess([program, *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def _command_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -94,8 +112,14 @@ def _command_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return merged
 
 
-def cli(*args: str, cwd: Path, module: str | None = None, timeout: float = 120, env: dict[str, str] | None = None,
-        fresh: bool = False) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str,
+    cwd: Path,
+    module: str | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    fresh: bool = False,
+) -> subprocess.CompletedProcess[str]:
     """Run run_search.py (or `python -m module`) as a user would, with no terminal on stdin.
 
     A refusal of run_search.py runs in this process (`run_main`) unless `fresh`: a test that must
@@ -103,9 +127,18 @@ def cli(*args: str, cwd: Path, module: str | None = None, timeout: float = 120, 
     """
     if module is None and not fresh:
         return run_main(*args, cwd=cwd, env=env)
+    if module == "trainables.trial" and not fresh:
+        return _in_process("trainables.trial", args, cwd, env)
     command = [sys.executable, "-m", module] if module else [sys.executable, str(ROOT / "run_search.py")]
-    return subprocess.run([*command, *args], cwd=cwd, env=_command_env(env), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*command, *args],
+        cwd=cwd,
+        env=_command_env(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_search(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -115,11 +148,19 @@ def run_search(*args: str, cwd: Path, timeout: float = 900) -> subprocess.Comple
 
 def popen_search(*args: str, cwd: Path) -> subprocess.Popen[str]:
     """`run_search.py ARGS` started in the background (to be signalled or killed), output piped."""
-    return subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args], cwd=cwd, env=_command_env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run_search.py"), *args],
+        cwd=cwd,
+        env=_command_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 # --- what every refusal must be -------------------------------------------------------------------
+
 
 def assert_one_line_error(out: subprocess.CompletedProcess[str], *needles: str) -> str:
     """Exit code 2, no traceback, one line on stderr starting `error: ` and holding every needle."""
@@ -164,6 +205,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 # --- servers on loopback --------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -193,9 +235,23 @@ class MlflowServer:
     def __init__(self, backend: str, artifacts: Path, log: Path, serve_artifacts: bool = False) -> None:
         self.port, self.log_path = free_port(), log
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--backend-store-uri", backend, "--artifacts-destination", str(artifacts), "--workers", "1",
-                     *(["--serve-artifacts"] if serve_artifacts else [])]
+        self.args = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+            *(["--serve-artifacts"] if serve_artifacts else []),
+        ]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -213,14 +269,16 @@ class MlflowServer:
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real MLflow tracking server over HTTP on loopback, stopped after the test."""
-    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts",
-                          tmp_path / "mlflow-server.log")
+    server = MlflowServer(
+        f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts", tmp_path / "mlflow-server.log"
+    )
     server.start()
     yield server.uri
     server.stop()
 
 
 # --- models: Top-K as the authors wrote it, spliced into torchvision's own networks --------------
+
 
 def reference_topk(x: torch.Tensor, fraction: float) -> torch.Tensor:
     """Top-K from the definition, as the authors wrote it: topk of |x| per channel, a scattered mask."""

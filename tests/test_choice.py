@@ -76,17 +76,23 @@ def test_the_report_shows_held_out_shape_bias_and_plots_categories_against_dense
     from orchestrator.report import format_table, plot_categories, write_csv
 
     def held_out(result, holdouts, categories):
-        replicates = tuple(Replicate(r.run_id, r.seed, r.accuracy, r.shape_bias, h, tuple(categories.items()))
-                           for r, h in zip(result.replicates, holdouts))
+        replicates = tuple(
+            Replicate(r.run_id, r.seed, r.accuracy, r.shape_bias, h, tuple(categories.items()))
+            for r, h in zip(result.replicates, holdouts, strict=True)
+        )
         return ConfigurationResult(result.configuration, result.params, replicates)
 
-    results = [held_out(RESULTS[0], [0.25, 0.27], {"cat": 0.2, "dog": 0.3}),
-               held_out(RESULTS[2], [0.41, 0.45], {"cat": 0.6, "dog": 0.4})]
+    results = [
+        held_out(RESULTS[0], [0.25, 0.27], {"cat": 0.2, "dog": 0.3}),
+        held_out(RESULTS[2], [0.41, 0.45], {"cat": 0.6, "dog": 0.4}),
+    ]
     table = format_table(results)
     assert "held-out bias" in table.splitlines()[0] and "0.430 +- 0.020" in table and "0.260 +- 0.010" in table
     write_csv(results, tmp_path / "front.csv")
     rows = list(csv.DictReader((tmp_path / "front.csv").open()))
     assert [round(float(r["shape_bias_holdout_mean"]), 3) for r in rows] == [0.26, 0.43]
-    assert plot_categories(results, tmp_path / "categories.png", "t") and (tmp_path / "categories.png").stat().st_size > 0
+    assert (
+        plot_categories(results, tmp_path / "categories.png", "t") and (tmp_path / "categories.png").stat().st_size > 0
+    )
     # Without a report set (data.split: none) the column says so, and nothing per category means no plot.
     assert "  -  " in format_table(RESULTS) and not plot_categories(RESULTS, tmp_path / "none.png", "t")

@@ -2,6 +2,7 @@
 authentication on), with an MLflow tracking server on PostgreSQL that workers reach over HTTP;
 and what the search does when a node, the driver or the tracking server is lost."""
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -47,7 +48,9 @@ class RayCluster:
         self.nodes: list[subprocess.Popen] = []
 
     def start(self) -> None:
-        self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp_dir}"])
+        self._start(
+            "head", ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp_dir}"]
+        )
         self._wait(lambda: self._active_nodes() >= 1, "head")
         self._start("node", [f"--address={self.address}"])
         self._wait(lambda: self._active_nodes() >= 2, "node")
@@ -55,18 +58,37 @@ class RayCluster:
     def _start(self, name: str, args: list[str]) -> None:
         # --block keeps `ray start` in the foreground, owning its node's processes.
         with open(self.logs / f"{name}.log", "w") as log:
-            self.nodes.append(subprocess.Popen(
-                [RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
-                 "--disable-usage-stats", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env))
+            self.nodes.append(
+                subprocess.Popen(
+                    [
+                        RAY,
+                        "start",
+                        "--block",
+                        "--node-ip-address=127.0.0.1",
+                        "--num-cpus=1",
+                        "--num-gpus=0",
+                        "--disable-usage-stats",
+                        *args,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=self.env,
+                )
+            )
 
     def _wait(self, ready, name: str) -> None:
         deadline = time.monotonic() + 120
         while not ready():
-            assert self.nodes[-1].poll() is None and time.monotonic() < deadline, (self.logs / f"{name}.log").read_text()[-3000:]
+            assert self.nodes[-1].poll() is None and time.monotonic() < deadline, (
+                self.logs / f"{name}.log"
+            ).read_text()[-3000:]
             time.sleep(1)
 
     def _active_nodes(self) -> int:
-        status = subprocess.run([RAY, "status", f"--address={self.address}"], env=self.env, capture_output=True, text=True).stdout
+        status = subprocess.run(
+            [RAY, "status", f"--address={self.address}"], env=self.env, capture_output=True, text=True
+        ).stdout
         return status.split("Active:", 1)[-1].split("Pending:", 1)[0].count("node_")
 
     def node_id(self, index: int) -> str:
@@ -81,10 +103,8 @@ class RayCluster:
         """Lose node `index` as a machine is lost: SIGKILL every process it runs, no goodbye."""
         node = self.nodes[index]
         for pid in [node.pid, *_descendants(node.pid)]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         node.wait(timeout=30)
 
     def processes(self) -> list[int]:
@@ -154,8 +174,12 @@ def tracking_server(tmp_path):
     database = f"mlflow_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES, autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {database}")
-    server = MlflowServer(POSTGRES.rsplit("/", 1)[0] + f"/{database}", tmp_path / "artifacts",
-                          tmp_path / "mlflow-server.log", serve_artifacts=True)
+    server = MlflowServer(
+        POSTGRES.rsplit("/", 1)[0] + f"/{database}",
+        tmp_path / "artifacts",
+        tmp_path / "mlflow-server.log",
+        serve_artifacts=True,
+    )
     try:
         server.start()
         yield server
@@ -166,8 +190,16 @@ def tracking_server(tmp_path):
 
 
 def _search_args(tmp_path, cluster, server, *extra):
-    return ["--config", str(QUICKSTART), *TINY, f"address={cluster.address}", f"tracking_uri={server.uri}",
-            f"storage_path={tmp_path / 'shared'}", "experiment=cluster", *extra]
+    return [
+        "--config",
+        str(QUICKSTART),
+        *TINY,
+        f"address={cluster.address}",
+        f"tracking_uri={server.uri}",
+        f"storage_path={tmp_path / 'shared'}",
+        "experiment=cluster",
+        *extra,
+    ]
 
 
 def _runs(server):
@@ -175,8 +207,11 @@ def _runs(server):
     client = MlflowClient(server.uri)
     experiment = client.get_experiment_by_name("cluster")
     runs = client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
-    return (client, [r for r in runs if "search_id" in r.data.tags],
-            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
+    return (
+        client,
+        [r for r in runs if "search_id" in r.data.tags],
+        [r for r in runs if "mlflow.parentRunId" in r.data.tags],
+    )
 
 
 def _wait_for(condition, driver, timeout=600):
@@ -197,8 +232,11 @@ def _assert_each_epoch_once(client, children, epochs):
 
 
 def test_a_search_on_both_nodes_loses_nothing_while_its_tracking_server_is_away(tmp_path, ray_cluster, tracking_server):
-    driver = popen_search("search", *_search_args(tmp_path, ray_cluster, tracking_server, "seeds=[0, 1]",
-                                                  "training.epochs=3"), cwd=tmp_path)
+    driver = popen_search(
+        "search",
+        *_search_args(tmp_path, ray_cluster, tracking_server, "seeds=[0, 1]", "training.epochs=3"),
+        cwd=tmp_path,
+    )
     client = MlflowClient(tracking_server.uri)
     # Stopped right after a trial's first epoch: that trial reports its second one while the server is away.
     _wait_for(lambda: any(client.get_metric_history(c.info.run_id, "epoch") for c in _runs(tracking_server)[2]), driver)
@@ -221,12 +259,23 @@ def test_a_search_on_both_nodes_loses_nothing_while_its_tracking_server_is_away(
 
 
 def test_a_file_tracking_store_is_refused_on_two_nodes(tmp_path, ray_cluster):
-    out = cli("search", "--config", str(QUICKSTART), *TINY, f"address={ray_cluster.address}", cwd=tmp_path, timeout=300, fresh=True)
+    out = cli(
+        "search",
+        "--config",
+        str(QUICKSTART),
+        *TINY,
+        f"address={ray_cluster.address}",
+        cwd=tmp_path,
+        timeout=300,
+        fresh=True,
+    )
     assert_one_line_error(out, "is a file on the driver's machine", "the cluster has 2 nodes", "mlflow server")
     assert_nothing_written(tmp_path)
 
 
-def test_a_killed_driver_resumes_on_the_cluster_without_rerunning_finished_trials(tmp_path, ray_cluster, tracking_server):
+def test_a_killed_driver_resumes_on_the_cluster_without_rerunning_finished_trials(
+    tmp_path, ray_cluster, tracking_server
+):
     args = _search_args(tmp_path, ray_cluster, tracking_server, "seeds=[0, 1]")
     driver = popen_search("search", *args, cwd=tmp_path)
     _wait_for(lambda: [c for c in _runs(tracking_server)[2] if c.info.status == "FINISHED"], driver)
@@ -251,7 +300,9 @@ def test_a_killed_driver_resumes_on_the_cluster_without_rerunning_finished_trial
 def test_a_lost_node_costs_its_trial_a_restart_from_its_last_checkpoint(tmp_path, ray_cluster, tracking_server):
     # Last in the module: it ends the shared cluster's second node.
     second = ray_cluster.node_id(1)
-    driver = popen_search("search", *_search_args(tmp_path, ray_cluster, tracking_server, "training.epochs=4"), cwd=tmp_path)
+    driver = popen_search(
+        "search", *_search_args(tmp_path, ray_cluster, tracking_server, "training.epochs=4"), cwd=tmp_path
+    )
     client = MlflowClient(tracking_server.uri)
 
     def checkpointed_on_the_second_node():
@@ -261,8 +312,11 @@ def test_a_lost_node_costs_its_trial_a_restart_from_its_last_checkpoint(tmp_path
         for child in _runs(tracking_server)[2]:
             trial = child.data.tags["ray_trial_id"]
             saved = (tmp_path / "shared").glob(f"*/*{trial}*/checkpoint_*")
-            if (child.data.tags["ray_node_id"] == second and child.info.status == "RUNNING"
-                    and any(path.name != "checkpoint_000000" for path in saved)):
+            if (
+                child.data.tags["ray_node_id"] == second
+                and child.info.status == "RUNNING"
+                and any(path.name != "checkpoint_000000" for path in saved)
+            ):
                 return child
         return None
 

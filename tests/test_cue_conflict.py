@@ -80,7 +80,7 @@ def test_custom_and_native_mappings():
 def test_stimuli_load_once_and_in_layout(shared_data):
     stimuli = load_stimuli(shared_data / "cue-conflict")
     assert stimuli.images.shape == (1280, 3, 224, 224) and stimuli.images.dtype == torch.uint8
-    assert sum(s != t for s, t in zip(stimuli.shapes, stimuli.textures)) == 1200
+    assert sum(s != t for s, t in zip(stimuli.shapes, stimuli.textures, strict=True)) == 1200
     assert load_stimuli(str(shared_data / "cue-conflict")) is stimuli
 
 
@@ -128,12 +128,17 @@ def test_per_category_shape_bias_adds_up_to_the_whole(shared_data):
     per_category = shape_bias_per_category(decisions, shapes, textures, CATEGORIES)
     assert set(per_category) <= set(CATEGORIES) and len(per_category) >= 12
     # Recounted by hand for one category: shape decisions over shape-or-texture decisions.
-    cat = [(d, t) for d, s, t in zip(decisions, shapes, textures) if s == "cat" and s != t]
+    cat = [(d, t) for d, s, t in zip(decisions, shapes, textures, strict=True) if s == "cat" and s != t]
     shape_hits, texture_hits = sum(d == "cat" for d, _ in cat), sum(d == t for d, t in cat)
     assert per_category["cat"] == pytest.approx(shape_hits / (shape_hits + texture_hits))
     # Weighted by each category's cue decisions, the categories give back the overall figure.
-    counts = {c: score_decisions(*zip(*[(d, s, t) for d, s, t in zip(decisions, shapes, textures) if s == c]), CATEGORIES)
-              for c in per_category}
+    counts = {
+        c: score_decisions(
+            *zip(*[(d, s, t) for d, s, t in zip(decisions, shapes, textures, strict=True) if s == c], strict=True),
+            CATEGORIES,
+        )
+        for c in per_category
+    }
     hits = sum(r.shape_decisions for r in counts.values())
     cues = sum(r.shape_decisions + r.texture_decisions for r in counts.values())
     assert hits / cues == pytest.approx(score_decisions(decisions, shapes, textures, CATEGORIES).shape_bias)
@@ -148,10 +153,10 @@ def test_the_stimuli_split_is_stratified_disjoint_and_the_same_every_time(shared
     selection, report = split_stimuli(stimuli)
     assert len(selection) + len(report) == len(stimuli) == 1280
     assert not set(selection.names) & set(report.names)
-    groups = [Counter(zip(half.shapes, half.textures)) for half in (selection, report)]
+    groups = [Counter(zip(half.shapes, half.textures, strict=True)) for half in (selection, report)]
     # Every (shape, texture) group of 5 gives 2 or 3 images to each half, so both halves hold every
     # group and the halves differ by at most one image per group.
-    assert set(groups[0]) == set(groups[1]) == set(zip(stimuli.shapes, stimuli.textures))
+    assert set(groups[0]) == set(groups[1]) == set(zip(stimuli.shapes, stimuli.textures, strict=True))
     assert all(abs(groups[0][key] - groups[1][key]) <= 1 for key in groups[0])
     assert abs(len(selection) - len(report)) <= 1
     again = split_stimuli(stimuli)
@@ -165,7 +170,7 @@ def test_the_synthetic_report_set_is_the_same_design_on_other_images():
 
     bench = make_benchmark(num_classes=3, train_size=30, test_size=12, conflicts_per_pair=4, report_set=True)
     assert bench.holdout.names == bench.conflict.names and bench.holdout.shapes == bench.conflict.shapes
-    assert not any(torch.equal(a, b) for a, b in zip(bench.holdout.images, bench.conflict.images))
+    assert not any(torch.equal(a, b) for a, b in zip(bench.holdout.images, bench.conflict.images, strict=True))
     plain = make_benchmark(num_classes=3, train_size=30, test_size=12, conflicts_per_pair=4)
     # Asking for the report set changes nothing a search without one would see.
     assert plain.holdout is None and torch.equal(plain.conflict.images, bench.conflict.images)
@@ -180,7 +185,9 @@ def test_two_halves_of_the_stimuli_disagree_on_one_model_as_the_readme_says(shar
         decisions, shapes, textures = read_decisions_csv(shared_data / "reference-decisions" / name)
         with (shared_data / "reference-decisions" / name).open() as handle:
             row_of = {row["imagename"].rsplit("_", 1)[-1]: i for i, row in enumerate(csv.DictReader(handle))}
-        for half, value in zip(halves, expected):
+        for half, value in zip(halves, expected, strict=True):
             rows = [row_of[n] for n in half.names]
-            result = score_decisions([decisions[i] for i in rows], [shapes[i] for i in rows], [textures[i] for i in rows], CATEGORIES)
+            result = score_decisions(
+                [decisions[i] for i in rows], [shapes[i] for i in rows], [textures[i] for i in rows], CATEGORIES
+            )
             assert f"{result.shape_bias:.3f}" == f"{value:.3f}", name

@@ -60,8 +60,11 @@ def test_compose_wires_the_services_the_code_expects():
 
 def test_every_secret_compose_needs_is_in_the_example_env_file():
     needed = set(re.findall(r"\$\{([A-Z_]+)", (DOCKER / "compose.yaml").read_text()))
-    example = {line.split("=", 1)[0] for line in (DOCKER / "env.example").read_text().splitlines()
-               if line and not line.startswith("#")}
+    example = {
+        line.split("=", 1)[0]
+        for line in (DOCKER / "env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     assert needed <= example, needed - example
 
 
@@ -70,8 +73,11 @@ def test_the_rayjob_runs_a_search_our_cli_and_spec_accept():
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     cluster = job["spec"]["rayClusterSpec"]
     assert cluster["rayVersion"] == pinned("ray")
-    images = {c["image"] for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-              for c in group["template"]["spec"]["containers"]}
+    images = {
+        c["image"]
+        for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        for c in group["template"]["spec"]["containers"]
+    }
     assert len(images) == 1
     for group in cluster["workerGroupSpecs"]:
         (container,) = group["template"]["spec"]["containers"]

@@ -48,8 +48,11 @@ def test_a_resumed_scheduler_relearns_which_configurations_were_stopped():
     from orchestrator.search.early_stopping import ReplicateSuccessiveHalving
 
     def trial(configuration, seed, status, epoch):
-        return SimpleNamespace(status=status, config={"configuration": configuration, "seed": seed, "params": {"placement": "layer1", "fraction": 0.1}},
-                               last_result={"epoch": epoch, "accuracy": 0.5, "shape_bias": 0.5})
+        return SimpleNamespace(
+            status=status,
+            config={"configuration": configuration, "seed": seed, "params": {"placement": "layer1", "fraction": 0.1}},
+            last_result={"epoch": epoch, "accuracy": 0.5, "shape_bias": 0.5},
+        )
 
     # As Tune restores a search: its scheduler as pickled at the start, then every trial added again.
     scheduler = ReplicateSuccessiveHalving([1], 2, epochs=3)
@@ -60,7 +63,9 @@ def test_a_resumed_scheduler_relearns_which_configurations_were_stopped():
     # The unfinished seed of the stopped configuration stops at its next result, however good.
     best = {"epoch": 2, "accuracy": 0.99, "shape_bias": 0.99}
     assert scheduler.on_trial_result(None, trial("c002", 1, "RUNNING", 1), best) == TrialScheduler.STOP
-    assert scheduler.on_trial_result(None, trial("c003", 0, "RUNNING", 1), {**best, "epoch": 1}) == TrialScheduler.CONTINUE
+    assert (
+        scheduler.on_trial_result(None, trial("c003", 0, "RUNNING", 1), {**best, "epoch": 1}) == TrialScheduler.CONTINUE
+    )
 
 
 def test_the_driver_closes_a_stopped_run_its_worker_left_open(tmp_path):
@@ -76,13 +81,19 @@ def test_the_driver_closes_a_stopped_run_its_worker_left_open(tmp_path):
     client = MlflowClient(uri)
     experiment = client.create_experiment("stopped")
     parent = client.create_run(experiment).info.run_id
+
     def child(configuration):
         tags = {MLFLOW_PARENT_RUN_ID: parent, "configuration": configuration, "seed": "0"}
         return client.create_run(experiment, tags=tags).info.run_id
+
     stopped, complete = child("c002"), child("c001")
+
     def trial(configuration, epoch):
-        return SimpleNamespace(config={"configuration": configuration, "seed": 0},
-                               last_result={"epoch": epoch, "accuracy": 0.5, "shape_bias": 0.5})
+        return SimpleNamespace(
+            config={"configuration": configuration, "seed": 0},
+            last_result={"epoch": epoch, "accuracy": 0.5, "shape_bias": 0.5},
+        )
+
     callback = StoppedRuns(uri, parent, epochs=3)
     callback.on_trial_complete(0, [], trial("c002", 1))
     callback.on_trial_complete(0, [], trial("c001", 3))  # complete: its worker closes it, not the driver
@@ -100,13 +111,21 @@ def test_a_reused_worker_waits_for_a_stopped_trial_to_close_its_run():
     assert float(worker_env("sqlite:///m.db")["TUNE_FUNCTION_THREAD_TIMEOUT_S"]) > PATIENCE_S
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["early_stopping={rungs: [1, 3], reduction_factor: 3}"], "must all lie before the last epoch (training.epochs 3)"),
-    (["early_stopping={rungs: [2, 1]}"], "rungs [2, 1] must be strictly increasing"),
-    (["early_stopping={rungs: [1], reduction_factor: 1}"], "reduction_factor: Input should be greater than 1"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["early_stopping={rungs: [1, 3], reduction_factor: 3}"],
+            "must all lie before the last epoch (training.epochs 3)",
+        ),
+        (["early_stopping={rungs: [2, 1]}"], "rungs [2, 1] must be strictly increasing"),
+        (["early_stopping={rungs: [1], reduction_factor: 1}"], "reduction_factor: Input should be greater than 1"),
+    ],
+)
 def test_early_stopping_settings_that_cannot_work_are_refused(overrides, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")
+    ):
         load_spec(QUICKSTART, overrides)
     assert load_spec(QUICKSTART, ["early_stopping={rungs: [1, 2]}"]).early_stopping.reduction_factor == 3
 
@@ -119,9 +138,19 @@ def test_a_search_with_early_stopping_stops_configurations_that_never_reach_the_
     from mlflow.tracking import MlflowClient
 
     tracking, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
-    out = run_search("search", "--config", str(QUICKSTART), *REDUCED,
-                     "configurations=5", "early_stopping={rungs: [1], reduction_factor: 4}", f"tracking_uri={tracking}",
-                     f"optuna_storage={storage}", f"storage_path={tmp_path / 'ray'}", "experiment=e2e-stop", cwd=tmp_path)
+    out = run_search(
+        "search",
+        "--config",
+        str(QUICKSTART),
+        *REDUCED,
+        "configurations=5",
+        "early_stopping={rungs: [1], reduction_factor: 4}",
+        f"tracking_uri={tracking}",
+        f"optuna_storage={storage}",
+        f"storage_path={tmp_path / 'ray'}",
+        "experiment=e2e-stop",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client = MlflowClient(tracking)
     parents, children = search_runs(client, "e2e-stop")
@@ -143,8 +172,12 @@ def test_a_search_with_early_stopping_stops_configurations_that_never_reach_the_
     assert f"early stopping: {len(stopped)} of 5 configurations stopped" in out.stdout
     # The progress chart counts every finished configuration, stopped ones included.
     history = client.get_metric_history(parents[0].info.run_id, "hypervolume")
-    assert [m.step for m in history] == [1, 2, 3, 4, 5] and [m.value for m in history] == sorted(m.value for m in history)
+    assert [m.step for m in history] == [1, 2, 3, 4, 5] and [m.value for m in history] == sorted(
+        m.value for m in history
+    )
     # Optuna heard of a stopped configuration as a failed trial, tagged, never as values.
     study = optuna.load_study(study_name=parents[0].data.tags["search_id"], storage=storage)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
-    assert len(failed) == len(stopped) and all(t.user_attrs["stopped_at_epoch"] == 1 and t.values is None for t in failed)
+    assert len(failed) == len(stopped) and all(
+        t.user_attrs["stopped_at_epoch"] == 1 and t.values is None for t in failed
+    )

@@ -55,7 +55,10 @@ def test_same_tensor_twice_is_rejected():
         build_model(topk={"layer2": 0.2, "layer2.1": 0.3})
 
 
-@pytest.mark.parametrize("kwargs, message", [({"stem": "vit"}, "unknown stem 'vit'"), ({"num_classes": 1}, "num_classes"), ({"topk": {"layer2": 0}}, "0")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"stem": "vit"}, "unknown stem 'vit'"), ({"num_classes": 1}, "num_classes"), ({"topk": {"layer2": 0}}, "0")],
+)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model(**kwargs)
@@ -71,16 +74,19 @@ def test_trains_end_to_end_with_channels_last():
 
 # --- any torchvision architecture, against the authors' way: Top-K spliced into the Sequential ---
 
-@pytest.mark.parametrize("arch, size, fraction", [("resnet18", 64, 0.2), ("resnet50", 64, 0.1),
-                                                  ("vgg16", 96, 0.05), ("alexnet", 128, 0.3)])
+
+@pytest.mark.parametrize(
+    "arch, size, fraction", [("resnet18", 64, 0.2), ("resnet50", 64, 0.1), ("vgg16", 96, 0.05), ("alexnet", 128, 0.3)]
+)
 def test_each_architecture_matches_topk_spliced_by_hand(tmp_path, arch, size, fraction):
-    from trainables.models import PRESETS, expand_preset
     import torchvision
+
+    from trainables.models import PRESETS, expand_preset
 
     torch.manual_seed(0)
     state = getattr(torchvision.models, arch)(weights=None).state_dict()
     torch.save(state, tmp_path / "weights.pth")
-    topk = {name: fraction for name in expand_preset(["after_every_pool"], arch)}
+    topk = dict.fromkeys(expand_preset(["after_every_pool"], arch), fraction)
     assert list(topk) == list(PRESETS["after_every_pool"][arch])
     ours = build_model(num_classes=1000, topk=topk, arch=arch, weights=tmp_path / "weights.pth").eval()
     reference = spliced_by_hand(arch, state, topk)
@@ -95,7 +101,10 @@ def test_each_architecture_matches_topk_spliced_by_hand(tmp_path, arch, size, fr
 
 
 def test_weights_are_a_local_file_that_must_fit():
-    with pytest.raises(FileNotFoundError, match=r"weights file /nowhere/vgg16.pth not found: expected torchvision's vgg16 .*vgg16-397923af.pth"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"weights file /nowhere/vgg16.pth not found: expected torchvision's vgg16 .*vgg16-397923af.pth",
+    ):
         build_model(arch="vgg16", weights="/nowhere/vgg16.pth")
 
 
@@ -107,13 +116,23 @@ def test_weights_of_another_shape_are_one_clear_error(tmp_path):
         build_model(arch="alexnet", weights=tmp_path / "ten.pth")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"arch": "vgg19"}, "unknown architecture 'vgg19'; valid: resnet18, resnet50, vgg16, alexnet"),
-    ({"arch": "vgg16", "stem": "cifar"}, "cifar stem is a ResNet stem"),
-    ({"arch": "alexnet", "topk": {"features.13": 0.1}}, r"unknown Top-K placement 'features.13' for alexnet; valid: features, features.0, .*features.12, avgpool, classifier"),
-    ({"arch": "vgg16", "topk": {"feature.4": 0.1}}, r"nearest: features.4"),
-    ({"arch": "vgg16", "topk": {"features": 0.1, "features.30": 0.2}}, "'features' and 'features.30' are the same tensor"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"arch": "vgg19"}, "unknown architecture 'vgg19'; valid: resnet18, resnet50, vgg16, alexnet"),
+        ({"arch": "vgg16", "stem": "cifar"}, "cifar stem is a ResNet stem"),
+        (
+            {"arch": "alexnet", "topk": {"features.13": 0.1}},
+            r"unknown Top-K placement 'features.13' for alexnet; "
+            r"valid: features, features.0, .*features.12, avgpool, classifier",
+        ),
+        ({"arch": "vgg16", "topk": {"feature.4": 0.1}}, r"nearest: features.4"),
+        (
+            {"arch": "vgg16", "topk": {"features": 0.1, "features.30": 0.2}},
+            "'features' and 'features.30' are the same tensor",
+        ),
+    ],
+)
 def test_bad_architecture_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model(**kwargs)
@@ -121,5 +140,9 @@ def test_bad_architecture_arguments(kwargs, message):
 
 def test_describe_placements_for_vgg16_at_224():
     rows = {r.name: r for r in describe_placements(224, topk={"features.4": 0.05}, arch="vgg16")}
-    assert (rows["features.4"].channels, rows["features.4"].height, rows["features.4"].kept) == (64, 112, int(0.05 * 112 * 112))
+    assert (rows["features.4"].channels, rows["features.4"].height, rows["features.4"].kept) == (
+        64,
+        112,
+        int(0.05 * 112 * 112),
+    )
     assert rows["features.30"].height == 7 and rows["features.30"].kept == 49

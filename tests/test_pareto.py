@@ -24,13 +24,29 @@ def test_hypervolume_of_a_staircase():
 
 
 def test_replicates_dense_first_then_optuna_told_the_means(tmp_path):
-    spec = load_spec(QUICKSTART, ["configurations=3", "seeds=[0, 1]", "accuracy_floor=0.75", f"optuna_storage=sqlite:///{tmp_path}/o.db"])
-    searcher = ReplicateSearcher(study=make_study(spec, "unit"), space=spec.search, seeds=spec.seeds,
-                                 configurations=spec.configurations, make_trial=spec.trial_config,
-                                 epochs=spec.training.epochs, accuracy_floor=spec.accuracy_floor)
+    spec = load_spec(
+        QUICKSTART,
+        ["configurations=3", "seeds=[0, 1]", "accuracy_floor=0.75", f"optuna_storage=sqlite:///{tmp_path}/o.db"],
+    )
+    searcher = ReplicateSearcher(
+        study=make_study(spec, "unit"),
+        space=spec.search,
+        seeds=spec.seeds,
+        configurations=spec.configurations,
+        make_trial=spec.trial_config,
+        epochs=spec.training.epochs,
+        accuracy_floor=spec.accuracy_floor,
+    )
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
     assert searcher.suggest("t6") == Searcher.FINISHED
-    assert [(c["configuration"], c["seed"]) for c in configs] == [("c000", 0), ("c000", 1), ("c001", 0), ("c001", 1), ("c002", 0), ("c002", 1)]
+    assert [(c["configuration"], c["seed"]) for c in configs] == [
+        ("c000", 0),
+        ("c000", 1),
+        ("c001", 0),
+        ("c001", 1),
+        ("c002", 0),
+        ("c002", 1),
+    ]
     assert configs[0]["trial"]["model"]["topk"] == {}
     assert configs[2]["params"] == configs[3]["params"] and configs[2]["trial"]["model"]["topk"]
     result = lambda acc, bias, epoch=3: {"accuracy": acc, "shape_bias": bias, "epoch": epoch}
@@ -62,9 +78,12 @@ def test_hypervolume_is_logged_per_finished_configuration_above_the_dense_refere
     log = HypervolumeLog(uri, parent, "dense", seeds=2, epochs=3)
 
     def finish(configuration, placement, seed, accuracy, shape_bias):
-        trial = SimpleNamespace(trial_id=f"{configuration}-{seed}", status="TERMINATED",
-                                config={"configuration": configuration, "params": {"placement": placement, "fraction": 0.1}},
-                                last_result={"epoch": 3, "accuracy": accuracy, "shape_bias": shape_bias})
+        trial = SimpleNamespace(
+            trial_id=f"{configuration}-{seed}",
+            status="TERMINATED",
+            config={"configuration": configuration, "params": {"placement": placement, "fraction": 0.1}},
+            last_result={"epoch": 3, "accuracy": accuracy, "shape_bias": shape_bias},
+        )
         log.on_trial_complete(0, [], trial)
 
     finish("c001", "layer1", 0, 0.8, 0.4)
@@ -78,32 +97,70 @@ def test_hypervolume_is_logged_per_finished_configuration_above_the_dense_refere
     import pickle
 
     restored = pickle.loads(pickle.dumps(log))
-    ended = [SimpleNamespace(trial_id=f"{c}-{s}", status="TERMINATED", config={"configuration": c, "params": {"placement": p, "fraction": 0.1}},
-                             last_result={"epoch": 3, "accuracy": a, "shape_bias": b})
-             for c, p, a, b in (("c000", "dense", 0.7, 0.3), ("c001", "layer1", 0.8, 0.4)) for s in (0, 1)]
+    ended = [
+        SimpleNamespace(
+            trial_id=f"{c}-{s}",
+            status="TERMINATED",
+            config={"configuration": c, "params": {"placement": p, "fraction": 0.1}},
+            last_result={"epoch": 3, "accuracy": a, "shape_bias": b},
+        )
+        for c, p, a, b in (("c000", "dense", 0.7, 0.3), ("c001", "layer1", 0.8, 0.4))
+        for s in (0, 1)
+    ]
     restored.on_step_begin(0, ended)
-    restored.on_trial_complete(0, [], SimpleNamespace(trial_id="c003-0", status="TERMINATED",
-                               config={"configuration": "c003", "params": {"placement": "layer2", "fraction": 0.2}},
-                               last_result={"epoch": 2, "accuracy": 0.9, "shape_bias": 0.9}))  # partial: not a result
+    restored.on_trial_complete(
+        0,
+        [],
+        SimpleNamespace(
+            trial_id="c003-0",
+            status="TERMINATED",
+            config={"configuration": "c003", "params": {"placement": "layer2", "fraction": 0.2}},
+            last_result={"epoch": 2, "accuracy": 0.9, "shape_bias": 0.9},
+        ),
+    )  # partial: not a result
     assert len(client.get_metric_history(parent, "hypervolume")) == 1
     for seed in (0, 1):  # after the resume the count goes on from the configurations that ended before it
-        restored.on_trial_complete(0, [], SimpleNamespace(trial_id=f"c004-{seed}", status="TERMINATED",
-                                   config={"configuration": "c004", "params": {"placement": "layer2", "fraction": 0.3}},
-                                   last_result={"epoch": 3, "accuracy": 0.75, "shape_bias": 0.5}))
+        restored.on_trial_complete(
+            0,
+            [],
+            SimpleNamespace(
+                trial_id=f"c004-{seed}",
+                status="TERMINATED",
+                config={"configuration": "c004", "params": {"placement": "layer2", "fraction": 0.3}},
+                last_result={"epoch": 3, "accuracy": 0.75, "shape_bias": 0.5},
+            ),
+        )
     history = client.get_metric_history(parent, "hypervolume")
     assert [(m.step, round(m.value, 6)) for m in history] == [(2, 0.01), (3, 0.015)]
+
     # A configuration stopped early, or failed, has finished too: the step moves on, the front does
     # not (so searches with and without early stopping share one x axis).
     def stopped(seed):
-        return SimpleNamespace(trial_id=f"c005-{seed}", status="TERMINATED",
-                               config={"configuration": "c005", "params": {"placement": "layer1", "fraction": 0.4}},
-                               last_result={"epoch": 1, "accuracy": 0.99, "shape_bias": 0.99})
+        return SimpleNamespace(
+            trial_id=f"c005-{seed}",
+            status="TERMINATED",
+            config={"configuration": "c005", "params": {"placement": "layer1", "fraction": 0.4}},
+            last_result={"epoch": 1, "accuracy": 0.99, "shape_bias": 0.99},
+        )
+
     restored.on_trial_complete(0, [], stopped(0))
     restored.on_trial_complete(0, [], stopped(1))
-    failed = SimpleNamespace(trial_id="c006-0", status="ERROR", config={"configuration": "c006", "params": {"placement": "layer1", "fraction": 0.5}},
-                             last_result={"epoch": 3, "accuracy": 0.99, "shape_bias": 0.99})  # failed while closing its run
+    failed = SimpleNamespace(
+        trial_id="c006-0",
+        status="ERROR",
+        config={"configuration": "c006", "params": {"placement": "layer1", "fraction": 0.5}},
+        last_result={"epoch": 3, "accuracy": 0.99, "shape_bias": 0.99},
+    )  # failed while closing its run
     restored.on_trial_error(0, [], failed)
-    restored.on_trial_complete(0, [], SimpleNamespace(trial_id="c006-1", status="TERMINATED", config=failed.config,
-                                                      last_result={"epoch": 3, "accuracy": 0.99, "shape_bias": 0.99}))
+    restored.on_trial_complete(
+        0,
+        [],
+        SimpleNamespace(
+            trial_id="c006-1",
+            status="TERMINATED",
+            config=failed.config,
+            last_result={"epoch": 3, "accuracy": 0.99, "shape_bias": 0.99},
+        ),
+    )
     history = client.get_metric_history(parent, "hypervolume")
     assert [(m.step, round(m.value, 6)) for m in history] == [(2, 0.01), (3, 0.015), (4, 0.015), (5, 0.015)]

@@ -32,9 +32,17 @@ def searched(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("promote")
     tracking = f"sqlite:///{workdir / 'mlflow.db'}"
     out = run_search(
-        "search", "--config", str(QUICKSTART), *REDUCED, "configurations=3",
-        "log_models=true", f"tracking_uri={tracking}", f"optuna_storage=sqlite:///{workdir / 'optuna.db'}",
-        f"storage_path={workdir / 'ray'}", f"experiment={EXPERIMENT}", cwd=workdir,
+        "search",
+        "--config",
+        str(QUICKSTART),
+        *REDUCED,
+        "configurations=3",
+        "log_models=true",
+        f"tracking_uri={tracking}",
+        f"optuna_storage=sqlite:///{workdir / 'optuna.db'}",
+        f"storage_path={workdir / 'ray'}",
+        f"experiment={EXPERIMENT}",
+        cwd=workdir,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     mlflow.set_tracking_uri(tracking)
@@ -82,8 +90,18 @@ def test_promote_by_rule_registers_the_closest_seed_and_pyfunc_predicts(searched
     assert "on the Pareto front:" in out.stdout and "promoted replicate: seed" in out.stdout
     version = client.get_model_version_by_alias(MODEL, "production")
     tags = version.tags
-    assert {"search_id", "configuration", "seed", "source_run_id", "accuracy_mean", "accuracy_std",
-            "shape_bias_mean", "dense_accuracy_mean", "on_front", "git_commit"} <= set(tags)
+    assert {
+        "search_id",
+        "configuration",
+        "seed",
+        "source_run_id",
+        "accuracy_mean",
+        "accuracy_std",
+        "shape_bias_mean",
+        "dense_accuracy_mean",
+        "on_front",
+        "git_commit",
+    } <= set(tags)
     assert f"configuration {tags['configuration']}" in version.description
 
     # The promoted seed is the one closest to its configuration's means.
@@ -96,11 +114,17 @@ def test_promote_by_rule_registers_the_closest_seed_and_pyfunc_predicts(searched
 
     # production.yaml: written locally and logged with the version; the trial CLI accepts it.
     local = yaml.safe_load((workdir / "production.yaml").read_text())
-    logged = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(
-        f"models:/{MODEL}/{version.version}/production.yaml", dst_path=str(workdir / "dl"))).read_text())
+    logged = yaml.safe_load(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{MODEL}/{version.version}/production.yaml", dst_path=str(workdir / "dl")
+            )
+        ).read_text()
+    )
     assert local == logged and local["provenance"]["source_run_id"] == tags["source_run_id"]
     assert set(local["provenance"]["data_fingerprint"]) == {"train", "test", "stimuli"}
     from trainables.config import TrialConfig
+
     assert TrialConfig.model_validate(local).training.threads == 1
 
     # pyfunc on real cue-conflict images, as an array and as encoded bytes; torch module beneath.
@@ -115,6 +139,7 @@ def test_promote_by_rule_registers_the_closest_seed_and_pyfunc_predicts(searched
     module = mlflow.pytorch.load_model(f"models:/{MODEL}@production")
     assert isinstance(module, torch.nn.Module)
     from trainables.models import preprocess
+
     with torch.no_grad():
         logits = module.eval()(preprocess(torch.from_numpy(images).permute(0, 3, 1, 2), 32))
     assert np.allclose(logits.softmax(-1).max(-1).values.numpy(), from_array["probability"], atol=1e-6)
@@ -124,7 +149,9 @@ def test_evaluate_reproduces_the_recorded_metrics_exactly(searched):
     workdir, tracking, _ = searched
     out = run_search("evaluate", "--model", f"models:/{MODEL}@production", "--tracking-uri", tracking, cwd=workdir)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("accuracy", "shape_bias"))}
+    rows = {
+        line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("accuracy", "shape_bias"))
+    }
     for name in ("accuracy", "shape_bias"):
         assert rows[name][1] == rows[name][2] and rows[name][3] == "same", out.stdout
 
@@ -132,15 +159,35 @@ def test_evaluate_reproduces_the_recorded_metrics_exactly(searched):
 def test_serving_over_http_answers_like_the_in_process_model(searched, shared_data):
     workdir, tracking, _ = searched
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking,
-           # The scoring server starts uvicorn by name: it must be on PATH.
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(workdir / "serve.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@production",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking,
+        # The scoring server starts uvicorn by name: it must be on PATH.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    with open(workdir / "serve.log", "w") as log:  # the child keeps its own copy of the file
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                f"models:/{MODEL}@production",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{url}/ping", server, workdir / "serve.log")
@@ -149,8 +196,9 @@ def test_serving_over_http_answers_like_the_in_process_model(searched, shared_da
         expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@production").predict(images)
 
         def invoke(payload):
-            request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode(),
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"{url}/invocations", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+            )
             return pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"])
 
         as_array = invoke({"inputs": images.tolist()})
@@ -162,7 +210,6 @@ def test_serving_over_http_answers_like_the_in_process_model(searched, shared_da
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-        log.close()
 
 
 def test_second_promotion_moves_the_alias_and_keeps_the_first_version(searched):
@@ -220,12 +267,41 @@ def failing(workdir, tracking, client, *args, expect, fresh=False):
 def test_every_failure_is_one_line_and_leaves_the_registry_unchanged(searched):
     workdir, tracking, client = searched
     rule = ["--maximize", "shape_bias", "--yes"]
-    failing(workdir, tracking, client, "--configuration", "c000", "--yes", "--experiment", "no-such", expect="no MLflow experiment 'no-such'", fresh=True)
+    failing(
+        workdir,
+        tracking,
+        client,
+        "--configuration",
+        "c000",
+        "--yes",
+        "--experiment",
+        "no-such",
+        expect="no MLflow experiment 'no-such'",
+        fresh=True,
+    )
     failing(workdir, tracking, client, *rule, "--search", "nope-1", expect="no search 'nope-1'")
-    failing(workdir, tracking, client, *rule, "--floor", "accuracy=1.0", expect="no configuration of 3 meets accuracy >= 1")
-    failing(workdir, tracking, client, "--configuration", "c099", "--yes", expect="no configuration 'c099' in this search; valid: c000, c001, c002")
+    failing(
+        workdir, tracking, client, *rule, "--floor", "accuracy=1.0", expect="no configuration of 3 meets accuracy >= 1"
+    )
+    failing(
+        workdir,
+        tracking,
+        client,
+        "--configuration",
+        "c099",
+        "--yes",
+        expect="no configuration 'c099' in this search; valid: c000, c001, c002",
+    )
     failing(workdir, tracking, client, *rule, "--floor", "loss=3", expect="bad --floor 'loss=3'")
-    failing(workdir, tracking, client, *rule, "--tracking-uri", f"http://127.0.0.1:{free_port()}", expect="cannot reach the MLflow tracking store")
+    failing(
+        workdir,
+        tracking,
+        client,
+        *rule,
+        "--tracking-uri",
+        f"http://127.0.0.1:{free_port()}",
+        expect="cannot reach the MLflow tracking store",
+    )
     # Without a terminal and without --yes, promote refuses rather than guess.
     failing(workdir, tracking, client, "--maximize", "shape_bias", expect="add --yes")
 
@@ -239,7 +315,9 @@ def test_every_failure_is_one_line_and_leaves_the_registry_unchanged(searched):
         client.set_terminated(parent.info.run_id, status="FINISHED")
 
     # A search whose every trial failed has an empty front.
-    empty = client.create_run(experiment, tags={"search_id": "empty-1", "search_name": "empty", "search_path": "/nowhere"})
+    empty = client.create_run(
+        experiment, tags={"search_id": "empty-1", "search_name": "empty", "search_path": "/nowhere"}
+    )
     client.log_param(empty.info.run_id, "seeds", "[0, 1]")
     client.set_terminated(empty.info.run_id, status="FINISHED")
     failing(workdir, tracking, client, *rule, "--search", "empty-1", expect="search empty-1 has an empty front")
@@ -257,7 +335,9 @@ def test_every_failure_is_one_line_and_leaves_the_registry_unchanged(searched):
         for run in children(client):
             if run.data.tags["configuration"] == "c001":
                 (Path(run.data.tags["checkpoint_uri"]) / "state.pt").write_bytes(b"not a checkpoint")
-        failing(workdir, tracking, client, "--configuration", "c001", "--yes", expect="is not a readable trial checkpoint")
+        failing(
+            workdir, tracking, client, "--configuration", "c001", "--yes", expect="is not a readable trial checkpoint"
+        )
     finally:
         for run in children(client):
             if run.data.tags["configuration"] == "c001":
@@ -267,4 +347,6 @@ def test_every_failure_is_one_line_and_leaves_the_registry_unchanged(searched):
 
     # A name or alias the registry would refuse is found before anything is written.
     failing(workdir, tracking, client, "--configuration", "c001", "--yes", "--alias", "v3", expect="'v3' is reserved")
-    failing(workdir, tracking, client, "--configuration", "c001", "--yes", "--model-name", "a/b", expect="model name 'a/b'")
+    failing(
+        workdir, tracking, client, "--configuration", "c001", "--yes", "--model-name", "a/b", expect="model name 'a/b'"
+    )

@@ -55,7 +55,9 @@ def test_trial_restarted_by_ray_ends_like_an_uninterrupted_run(local_ray, tmp_pa
         tune.with_resources(crashing_trial, {"cpu": 1}),
         param_space={"trial": TINY, "marker": str(tmp_path / "crashed")},
         run_config=tune.RunConfig(
-            name="crash", storage_path=str(tmp_path / "results"), verbose=0,
+            name="crash",
+            storage_path=str(tmp_path / "results"),
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -124,8 +126,12 @@ def test_trial_restarted_after_its_last_epoch_reports_its_final_result(local_ray
     tuner = tune.Tuner(
         tune.with_resources(crashing_at_finish, {"cpu": 1}),
         param_space={"trial": config, "marker": str(tmp_path / "crashed")},
-        run_config=tune.RunConfig(name="final", storage_path=str(tmp_path / "results"), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=1)),
+        run_config=tune.RunConfig(
+            name="final",
+            storage_path=str(tmp_path / "results"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
     )
     result = tuner.fit()[0]
     assert result.error is None and (tmp_path / "crashed").exists()

@@ -16,9 +16,16 @@ pytestmark = pytest.mark.slow
 
 def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     out = run_search(
-        "search", "--config", str(QUICKSTART), *REDUCED, "configurations=3",
-        f"tracking_uri={mlflow_server}", f"optuna_storage={POSTGRES}", f"storage_path={tmp_path / 'ray'}",
-        "experiment=e2e-http", cwd=tmp_path,
+        "search",
+        "--config",
+        str(QUICKSTART),
+        *REDUCED,
+        "configurations=3",
+        f"tracking_uri={mlflow_server}",
+        f"optuna_storage={POSTGRES}",
+        f"storage_path={tmp_path / 'ray'}",
+        "experiment=e2e-http",
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Pareto front of" in out.stdout and "configurations 3/3 done" in out.stdout
@@ -32,15 +39,26 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     assert {c.info.status for c in children} == {"FINISHED"}
     assert len({c.data.tags["ray_trial_id"] for c in children}) == 6
     for child in children:
-        for metric in ("accuracy", "shape_bias", "shape_accuracy", "texture_accuracy", "train_loss", "images_per_s",
-                       "shape_bias_holdout"):
+        for metric in (
+            "accuracy",
+            "shape_bias",
+            "shape_accuracy",
+            "texture_accuracy",
+            "train_loss",
+            "images_per_s",
+            "shape_bias_holdout",
+        ):
             history = client.get_metric_history(child.info.run_id, metric)
             assert [m.step for m in history] == [1, 2], metric
         # The report set is other images: the two numbers are two measurements, not one copied.
         assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"decisions.csv", "decisions_holdout.csv"}
     assert any(c.data.metrics["shape_bias"] != c.data.metrics["shape_bias_holdout"] for c in children)
-    assert {p.path for p in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "pareto-categories.png",
-                                                                             "search_spec.yaml"}
+    assert {p.path for p in client.list_artifacts(parent.info.run_id)} >= {
+        "pareto.csv",
+        "pareto.png",
+        "pareto-categories.png",
+        "search_spec.yaml",
+    }
 
     # The front in pareto.csv agrees with means recomputed from the stored metrics.
     by_config = {}
@@ -54,8 +72,14 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
         metrics = by_config[row["configuration"]]
         assert float(row["accuracy_mean"]) == pytest.approx(statistics.fmean(m["accuracy"] for m in metrics))
         assert float(row["shape_bias_mean"]) == pytest.approx(statistics.fmean(m["shape_bias"] for m in metrics))
-        assert float(row["shape_bias_holdout_mean"]) == pytest.approx(statistics.fmean(m["shape_bias_holdout"] for m in metrics))
-        points[row["configuration"]] = (float(row["accuracy_mean"]), float(row["shape_bias_mean"]), row["on_front"] == "True")
+        assert float(row["shape_bias_holdout_mean"]) == pytest.approx(
+            statistics.fmean(m["shape_bias_holdout"] for m in metrics)
+        )
+        points[row["configuration"]] = (
+            float(row["accuracy_mean"]),
+            float(row["shape_bias_mean"]),
+            row["on_front"] == "True",
+        )
     for name, (acc, bias, on_front) in points.items():
         dominated = any(a >= acc and b >= bias and (a, b) != (acc, bias) for a, b, _ in points.values())
         assert on_front == (not dominated), name
@@ -67,12 +91,23 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     assert f"hypervolume {history[-1].value:.4f} above (0, 0)" in out.stdout
     # What mattered, per objective, from Optuna's fANOVA over the study: printed and logged.
     assert "parameter importance (fANOVA over 2 configurations" in out.stdout
-    importance = {k: v for k, v in client.get_run(parent.info.run_id).data.metrics.items() if k.startswith("importance.")}
+    importance = {
+        k: v for k, v in client.get_run(parent.info.run_id).data.metrics.items() if k.startswith("importance.")
+    }
     for objective in ("accuracy", "shape_bias"):
         assert sum(v for k, v in importance.items() if k.startswith(f"importance.{objective}.")) == pytest.approx(1.0)
 
     # `pareto` recomputes the same front from MLflow alone.
-    again = run_search("pareto", "--experiment", "e2e-http", "--tracking-uri", mlflow_server, "--out", str(tmp_path / "again"), cwd=tmp_path)
+    again = run_search(
+        "pareto",
+        "--experiment",
+        "e2e-http",
+        "--tracking-uri",
+        mlflow_server,
+        "--out",
+        str(tmp_path / "again"),
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert (tmp_path / "again" / front_csv.name).read_text() == front_csv.read_text()
     assert len(client.get_metric_history(parent.info.run_id, "hypervolume")) == 3
@@ -84,7 +119,10 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 2 and study.metric_names == ["accuracy", "shape_bias"]  # what optuna-dashboard shows
     for trial in complete:
-        assert trial.values == [pytest.approx(trial.user_attrs["accuracy_mean"]), pytest.approx(trial.user_attrs["shape_bias_mean"])]
+        assert trial.values == [
+            pytest.approx(trial.user_attrs["accuracy_mean"]),
+            pytest.approx(trial.user_attrs["shape_bias_mean"]),
+        ]
         assert {"accuracy_std", "shape_bias_std", "seeds"} <= set(trial.user_attrs)
         # The held-out number is recorded beside them, never told as an objective.
         assert 0 <= trial.user_attrs["shape_bias_holdout_mean"] <= 1 and "shape_bias_holdout_std" in trial.user_attrs
@@ -92,9 +130,16 @@ def test_search_over_mlflow_server_and_postgres(tmp_path, mlflow_server):
 
 def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["--config", str(QUICKSTART), *REDUCED, "configurations=4",
-            f"tracking_uri={tracking}", f"optuna_storage=sqlite:///{tmp_path / 'optuna.db'}",
-            f"storage_path={tmp_path / 'ray'}", "experiment=e2e-resume"]
+    args = [
+        "--config",
+        str(QUICKSTART),
+        *REDUCED,
+        "configurations=4",
+        f"tracking_uri={tracking}",
+        f"optuna_storage=sqlite:///{tmp_path / 'optuna.db'}",
+        f"storage_path={tmp_path / 'ray'}",
+        "experiment=e2e-resume",
+    ]
     driver = popen_search("search", *args, cwd=tmp_path)
     client = MlflowClient(tracking)
 
@@ -117,7 +162,10 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
 
     parents, children = search_runs(client, "e2e-resume")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 8, sorted((c.data.tags["ray_trial_id"], c.data.tags["configuration"], c.data.tags["seed"], c.info.status) for c in children)
+    assert len(children) == 8, sorted(
+        (c.data.tags["ray_trial_id"], c.data.tags["configuration"], c.data.tags["seed"], c.info.status)
+        for c in children
+    )
     assert len({c.data.tags["ray_trial_id"] for c in children}) == 8
     assert {c.info.status for c in children} == {"FINISHED"}
     after = {c.info.run_id: c.info.end_time for c in children}
@@ -125,6 +173,8 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "accuracy")][-1] == 2
 
-    study = optuna.load_study(study_name=parents[0].data.tags["search_id"], storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.load_study(
+        study_name=parents[0].data.tags["search_id"], storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]

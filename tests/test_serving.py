@@ -14,7 +14,11 @@ from trainables.models import build_model
 
 
 def labels_for(mapping, class_names):
-    return {"class_names": list(class_names), "categories": list(mapping.categories), "members": [list(m) for m in mapping.members]}
+    return {
+        "class_names": list(class_names),
+        "categories": list(mapping.categories),
+        "members": [list(m) for m in mapping.members],
+    }
 
 
 def test_arrays_and_encoded_bytes_of_any_size_give_the_same_rows(shared_data):
@@ -22,7 +26,7 @@ def test_arrays_and_encoded_bytes_of_any_size_give_the_same_rows(shared_data):
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     from_array = to_images(np.stack(arrays))
     from_bytes = to_images(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
-    assert all(torch.equal(a, b) for a, b in zip(from_array, from_bytes))
+    assert all(torch.equal(a, b) for a, b in zip(from_array, from_bytes, strict=True))
     jpeg = io.BytesIO()
     Image.fromarray(arrays[0][:100, :150]).save(jpeg, format="JPEG")  # another size and format
     assert to_images(pd.DataFrame({"image": [jpeg.getvalue()]}))[0].shape == (3, 100, 150)
@@ -30,12 +34,15 @@ def test_arrays_and_encoded_bytes_of_any_size_give_the_same_rows(shared_data):
     assert to_images(np.stack(arrays).astype(np.int64))[0].dtype == torch.uint8
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((2, 8, 8), np.uint8), r"uint8 array \(N, H, W, 3\), got shape \(2, 8, 8\)"),
-    (np.full((1, 8, 8, 3), 300), "pixel values 0..255"),
-    (pd.DataFrame({"picture": [b"x"]}), "an 'image' column"),
-    (pd.DataFrame({"image": [b"not an image"]}), "row 0: cannot decode"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((2, 8, 8), np.uint8), r"uint8 array \(N, H, W, 3\), got shape \(2, 8, 8\)"),
+        (np.full((1, 8, 8, 3), 300), "pixel values 0..255"),
+        (pd.DataFrame({"picture": [b"x"]}), "an 'image' column"),
+        (pd.DataFrame({"image": [b"not an image"]}), "row 0: cannot decode"),
+    ],
+)
 def test_bad_input_is_one_clear_error(bad, message):
     with pytest.raises(ValueError, match=message):
         to_images(bad)

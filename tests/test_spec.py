@@ -3,15 +3,12 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
 import run_search
 from conftest import QUICKSTART, ROOT
 from search_spaces.spec import ConfigError, apply_override, load_spec
-
 
 
 def test_quickstart_validates_and_builds_trials():
@@ -24,8 +21,14 @@ def test_quickstart_validates_and_builds_trials():
 
 
 def test_cifar10_config_validates_against_the_shared_data(shared_data):
-    spec = load_spec(ROOT / "search_spaces" / "cifar10.yaml", [f"data.train_dir={shared_data}/cifar10/train",
-                     f"data.test_dir={shared_data}/cifar10/test", f"data.stimuli_dir={shared_data}/cue-conflict"])
+    spec = load_spec(
+        ROOT / "search_spaces" / "cifar10.yaml",
+        [
+            f"data.train_dir={shared_data}/cifar10/train",
+            f"data.test_dir={shared_data}/cifar10/test",
+            f"data.stimuli_dir={shared_data}/cue-conflict",
+        ],
+    )
     assert spec.data.label_space == "cifar10"
 
 
@@ -47,7 +50,11 @@ BAD = [
     (["search.fraction.high=1.5"], r"search.fraction.high: Input should be less than or equal to 1"),
     (["search.fraction.low=0"], r"search.fraction.low: Input should be greater than 0"),
     (["search.fraction.low=0.6"], r"low \(0.6\) must be below high \(0.5\)"),
-    (["search.placements=[[layer9]]"], r"search.placements: unknown Top-K placement 'layer9' for resnet18; .*nearest: layer4.*the main ones: stem, layer1.0"),
+    (
+        ["search.placements=[[layer9]]"],
+        r"search.placements: unknown Top-K placement 'layer9' for resnet18; "
+        r".*nearest: layer4.*the main ones: stem, layer1.0",
+    ),
     (["search.placements=[]"], r"search.placements: List should have at least 1 item"),
     (["search.placements=[[]]"], r"placement set 0 is empty"),
     (["search.placements=[[layer2], [layer2]]"], r"placement sets repeat"),
@@ -62,7 +69,10 @@ BAD = [
     (["training.lr=-0.1"], r"training.lr: Input should be greater than 0"),
     (["model.topk={layer2: 0.2}"], r"model.topk is set by the search"),
     (["model.stem=vit"], r"model.stem: Input should be 'imagenet' or 'cifar'"),
-    (["data.kind=folder", "data.train_dir=/nonexistent/train"], r"data.train_dir: directory not found: /nonexistent/train"),
+    (
+        ["data.kind=folder", "data.train_dir=/nonexistent/train"],
+        r"data.train_dir: directory not found: /nonexistent/train",
+    ),
     (["data.kind=imagenet"], r"data: Input tag 'imagenet' found using 'kind' does not match"),
     (["accuracy_floor=2"], r"accuracy_floor: Input should be less than or equal to 1"),
     (["search.lr={low: 0, high: 0.1, log: true}"], r"a log range needs low > 0"),
@@ -95,22 +105,33 @@ def test_command_line_exit_code_and_no_ray_started(tmp_path):
         "import sys, run_search; rc = run_search.main(sys.argv[1:]); "
         "assert 'ray' not in sys.modules and 'mlflow' not in sys.modules, 'imported too early'; sys.exit(rc)"
     )
-    out = subprocess.run([sys.executable, "-c", code, "search", "--config", str(QUICKSTART), "search.fraction.high=1.5"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code, "search", "--config", str(QUICKSTART), "search.fraction.high=1.5"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 2, out.stderr
     assert "search.fraction.high" in out.stderr and not (tmp_path / "mlflow.db").exists()
 
 
 def test_help_explains_every_command():
     for command in ("search", "resume", "pareto"):
-        out = subprocess.run([sys.executable, str(ROOT / "run_search.py"), command, "--help"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "run_search.py"), command, "--help"], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0 and "usage:" in out.stdout
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["search.placements=[[layer1, layer1]]"], "names a placement twice"),
-    (["search.placements=[[layer1, layer2], [layer2, layer1]]"], "placement sets repeat"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["search.placements=[[layer1, layer1]]"], "names a placement twice"),
+        (["search.placements=[[layer1, layer2], [layer2, layer1]]"], "placement sets repeat"),
+    ],
+)
 def test_more_bad_configs(overrides, message, capsys):
     assert run_search.main(["search", "--config", str(QUICKSTART), *overrides]) == 2
     assert message in capsys.readouterr().err
@@ -123,10 +144,14 @@ def test_only_numeric_override_strings_become_numbers():
 
 def test_relative_data_paths_become_absolute(shared_data, tmp_path, monkeypatch):
     monkeypatch.chdir(shared_data.parent)
-    spec = load_spec(ROOT / "search_spaces" / "cifar10.yaml", ["data.train_dir=data/cifar10/train",
-                     "data.test_dir=data/cifar10/test", "data.stimuli_dir=data/cue-conflict"])
+    spec = load_spec(
+        ROOT / "search_spaces" / "cifar10.yaml",
+        ["data.train_dir=data/cifar10/train", "data.test_dir=data/cifar10/test", "data.stimuli_dir=data/cue-conflict"],
+    )
     assert spec.data.train_dir.is_absolute()
-    assert spec.trial_config({"placement": "dense"}, 0)["data"]["train_dir"] == str((shared_data / "cifar10" / "train").resolve())
+    assert spec.trial_config({"placement": "dense"}, 0)["data"]["train_dir"] == str(
+        (shared_data / "cifar10" / "train").resolve()
+    )
 
 
 def test_per_layer_k_gives_each_placement_its_own_parameter_everywhere():
@@ -134,8 +159,10 @@ def test_per_layer_k_gives_each_placement_its_own_parameter_everywhere():
 
     from search_spaces.params import Params
 
-    spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml", ["search.fraction_per_placement=true",
-                     "search.placements=[[layer2, layer3]]"])
+    spec = load_spec(
+        ROOT / "search_spaces" / "quickstart.yaml",
+        ["search.fraction_per_placement=true", "search.placements=[[layer2, layer3]]"],
+    )
     trial = optuna.create_study().ask()
     params = spec.search.suggest(trial)
     assert set(trial.params) == {"placement", "fraction.layer2", "fraction.layer3"}
@@ -153,7 +180,16 @@ def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
 
     spec = load_spec(QUICKSTART, ["sampler=grid", "search.fraction.grid=3", "configurations=13"])
     assert spec.search.grid_space()["fraction"] == [0.02, 0.1, 0.5]  # log-spaced, ends exact
-    assert load_spec(QUICKSTART, ["search.fraction.grid=8"]).search.fraction.grid_values() == [0.02, 0.03168, 0.05017, 0.07946, 0.1258, 0.1993, 0.3157, 0.5]
+    assert load_spec(QUICKSTART, ["search.fraction.grid=8"]).search.fraction.grid_values() == [
+        0.02,
+        0.03168,
+        0.05017,
+        0.07946,
+        0.1258,
+        0.1993,
+        0.3157,
+        0.5,
+    ]
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=make_sampler(spec))
     asked = [study.ask() for _ in range(12)]  # all at once: as many running as the grid holds
     for trial in asked:
@@ -161,9 +197,15 @@ def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
     assert len({(t.params["placement"], t.params["fraction"]) for t in asked}) == 12
     for overrides, message in [
         (["sampler=grid"], "sampler: grid needs grid points for search.fraction: add grid: <count>"),
-        (["sampler=grid", "search.fraction.grid=3", "configurations=14"], "configurations 14 exceeds the grid's 12 points"),
+        (
+            ["sampler=grid", "search.fraction.grid=3", "configurations=14"],
+            "configurations 14 exceeds the grid's 12 points",
+        ),
         (["search.fraction.grid=[0.01, 0.1]"], "grid [0.01, 0.1] must list distinct values within [0.02, 0.5]"),
-        (["sampler=grid", "search.fraction.grid=3", "search.fraction_per_placement=true"], "cannot search per-placement"),
+        (
+            ["sampler=grid", "search.fraction.grid=3", "search.fraction_per_placement=true"],
+            "cannot search per-placement",
+        ),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_spec(QUICKSTART, overrides)

@@ -26,7 +26,7 @@ def test_splits_shapes_and_balance():
     assert torch.bincount(bench.train_labels).tolist() == [15, 15, 15, 15]
     # Every ordered pair (i, j), i != j, appears conflicts_per_pair times; none agree.
     assert len(bench.conflict) == 4 * 3 * 2
-    assert all(s != t for s, t in zip(bench.conflict.shapes, bench.conflict.textures))
+    assert all(s != t for s, t in zip(bench.conflict.shapes, bench.conflict.textures, strict=True))
     assert not torch.equal(bench.train_images[:30], bench.test_images)
 
 
@@ -47,7 +47,10 @@ def test_scored_by_the_shared_shape_bias_code():
     assert result.scored == len(bench.conflict) and result.excluded == 0
 
 
-@pytest.mark.parametrize("kwargs", [{"num_classes": 1}, {"num_classes": 9}, {"image_size": 8}, {"texture_strength": 1.5}, {"shape_contrast": -0.1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"num_classes": 1}, {"num_classes": 9}, {"image_size": 8}, {"texture_strength": 1.5}, {"shape_contrast": -0.1}],
+)
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         small(**kwargs)

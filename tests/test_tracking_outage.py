@@ -14,22 +14,34 @@ from search_spaces.params import Params
 from trainables.config import TrialConfig
 
 
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path / "server.log",
-                          serve_artifacts=True)
-    server.start()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: the outbox does the retrying
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One real server for the module (it takes seconds to start); each test stops and starts it."""
+    tmp_path = tmp_path_factory.mktemp("outage")
+    server = MlflowServer(
+        f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path / "server.log", serve_artifacts=True
+    )
     yield server
     server.stop()
 
 
-def _tracker(client):
-    """A tracker for one trial of a search whose parent run exists (made once per server)."""
-    experiment = client.get_experiment_by_name("outage")
-    experiment = experiment.experiment_id if experiment else client.create_experiment("outage")
-    parent = client.search_runs([experiment], "tags.role = 'parent'") or [client.create_run(experiment, tags={"role": "parent"})]
+@pytest.fixture
+def server(shared_server, monkeypatch):
+    """The module's server, answering as the test starts (a test before may have left it stopped)."""
+    if shared_server.process is None:
+        shared_server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_server.uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: the outbox does the retrying
+    return shared_server
+
+
+def _tracker(client, experiment_name):
+    """A tracker for one trial of a search whose parent run exists, in an experiment of the test's own."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    parent = client.search_runs([experiment], "tags.role = 'parent'") or [
+        client.create_run(experiment, tags={"role": "parent"})
+    ]
     search_config = {"configuration": "c001", "seed": 0, "params": Params("layer1", 0.1, 0.02, 5e-4, 16).to_dict()}
     return lambda: MLflowTrialTracker(parent[0].info.run_id, experiment, "t1", search_config)
 
@@ -37,9 +49,9 @@ def _tracker(client):
 CONFIG = TrialConfig.model_validate({"data": {"kind": "synthetic", "train_size": 32, "test_size": 12}})
 
 
-def test_epochs_logged_while_the_server_is_away_reach_it_even_through_a_lost_worker(server, capsys):
+def test_epochs_logged_while_the_server_is_away_reach_it_even_through_a_lost_worker(server, capsys, request):
     client = MlflowClient(server.uri)
-    new_tracker = _tracker(client)
+    new_tracker = _tracker(client, request.node.name)
     first = new_tracker()
     slot = first.start(CONFIG, {})
     first.log_epoch({"epoch": 1, "accuracy": 0.1})
@@ -63,29 +75,39 @@ def test_epochs_logged_while_the_server_is_away_reach_it_even_through_a_lost_wor
     again.finish(None)
 
     run = client.get_run(slot["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["restarts"] == "1" and run.data.tags["resumed_after_epoch"] == "2"
-    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "accuracy")] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert (
+        run.info.status == "FINISHED"
+        and run.data.tags["restarts"] == "1"
+        and run.data.tags["resumed_after_epoch"] == "2"
+    )
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "accuracy")] == [
+        (1, 0.1),
+        (2, 0.2),
+        (3, 0.3),
+    ]
     assert "answers again after" in capsys.readouterr().err
     assert len(client.search_runs([run.info.experiment_id], "tags.configuration = 'c001'")) == 1
 
 
-def test_a_trial_waits_for_the_server_to_close_its_run_and_gives_up_after_its_patience(server, capsys):
+def test_a_trial_waits_for_the_server_to_close_its_run_and_gives_up_after_its_patience(server, capsys, request):
     client = MlflowClient(server.uri)
-    tracker = _tracker(client)()
+    tracker = _tracker(client, request.node.name)()
     slot = tracker.start(CONFIG, {})
     server.stop()
     tracker.log_epoch({"epoch": 1, "accuracy": 0.1})
     tracker.outbox.patience_s, tracker.outbox.retry_every_s = 2, 0.5
-    with pytest.raises(ConnectionError, match=r"did not answer for \d+ s while trial c001-seed0 tried to write 2 queued"):
+    with pytest.raises(
+        ConnectionError, match=r"did not answer for \d+ s while trial c001-seed0 tried to write 2 queued"
+    ):
         tracker.finish(None)
     server.start()
     tracker.finish(None)  # a later attempt (Ray's retry) gets through
     assert [m.step for m in client.get_metric_history(slot["mlflow_run_id"], "accuracy")] == [1]
 
 
-def test_the_queue_is_bounded_past_it_an_epoch_waits_for_the_server(server):
+def test_the_queue_is_bounded_past_it_an_epoch_waits_for_the_server(server, request):
     client = MlflowClient(server.uri)
-    tracker = _tracker(client)()
+    tracker = _tracker(client, request.node.name)()
     slot = tracker.start(CONFIG, {})
     tracker.outbox.max_pending, tracker.outbox.patience_s, tracker.outbox.retry_every_s = 6, 1, 0.5
     server.stop()
@@ -103,17 +125,17 @@ def test_a_refused_write_is_not_retried(server):
         outbox.call("read a run", client.get_run, "0" * 32)
 
 
-def test_a_trial_costs_the_tracking_server_one_request_per_epoch_and_a_few_around_them(server, tmp_path):
+def test_a_trial_costs_the_tracking_server_one_request_per_epoch_and_a_few_around_them(server, tmp_path, request):
     """The request budget docs/scaling.md scales up: counted in the server's own access log."""
     client = MlflowClient(server.uri)
-    tracker = _tracker(client)()
+    tracker = _tracker(client, request.node.name)()
     served = _requests(server)
     tracker.start(CONFIG, {})
     for epoch in range(1, 6):
         tracker.log_epoch({"epoch": epoch, "accuracy": 0.1 * epoch, "shape_bias": 0.5, "train_loss": 1.0})
     tracker.finish(None, checkpoint_uri=str(tmp_path / "checkpoint"))
     server.stop()  # flushes the access log
-    requests = _requests(server)[len(served):]
+    requests = _requests(server)[len(served) :]
     assert sum("/runs/log-batch" in r for r in requests) == 1 + 5, requests  # the parameters, then one per epoch
     # Around the epochs: search for an earlier attempt's run, create, parameters, trial_config.yaml
     # (a run lookup and an upload), inputs, the checkpoint tag, and closing (a lookup and an update).

@@ -1,20 +1,14 @@
 """One trial: exact resume, failure modes, the command line, and the real Ray Tune trainable."""
 
-import math
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, cli
 from conftest import TINY_TRIAL as TINY
 from trainables.config import TrialConfig
 from trainables.evaluate import HOLDOUT_METRICS
 from trainables.train import METRICS, NonFiniteLossError, train_and_evaluate
-
 
 
 class Stop(Exception):
@@ -32,11 +26,16 @@ def test_every_epoch_reports_all_metrics_and_the_last_is_the_result():
     assert all(set(m) == set(METRICS) | set(HOLDOUT_METRICS) for m, _ in reports[:-1])
     # The last epoch adds each shape category's own shape bias on the report set (the synthetic classes here).
     per_category = set(reports[-1][0]) - set(METRICS) - set(HOLDOUT_METRICS)
-    assert per_category == {f"shape_bias_holdout.{c}" for c in ("circle", "square", "triangle", "star", "cross", "ring")}
+    assert per_category == {
+        f"shape_bias_holdout.{c}" for c in ("circle", "square", "triangle", "star", "cross", "ring")
+    }
     assert result == reports[-1][0]
     # The two sets are different images: the numbers differ, and each CSV re-scores to its own.
     files = reports[-1][1]["decision_files"]
-    assert set(files) == {"decisions.csv", "decisions_holdout.csv"} and files["decisions.csv"] != files["decisions_holdout.csv"]
+    assert (
+        set(files) == {"decisions.csv", "decisions_holdout.csv"}
+        and files["decisions.csv"] != files["decisions_holdout.csv"]
+    )
     assert all("decision_files" not in state for _, state in reports[:-1])
     assert 0 <= result["accuracy"] <= 1 and result["images_per_s"] > 0
     assert set(reports[-1][1]) >= {"model", "optimizer", "scheduler", "epoch", "metrics", "rng", "tracking"}
@@ -104,10 +103,15 @@ def test_cifar10_folders_with_geirhos_stimuli(shared_data, in_memory_limit):
     config = TrialConfig.model_validate(
         {
             "data": {
-                "kind": "folder", "train_dir": str(shared_data / "cifar10" / "train"),
-                "test_dir": str(shared_data / "cifar10" / "test"), "stimuli_dir": str(shared_data / "cue-conflict"),
-                "label_space": "cifar10", "image_size": 32, "max_per_class": 8,
-                "in_memory_limit": in_memory_limit, "workers": 0,
+                "kind": "folder",
+                "train_dir": str(shared_data / "cifar10" / "train"),
+                "test_dir": str(shared_data / "cifar10" / "test"),
+                "stimuli_dir": str(shared_data / "cue-conflict"),
+                "label_space": "cifar10",
+                "image_size": 32,
+                "max_per_class": 8,
+                "in_memory_limit": in_memory_limit,
+                "workers": 0,
             },
             "training": {"epochs": 1, "batch_size": 16, "threads": 1},
         }
@@ -130,8 +134,10 @@ def test_unknown_class_names_fail_before_training(shared_data, tmp_path):
     config = TrialConfig.model_validate(
         {
             "data": {
-                "kind": "folder", "train_dir": str(shared_data / "cifar10" / "train"),
-                "test_dir": str(shared_data / "cifar10" / "test"), "stimuli_dir": str(shared_data / "cue-conflict"),
+                "kind": "folder",
+                "train_dir": str(shared_data / "cifar10" / "train"),
+                "test_dir": str(shared_data / "cifar10" / "test"),
+                "stimuli_dir": str(shared_data / "cue-conflict"),
                 "label_space": "categories",
             },
         }
@@ -142,14 +148,24 @@ def test_unknown_class_names_fail_before_training(shared_data, tmp_path):
 
 def test_missing_data_path_is_a_config_error(tmp_path):
     with pytest.raises(ValueError, match=str(tmp_path / "nowhere")):
-        TrialConfig.model_validate({"data": {"kind": "folder", "train_dir": str(tmp_path / "nowhere"), "test_dir": str(tmp_path), "stimuli_dir": str(tmp_path)}})
+        TrialConfig.model_validate(
+            {
+                "data": {
+                    "kind": "folder",
+                    "train_dir": str(tmp_path / "nowhere"),
+                    "test_dir": str(tmp_path),
+                    "stimuli_dir": str(tmp_path),
+                }
+            }
+        )
 
 
 def test_command_line_trains_resumes_and_rejects_bad_config(tmp_path):
     config = tmp_path / "trial.yaml"
     config.write_text(yaml.safe_dump({**TINY, "training": {**TINY["training"], "epochs": 2}}))
-    run = lambda *args: subprocess.run([sys.executable, "-m", "trainables.trial", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    out = run("--config", str(config), "--checkpoint-dir", str(tmp_path / "ckpt"))
+    # The first run in a real process (its exit code); the others in this one, which is quicker.
+    run = lambda *args, fresh=False: cli(*args, cwd=ROOT, module="trainables.trial", timeout=300, fresh=fresh)
+    out = run("--config", str(config), "--checkpoint-dir", str(tmp_path / "ckpt"), fresh=True)
     assert out.returncode == 0, out.stderr
     assert "epoch   2" in out.stdout and (tmp_path / "ckpt" / "state.pt").is_file()
     again = run("--config", str(config), "--checkpoint-dir", str(tmp_path / "ckpt"))
@@ -173,8 +189,13 @@ def test_undecodable_training_image_is_named_before_training(shared_data, tmp_pa
     (tmp_path / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     config = TrialConfig.model_validate(
         {
-            "data": {"kind": "folder", "train_dir": str(tmp_path / "train"), "test_dir": str(tmp_path / "test"),
-                     "stimuli_dir": str(shared_data / "cue-conflict"), "label_space": "categories"},
+            "data": {
+                "kind": "folder",
+                "train_dir": str(tmp_path / "train"),
+                "test_dir": str(tmp_path / "test"),
+                "stimuli_dir": str(shared_data / "cue-conflict"),
+                "label_space": "categories",
+            },
             "training": {"epochs": 1, "batch_size": 4, "threads": 1},
         }
     )
@@ -195,8 +216,15 @@ def test_imagenet_folders_are_reduced_to_the_16_categories(shared_data, tmp_path
             for i, image in enumerate(sorted((shared_data / "cifar10" / split / source).iterdir())[:3]):
                 (folder / f"{i}.JPEG").write_bytes(image.read_bytes())
     config = TrialConfig.model_validate(
-        {"data": {"kind": "folder", "train_dir": str(tmp_path / "train"), "test_dir": str(tmp_path / "test"),
-                  "stimuli_dir": str(shared_data / "cue-conflict"), "label_space": "imagenet16"}}
+        {
+            "data": {
+                "kind": "folder",
+                "train_dir": str(tmp_path / "train"),
+                "test_dir": str(tmp_path / "test"),
+                "stimuli_dir": str(shared_data / "cue-conflict"),
+                "label_space": "imagenet16",
+            }
+        }
     )
     data = config.data.build(batch_size=2, seed=0, augment=False)
     from trainables.label_spaces import CATEGORIES

@@ -10,8 +10,9 @@ the batches an uninterrupted one would; the training loop normalises on the devi
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -75,10 +76,10 @@ class InMemoryBatches:
 
 def _decode(path: Path, size: int) -> np.ndarray:
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
             if image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
+                image = image.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(image)
     except Exception as error:  # PIL raises several unrelated types for broken files
         raise ValueError(f"cannot decode image {path}: {error}") from error
@@ -124,8 +125,14 @@ class StreamingBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator,
-            num_workers=self.workers, pin_memory=self.pin_memory, persistent_workers=False,
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=generator,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
         )
         try:
             yield from loader
@@ -145,8 +152,10 @@ def list_samples(root: Path, labels: dict[str, int], max_per_class: int | None) 
             raise ValueError(f"cannot read class folder {root / folder}: {error.strerror}") from None
         if not files:
             # Its class would be a head output no image ever trains or tests.
-            raise ValueError(f"class folder {root / folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                             "remove it or fill it")
+            raise ValueError(
+                f"class folder {root / folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                "remove it or fill it"
+            )
         samples += [(path, label) for path in files[:max_per_class]]
     if not samples:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
@@ -154,8 +163,10 @@ def list_samples(root: Path, labels: dict[str, int], max_per_class: int | None) 
 
 
 @functools.lru_cache(maxsize=4)
-def decode_folder(root: Path, labels: tuple[tuple[str, int], ...], size: int, max_per_class: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_folder(
+    root: Path, labels: tuple[tuple[str, int], ...], size: int, max_per_class: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a class-folder tree as uint8 (N, 3, size, size) and labels, once per process."""
     samples = list_samples(root, dict(labels), max_per_class)
     images = np.stack([_decode(path, size) for path, _ in samples])
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor([l for _, l in samples])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor([label for _, label in samples])

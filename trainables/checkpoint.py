@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -52,11 +53,15 @@ def load_checkpoint(location: str | Path) -> dict[str, Any]:
     except Exception as error:
         # torch's own message for a foreign file suggests weights_only=False, which would run
         # whatever code the file holds: never pass that advice on.
-        raise CheckpointError(f"{location}/state.pt is not a readable trial checkpoint (truncated, or written "
-                              f"by something else: {type(error).__name__}); delete it to start afresh") from None
-    if not isinstance(state, dict) or not RESUME_KEYS <= set(state):
-        raise CheckpointError(f"{location}/state.pt is not a trial checkpoint (it lacks "
-                              f"{sorted(RESUME_KEYS - set(state)) if isinstance(state, dict) else 'a mapping'})")
+        raise CheckpointError(
+            f"{location}/state.pt is not a readable trial checkpoint (truncated, or written "
+            f"by something else: {type(error).__name__}); delete it to start afresh"
+        ) from None
+    if not isinstance(state, dict) or not set(state) >= RESUME_KEYS:
+        raise CheckpointError(
+            f"{location}/state.pt is not a trial checkpoint (it lacks "
+            f"{sorted(RESUME_KEYS - set(state)) if isinstance(state, dict) else 'a mapping'})"
+        )
     return state
 
 
@@ -78,7 +83,9 @@ def labels_of(class_names: Sequence[str], mapping: LabelMapping) -> dict[str, li
 
 def mapping_of(labels: dict[str, list]) -> LabelMapping:
     """The `LabelMapping` that `labels_of` recorded."""
-    return LabelMapping(tuple(labels["categories"]), tuple(tuple(m) for m in labels["members"]), len(labels["class_names"]))
+    return LabelMapping(
+        tuple(labels["categories"]), tuple(tuple(m) for m in labels["members"]), len(labels["class_names"])
+    )
 
 
 def restore_model(state: dict[str, Any]) -> tuple[torch.nn.Module, TrialConfig]:
@@ -87,7 +94,11 @@ def restore_model(state: dict[str, Any]) -> tuple[torch.nn.Module, TrialConfig]:
     if missing:
         raise ValueError(f"checkpoint lacks {sorted(missing)}: it predates checkpoints that carry their config")
     config = TrialConfig.model_validate(state["config"], context={"check_paths": False})
-    model = build_model(num_classes=len(state["labels"]["class_names"]), stem=config.model.stem, topk=config.model.topk,
-                        arch=config.model.arch)  # the weights are the checkpoint's, not config.model.weights
+    model = build_model(
+        num_classes=len(state["labels"]["class_names"]),
+        stem=config.model.stem,
+        topk=config.model.topk,
+        arch=config.model.arch,
+    )  # the weights are the checkpoint's, not config.model.weights
     model.load_state_dict(state["model"])
     return model.eval(), config

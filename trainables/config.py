@@ -33,7 +33,7 @@ class ModelConfig(Strict):
     head: Literal["data", "imagenet1k"] = "data"
 
     @model_validator(mode="after")
-    def _fits_arch(self) -> "ModelConfig":
+    def _fits_arch(self) -> ModelConfig:
         if self.stem == "cifar" and self.arch not in RESNETS:
             raise ValueError(f"stem: cifar is a ResNet stem; {self.arch} takes stem: imagenet")
         check_placements(self.topk, self.arch)
@@ -79,7 +79,7 @@ class TrialConfig(Strict):
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _sections_agree(self) -> "TrialConfig":
+    def _sections_agree(self) -> TrialConfig:
         check_sections(self.data, self.model, self.training)
         return self
 
@@ -88,13 +88,16 @@ def check_sections(data: DataSource, model: ModelConfig, training: TrainingConfi
     """What the data, model and training sections require of each other (ValueError if not met)."""
     if model.head == "imagenet1k":
         if training.epochs != 0:
-            raise ValueError("model.head: imagenet1k scores pretrained ImageNet weights and trains nothing; "
-                             "set training.epochs: 0")
+            raise ValueError(
+                "model.head: imagenet1k scores pretrained ImageNet weights and trains nothing; set training.epochs: 0"
+            )
         if model.weights is None:
             raise ValueError("model.head: imagenet1k needs model.weights (torchvision's ImageNet weights file)")
         if not data.names_categories():
-            raise ValueError("model.head: imagenet1k needs folder data with label_space imagenet16 (WordNet-id "
-                             "folders) or categories (folders named by the 16 categories)")
+            raise ValueError(
+                "model.head: imagenet1k needs folder data with label_space imagenet16 (WordNet-id "
+                "folders) or categories (folders named by the 16 categories)"
+            )
     if training.epochs == 0 and model.weights is None:
         raise ValueError("training.epochs: 0 evaluates a model without training it: set model.weights")
 

@@ -14,10 +14,10 @@ import functools
 import io
 import math
 import re
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class Stimuli:
     def __len__(self) -> int:
         return len(self.names)
 
-    def subset(self, indices: Sequence[int]) -> "Stimuli":
+    def subset(self, indices: Sequence[int]) -> Stimuli:
         """The stimuli at `indices`, in that order."""
         return Stimuli(
             images=self.images[list(indices)],
@@ -60,7 +60,7 @@ def split_stimuli(stimuli: Stimuli) -> tuple[Stimuli, Stimuli]:
     image to the selection half and the next odd group gives it to the report half.
     """
     groups: dict[tuple[str, str], list[int]] = {}
-    for i, key in enumerate(zip(stimuli.shapes, stimuli.textures)):
+    for i, key in enumerate(zip(stimuli.shapes, stimuli.textures, strict=True)):
         groups.setdefault(key, []).append(i)
     halves: tuple[list[int], list[int]] = ([], [])
     turn = 0
@@ -121,14 +121,11 @@ def _load_stimuli_cached(root: Path) -> Stimuli:
         for path in pngs:
             match = _STIMULUS_NAME.match(path.name)
             if match is None or match["shape"] != folder.name:
-                raise ValueError(
-                    f"{path} is not a cue-conflict stimulus: expected '{folder.name}<i>-<texture><j>.png'"
-                )
+                raise ValueError(f"{path} is not a cue-conflict stimulus: expected '{folder.name}<i>-<texture><j>.png'")
             files.append((path, match["shape"], match["texture"]))
     if not files:
         raise ValueError(
-            f"no stimuli in {root}: expected one folder per shape class holding "
-            "'<shape><i>-<texture><j>.png' files"
+            f"no stimuli in {root}: expected one folder per shape class holding '<shape><i>-<texture><j>.png' files"
         )
     # PIL releases the GIL while decoding, so threads decode in parallel.
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -184,14 +181,19 @@ def score_decisions(
 
 
 def shape_bias_per_category(
-    decisions: Sequence[str], shapes: Sequence[str], textures: Sequence[str], nameable: Iterable[str],
+    decisions: Sequence[str],
+    shapes: Sequence[str],
+    textures: Sequence[str],
+    nameable: Iterable[str],
 ) -> dict[str, float]:
     """Shape bias over the conflict images of each shape category the model can name (NaN-free)."""
     nameable = set(nameable)
     biases = {}
     for category in sorted({shape for shape in shapes if shape in nameable}):
         mine = [i for i, shape in enumerate(shapes) if shape == category]
-        result = score_decisions([decisions[i] for i in mine], [shapes[i] for i in mine], [textures[i] for i in mine], nameable)
+        result = score_decisions(
+            [decisions[i] for i in mine], [shapes[i] for i in mine], [textures[i] for i in mine], nameable
+        )
         if math.isfinite(result.shape_bias):  # no shape or texture decision at all: nothing to report
             biases[category] = result.shape_bias
     return biases

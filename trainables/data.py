@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -87,7 +87,7 @@ class DataSource(Strict):
         """Each part as a tracking system's input record, with the digests taken when the search started."""
         raise NotImplementedError
 
-    def for_evaluation(self, stimuli_dir: Path | None = None, test_dir: Path | None = None) -> "DataSource":
+    def for_evaluation(self, stimuli_dir: Path | None = None, test_dir: Path | None = None) -> DataSource:
         """The same source scored on other stimuli or test folders; ValueError if it has none to swap."""
         raise NotImplementedError
 
@@ -118,9 +118,14 @@ class SyntheticData(DataSource):
         bench = _benchmark(self)
         return TrialData(
             train=InMemoryBatches(bench.train_images, bench.train_labels, batch_size, seed, augment),
-            test_images=bench.test_images, test_labels=bench.test_labels, stimuli=bench.conflict,
-            holdout=bench.holdout, mapping=native_mapping(bench.class_names), class_names=bench.class_names,
-            image_size=self.image_size, train_size=len(bench.train_labels),
+            test_images=bench.test_images,
+            test_labels=bench.test_labels,
+            stimuli=bench.conflict,
+            holdout=bench.holdout,
+            mapping=native_mapping(bench.class_names),
+            class_names=bench.class_names,
+            image_size=self.image_size,
+            train_size=len(bench.train_labels),
         )
 
     def fingerprint(self) -> dict[str, str]:
@@ -131,16 +136,22 @@ class SyntheticData(DataSource):
     def inputs(self, digests: dict[str, str]) -> list[DataInput]:
         settings = {k: str(v) for k, v in self.model_dump(mode="json").items()}
         names = {"train": "synthetic-train", "test": "synthetic-test", "stimuli": "synthetic-cue-conflict"}
-        return [DataInput(part, names[part], digests[part][:16], "code", {"tags": {**settings, "split": part}})
-                for part in PARTS]
+        return [
+            DataInput(part, names[part], digests[part][:16], "code", {"tags": {**settings, "split": part}})
+            for part in PARTS
+        ]
 
-    def for_evaluation(self, stimuli_dir: Path | None = None, test_dir: Path | None = None) -> "SyntheticData":
+    def for_evaluation(self, stimuli_dir: Path | None = None, test_dir: Path | None = None) -> SyntheticData:
         if test_dir is not None:
-            raise ValueError(f"--data {test_dir}: this model was trained on the synthetic benchmark, which is "
-                             "generated from its settings; --data takes a class-folder tree for folder-trained models")
+            raise ValueError(
+                f"--data {test_dir}: this model was trained on the synthetic benchmark, which is "
+                "generated from its settings; --data takes a class-folder tree for folder-trained models"
+            )
         if stimuli_dir is not None:
-            raise ValueError(f"--stimuli {stimuli_dir}: this model was trained on the synthetic benchmark, whose "
-                             "cue-conflict images are generated; --stimuli applies to folder-trained models")
+            raise ValueError(
+                f"--stimuli {stimuli_dir}: this model was trained on the synthetic benchmark, whose "
+                "cue-conflict images are generated; --stimuli applies to folder-trained models"
+            )
         return self
 
     def train_images(self) -> int | None:
@@ -156,7 +167,7 @@ class FolderData(DataSource):
     stimuli_dir: Path
     # cifar10: the 7 shared classes; imagenet16: WordNet-id folders reduced to the 16 categories;
     # categories: folder names are category names; a mapping: {category: [folder names]}.
-    label_space: Union[Literal["cifar10", "imagenet16", "categories"], dict[str, list[str]]] = "cifar10"
+    label_space: Literal["cifar10", "imagenet16", "categories"] | dict[str, list[str]] = "cifar10"
     max_per_class: int | None = Field(None, ge=1)
     # Training sets up to this many images are decoded once into memory (augmented by pad-crop +
     # flip); larger ones stream from disk (RandomResizedCrop + flip). The test split is always
@@ -193,18 +204,21 @@ class FolderData(DataSource):
         else:
             dataset = FolderImages(train_samples, self.image_size, augment)
             train = StreamingBatches(dataset, batch_size, seed, self.workers, pin_memory)
-        return TrialData(train, test_images, test_labels, stimuli, holdout, mapping, class_names, self.image_size,
-                         len(train_samples))
+        return TrialData(
+            train, test_images, test_labels, stimuli, holdout, mapping, class_names, self.image_size, len(train_samples)
+        )
 
     def fingerprint(self) -> dict[str, str]:
         # The listing: relative path and size of every file.
         return {part: _listing_digest(self._folder(part)) for part in PARTS}
 
     def inputs(self, digests: dict[str, str]) -> list[DataInput]:
-        return [DataInput(part, f"{path.parent.name}/{path.name}", digests[part][:16], "local", {"uri": str(path)})
-                for part, path in ((part, self._folder(part)) for part in PARTS)]
+        return [
+            DataInput(part, f"{path.parent.name}/{path.name}", digests[part][:16], "local", {"uri": str(path)})
+            for part, path in ((part, self._folder(part)) for part in PARTS)
+        ]
 
-    def for_evaluation(self, stimuli_dir: Path | None = None, test_dir: Path | None = None) -> "FolderData":
+    def for_evaluation(self, stimuli_dir: Path | None = None, test_dir: Path | None = None) -> FolderData:
         changes = {k: v for k, v in (("stimuli_dir", stimuli_dir), ("test_dir", test_dir)) if v is not None}
         return self.model_copy(update=changes)
 
@@ -223,8 +237,9 @@ class FolderData(DataSource):
         if space == "categories":
             unknown = [f for f in folders if f not in CATEGORIES]
             if unknown:
-                raise ValueError(f"class folders {unknown} in {root} are not cue-conflict categories: "
-                                 f"{', '.join(CATEGORIES)}")
+                raise ValueError(
+                    f"class folders {unknown} in {root} are not cue-conflict categories: {', '.join(CATEGORIES)}"
+                )
             return tuple(folders), in_order, native_mapping(folders)
         if space == "imagenet16":
             # WordNet-id folders reduced to the 16 categories; other ImageNet classes are left out.
@@ -240,7 +255,7 @@ class FolderData(DataSource):
 
 
 # The sources a trial's `data:` may name, told apart by `kind`.
-DataSettings = Annotated[Union[SyntheticData, FolderData], Field(discriminator="kind")]
+DataSettings = Annotated[SyntheticData | FolderData, Field(discriminator="kind")]
 
 
 def _listing_digest(root: Path) -> str:
@@ -258,8 +273,13 @@ def _sha256(text: str) -> str:
 def _benchmark(data: SyntheticData) -> SyntheticBenchmark:
     """The benchmark, generated once per process for each setting (a reused worker keeps it)."""
     return make_benchmark(
-        num_classes=data.num_classes, image_size=data.image_size, train_size=data.train_size,
-        test_size=data.test_size, conflicts_per_pair=data.conflicts_per_pair,
-        texture_strength=data.texture_strength, shape_contrast=data.shape_contrast, seed=data.seed,
+        num_classes=data.num_classes,
+        image_size=data.image_size,
+        train_size=data.train_size,
+        test_size=data.test_size,
+        conflicts_per_pair=data.conflicts_per_pair,
+        texture_strength=data.texture_strength,
+        shape_contrast=data.shape_contrast,
+        seed=data.seed,
         report_set=data.split == "half",
     )

@@ -9,8 +9,8 @@ per-image decisions as model-vs-human CSV. Its metric names are the ones every t
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -86,7 +86,7 @@ def evaluate(
     detailed: bool = False,
     subject: str = "model",
 ) -> Evaluation:
-    """Accuracy and shape bias (with shape and texture accuracy) of `model`; per category and per image if `detailed`."""
+    """Accuracy and shape bias (with shape and texture accuracy) of `model`; per category and image if `detailed`."""
     with eval_mode(model):
         mapping = outputs.mapping if outputs.by_category else None
         metrics = {ACCURACY: accuracy(model, data.test_images, outputs.test_targets, data.image_size, device, mapping)}
@@ -102,21 +102,30 @@ def evaluate(
             if detailed and suffix == sets[-1][0]:
                 # Categories differ (the paper's ablation): each one's own, on the report set.
                 for category, value in shape_bias_per_category(
-                        decided, stimuli.shapes, stimuli.textures, outputs.mapping.categories).items():
+                    decided, stimuli.shapes, stimuli.textures, outputs.mapping.categories
+                ).items():
                     metrics[per_category(SHAPE_BIAS + suffix, category)] = value
     return Evaluation(metrics, decisions, len(outputs.test_targets) + sum(len(s) for _, s in sets))
 
 
 def stimuli_metrics(result: ShapeBiasResult, suffix: str = "") -> dict[str, float]:
     """A shape-bias result under its metric names (`suffix` HOLDOUT for the report set)."""
-    return {SHAPE_BIAS + suffix: result.shape_bias, SHAPE_ACCURACY + suffix: result.shape_accuracy,
-            TEXTURE_ACCURACY + suffix: result.texture_accuracy}
+    return {
+        SHAPE_BIAS + suffix: result.shape_bias,
+        SHAPE_ACCURACY + suffix: result.shape_accuracy,
+        TEXTURE_ACCURACY + suffix: result.texture_accuracy,
+    }
 
 
 @torch.no_grad()
 def accuracy(
-    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, image_size: int,
-    device: torch.device | str = "cpu", mapping: LabelMapping | None = None, batch_size: int = 256,
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    image_size: int,
+    device: torch.device | str = "cpu",
+    mapping: LabelMapping | None = None,
+    batch_size: int = 256,
 ) -> float:
     """Top-1 accuracy on uint8 images; with `mapping`, of the category decision (labels are categories)."""
     correct = 0

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -43,8 +44,9 @@ def parse_yaml(text: str) -> Any:
     except yaml.YAMLError as error:
         raise YamlError(f"not valid YAML: {' '.join(str(error).split())[:300]}") from None
     if _expanded_size(value, {}) > MAX_YAML_NODES:
-        raise YamlError(f"expands to more than {MAX_YAML_NODES} values through aliases (*name): "
-                        "write the settings out instead")
+        raise YamlError(
+            f"expands to more than {MAX_YAML_NODES} values through aliases (*name): write the settings out instead"
+        )
     return value
 
 

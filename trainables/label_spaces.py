@@ -9,9 +9,9 @@ synthetic benchmark's own classes, and any {category: [class names]} table.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Mapping, Sequence
 
 import torch
 
@@ -41,11 +41,10 @@ class LabelMapping:
     def __post_init__(self) -> None:
         if len(self.categories) != len(self.members) or not self.categories:
             raise ValueError("a label mapping needs one non-empty member list per category")
-        for category, indices in zip(self.categories, self.members):
+        for category, indices in zip(self.categories, self.members, strict=False):
             if not indices or any(not 0 <= i < self.num_classes for i in indices):
                 raise ValueError(
-                    f"category {category!r} has member indices {list(indices)} outside "
-                    f"0..{self.num_classes - 1}"
+                    f"category {category!r} has member indices {list(indices)} outside 0..{self.num_classes - 1}"
                 )
 
     def category_scores(self, logits: torch.Tensor) -> torch.Tensor:
@@ -61,9 +60,7 @@ class LabelMapping:
         return [self.categories[i] for i in best.tolist()]
 
 
-def mapping_from_names(
-    class_names: Sequence[str], categories: Mapping[str, Sequence[str]]
-) -> LabelMapping:
+def mapping_from_names(class_names: Sequence[str], categories: Mapping[str, Sequence[str]]) -> LabelMapping:
     """Mapping from a {category: [class names]} table over a model's ordered class names."""
     index = {name: i for i, name in enumerate(class_names)}
     names, members = [], []
@@ -71,8 +68,7 @@ def mapping_from_names(
         unknown = [n for n in member_names if n not in index]
         if unknown:
             raise ValueError(
-                f"category {category!r} names unknown classes {unknown}; model classes: "
-                f"{', '.join(class_names)}"
+                f"category {category!r} names unknown classes {unknown}; model classes: {', '.join(class_names)}"
             )
         names.append(category)
         members.append(tuple(index[n] for n in member_names))
@@ -97,9 +93,7 @@ IMAGENET_OUTPUTS = tuple(f"imagenet-{i}" for i in range(1000))
 def imagenet_mapping() -> LabelMapping:
     """ImageNet-1k: 207 member classes over the 16 categories."""
     table = imagenet16_table()
-    return LabelMapping(
-        tuple(table), tuple(tuple(v["imagenet_indices"]) for v in table.values()), 1000
-    )
+    return LabelMapping(tuple(table), tuple(tuple(v["imagenet_indices"]) for v in table.values()), 1000)
 
 
 def cifar10_mapping(class_names: Sequence[str] = CIFAR10_CLASSES) -> LabelMapping:

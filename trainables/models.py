@@ -11,10 +11,11 @@ what every model here takes as input: uint8 images resized and ImageNet-normalis
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable, Literal, Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +25,18 @@ from torchvision.models import alexnet, resnet18, resnet50, vgg16
 from trainables.topk import TopK, check_fraction, kept_per_channel
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": resnet18, "resnet50": resnet50, "vgg16": vgg16, "alexnet": alexnet,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vgg16": vgg16,
+    "alexnet": alexnet,
 }
 Arch = Literal["resnet18", "resnet50", "vgg16", "alexnet"]
 # The file names torchvision gives its ImageNet weights (in ~/.cache/torch/hub/checkpoints/).
 WEIGHT_FILES = {
-    "resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth",
-    "vgg16": "vgg16-397923af.pth", "alexnet": "alexnet-owt-7be5be79.pth",
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+    "vgg16": "vgg16-397923af.pth",
+    "alexnet": "alexnet-owt-7be5be79.pth",
 }
 # Named placement sets; `after_every_pool` is where the authors put Top-K (BRIEF section 8).
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -64,7 +70,7 @@ def _skeleton(arch: str, stem: str, num_classes: int = 1000) -> nn.Module:
     return model
 
 
-@lru_cache(maxsize=None)
+@cache
 def _layout(arch: str) -> nn.Module:
     """`arch`'s module tree on the meta device, built once: names and nesting, no memory. Read only."""
     _check_arch(arch)
@@ -72,7 +78,7 @@ def _layout(arch: str) -> nn.Module:
         return _skeleton(arch, "imagenet")
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_names(arch: str = "resnet18") -> tuple[str, ...]:
     """Every placement name `arch` accepts: `stem` for ResNets, then its modules in definition order."""
     names = tuple(name for name, _ in _layout(arch).named_modules() if name)
@@ -98,7 +104,7 @@ def expand_preset(names: list[str], arch: str = "resnet18") -> list[str]:
 
 def _module(model: nn.Module, name: str) -> nn.Module:
     # The ResNet stem ends at maxpool (an Identity for the cifar stem).
-    return model.maxpool if name == "stem" else model.get_submodule(name)
+    return model.get_submodule("maxpool" if name == "stem" else name)
 
 
 def _output_of(model: nn.Module, name: str) -> str:
@@ -122,8 +128,11 @@ def check_placements(topk: Mapping[str, float], arch: str = "resnet18") -> dict[
                 hint = f"valid: {', '.join(valid)}"
             else:  # too many to list: the nearest names, then the main ones
                 near = difflib.get_close_matches(name, valid, n=6, cutoff=0.5)
-                hint = (f"valid: any module of torchvision's {arch}" + (f"; nearest: {', '.join(near)}" if near else "")
-                        + f"; the main ones: {', '.join(placements(arch))}")
+                hint = (
+                    f"valid: any module of torchvision's {arch}"
+                    + (f"; nearest: {', '.join(near)}" if near else "")
+                    + f"; the main ones: {', '.join(placements(arch))}"
+                )
             raise ValueError(f"unknown Top-K placement {name!r} for {arch}; {hint}")
         checked[name] = check_fraction(fraction)
     seen: dict[str, str] = {}
@@ -188,11 +197,14 @@ def load_weights(model: nn.Module, path: str | Path, arch: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(
             f"weights file {path} not found: expected torchvision's {arch} ImageNet weights (a state dict such "
-            f"as {WEIGHT_FILES[arch]}, in ~/.cache/torch/hub/checkpoints/ on a machine that downloaded them)")
+            f"as {WEIGHT_FILES[arch]}, in ~/.cache/torch/hub/checkpoints/ on a machine that downloaded them)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"weights file {path} is not a readable state dict ({type(error).__name__}: {error})") from None
+        raise ValueError(
+            f"weights file {path} is not a readable state dict ({type(error).__name__}: {error})"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a trial checkpoint also holds its weights under "model"
     if not isinstance(state, dict):
@@ -219,7 +231,10 @@ class PlacementInfo:
 
 
 def describe_placements(
-    input_size: int, stem: Stem = "imagenet", topk: Mapping[str, float] | None = None, arch: Arch = "resnet18",
+    input_size: int,
+    stem: Stem = "imagenet",
+    topk: Mapping[str, float] | None = None,
+    arch: Arch = "resnet18",
 ) -> list[PlacementInfo]:
     """For a square input of `input_size` px: each listed placement's feature-map size and kept count."""
     checked = check_placements(topk or {}, arch)

@@ -7,7 +7,7 @@ records the RNG state and the thread count a trial really used.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """All RNG states, as plain tensors and lists a weights_only checkpoint can hold."""
-    numpy_state = np.random.get_state()
+    numpy_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))  # ("MT19937", keys, pos, ...)
     state = {
         "torch": torch.get_rng_state(),
         "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),

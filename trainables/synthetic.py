@@ -137,7 +137,14 @@ class SyntheticBenchmark:
     holdout: Stimuli | None = None  # a second conflict set from an independent seed (report_set=True)
 
 
-def _render_chunked(shape_class, texture_class, image_size, g, strength, contrast) -> torch.Tensor:
+def _render_chunked(
+    shape_class: torch.Tensor,
+    texture_class: torch.Tensor,
+    image_size: int,
+    g: torch.Generator,
+    strength: float,
+    contrast: float,
+) -> torch.Tensor:
     return torch.cat(
         [
             render(shape_class[i : i + _CHUNK], texture_class[i : i + _CHUNK], image_size, g, strength, contrast)
@@ -146,13 +153,17 @@ def _render_chunked(shape_class, texture_class, image_size, g, strength, contras
     )
 
 
-def _agreeing_split(n: int, num_classes: int, image_size: int, g: torch.Generator, strength: float, contrast: float):
+def _agreeing_split(
+    n: int, num_classes: int, image_size: int, g: torch.Generator, strength: float, contrast: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.arange(n) % num_classes  # balanced classes
     labels = labels[torch.randperm(n, generator=g)]
     return _render_chunked(labels, labels, image_size, g, strength, contrast), labels
 
 
-def _conflicts(names: tuple[str, ...], per_pair: int, image_size: int, g: torch.Generator, strength: float, contrast: float) -> Stimuli:
+def _conflicts(
+    names: tuple[str, ...], per_pair: int, image_size: int, g: torch.Generator, strength: float, contrast: float
+) -> Stimuli:
     pairs = [(i, j) for i in range(len(names)) for j in range(len(names)) if i != j]
     shape_cls = torch.tensor([i for i, _ in pairs]).repeat_interleave(per_pair)
     texture_cls = torch.tensor([j for _, j in pairs]).repeat_interleave(per_pair)
@@ -164,7 +175,7 @@ def _conflicts(names: tuple[str, ...], per_pair: int, image_size: int, g: torch.
         textures=tuple(names[j] for j in texture_cls.tolist()),
         names=tuple(
             f"{names[i]}{c + 1}-{names[j]}{c + 1}.png"
-            for i, j, c in zip(shape_cls.tolist(), texture_cls.tolist(), copy.tolist())
+            for i, j, c in zip(shape_cls.tolist(), texture_cls.tolist(), copy.tolist(), strict=True)
         ),
     )
 
@@ -192,8 +203,12 @@ def make_benchmark(
     names = SHAPES[:num_classes]
     # One generator per split, so changing one split's size never changes the others.
     splits = [torch.Generator().manual_seed(seed * 3 + i) for i in range(3)]
-    train_images, train_labels = _agreeing_split(train_size, num_classes, image_size, splits[0], texture_strength, shape_contrast)
-    test_images, test_labels = _agreeing_split(test_size, num_classes, image_size, splits[1], texture_strength, shape_contrast)
+    train_images, train_labels = _agreeing_split(
+        train_size, num_classes, image_size, splits[0], texture_strength, shape_contrast
+    )
+    test_images, test_labels = _agreeing_split(
+        test_size, num_classes, image_size, splits[1], texture_strength, shape_contrast
+    )
 
     conflict = _conflicts(names, conflicts_per_pair, image_size, splits[2], texture_strength, shape_contrast)
     # The report set: the same design rendered from its own generator, so no image (and no noise
@@ -213,8 +228,7 @@ def save_example_grid(path: str, image_size: int = 32, seed: int = 0) -> None:
     import matplotlib.pyplot as plt
 
     num_classes, columns = 6, 4
-    bench = make_benchmark(num_classes, image_size, train_size=60, test_size=10, conflicts_per_pair=1,
-                           seed=seed)
+    bench = make_benchmark(num_classes, image_size, train_size=60, test_size=10, conflicts_per_pair=1, seed=seed)
     figure, axes = plt.subplots(num_classes, 2 * columns, figsize=(2 * columns * 1.1, num_classes * 1.2))
     for row, name in enumerate(bench.class_names):
         train = bench.train_images[bench.train_labels == row][:columns]
@@ -227,8 +241,11 @@ def save_example_grid(path: str, image_size: int = 32, seed: int = 0) -> None:
             axes[row, col].set_title(title, fontsize=6)
         for axis in axes[row]:
             axis.axis("off")
-    figure.suptitle(f"left: training images (shape = texture); right: cue conflict (shape/texture); "
-                    f"{image_size} px, default calibration", fontsize=8)
+    figure.suptitle(
+        f"left: training images (shape = texture); right: cue conflict (shape/texture); "
+        f"{image_size} px, default calibration",
+        fontsize=8,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -11,6 +11,8 @@ only a bool mask (1 byte per element, a quarter of a float32 mask) and nothing e
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -42,13 +44,13 @@ def topk_mask(x: torch.Tensor, k: int) -> torch.Tensor:
 
 class _TopKFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, k: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, k: int) -> torch.Tensor:
         mask = topk_mask(x, k)
         ctx.save_for_backward(mask)
         return x * mask
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
         (mask,) = ctx.saved_tensors
         return grad_output * mask, None
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,16 +90,22 @@ def train_and_evaluate(
 
     seed_everything(config.seed)
     outputs = model_outputs(config.model.head, data)
-    model = build_model(num_classes=len(outputs.class_names), stem=config.model.stem, topk=config.model.topk,
-                        arch=config.model.arch, weights=config.model.weights)
+    model = build_model(
+        num_classes=len(outputs.class_names),
+        stem=config.model.stem,
+        topk=config.model.topk,
+        arch=config.model.arch,
+        weights=config.model.weights,
+    )
     memory_format = torch.channels_last if device.type == "cuda" and training.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=training.lr, momentum=training.momentum,
-                                weight_decay=training.weight_decay)
+    model = model.to(device).to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, training.epochs))
     amp_dtype = autocast_dtype(device, training.amp)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    forward = torch.compile(model) if training.compile else model
+    forward: torch.nn.Module = torch.compile(model) if training.compile else model  # type: ignore[assignment]
 
     first_epoch, tracking = 1, {}
     if resume is not None:
@@ -107,7 +114,9 @@ def train_and_evaluate(
         except RuntimeError as error:
             # torch lists every mismatched tensor over many lines; the first says enough.
             first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
-            raise CheckpointError(f"the checkpoint holds another model than this config builds ({first[:300]})") from None
+            raise CheckpointError(
+                f"the checkpoint holds another model than this config builds ({first[:300]})"
+            ) from None
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         if scaler is not None and "scaler" in resume:
@@ -122,8 +131,9 @@ def train_and_evaluate(
         start = time.perf_counter()
         if epoch:
             data.train.set_epoch(epoch)
-            loss, images_per_s = train_one_epoch(forward, optimizer, data.train, data.image_size, device, amp_dtype,
-                                                 scaler, memory_format)
+            loss, images_per_s = train_one_epoch(
+                forward, optimizer, data.train, data.image_size, device, amp_dtype, scaler, memory_format
+            )
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch} (lr {training.lr:g}); stopping")
             scheduler.step()
@@ -131,8 +141,11 @@ def train_and_evaluate(
         if epoch:
             metrics = {"epoch": epoch, "train_loss": loss, **evaluation.metrics, "images_per_s": images_per_s}
         else:  # evaluated as loaded: the throughput is the evaluation's
-            metrics = {"epoch": 0, **evaluation.metrics,
-                       "images_per_s": evaluation.images / (time.perf_counter() - start)}
+            metrics = {
+                "epoch": 0,
+                **evaluation.metrics,
+                "images_per_s": evaluation.images / (time.perf_counter() - start),
+            }
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),

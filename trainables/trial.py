@@ -33,6 +33,7 @@ class Tracker(Protocol):
     def log_epoch(self, metrics: dict[str, float], files: dict[str, str] | None = None) -> dict[str, float]:
         """Log one epoch (and text files, by name); returns values to report to Tune beside the metrics."""
         ...
+
     def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None: ...
 
 
@@ -132,7 +133,11 @@ def _train(config_path: str, checkpoint_dir: Path | None) -> int:
             for name, text in decision_files.items():
                 write_text_atomically(checkpoint_dir / name, text)
         print(
-            (f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.3f}  " if metrics["epoch"] else "evaluated as loaded  ")
+            (
+                f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.3f}  "
+                if metrics["epoch"]
+                else "evaluated as loaded  "
+            )
             + f"accuracy {metrics['accuracy']:.3f}  "
             f"shape bias {metrics['shape_bias']:.3f}  (shape acc {metrics['shape_accuracy']:.3f}, texture acc "
             f"{metrics['texture_accuracy']:.3f})  "

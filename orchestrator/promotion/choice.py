@@ -38,7 +38,9 @@ class Floor:
         if not self.relative:
             return self.value
         if dense is None:
-            raise SearchError(f"floor '{self}' is relative to the dense reference, but this search has no complete dense reference")
+            raise SearchError(
+                f"floor '{self}' is relative to the dense reference, but this search has no complete dense reference"
+            )
         return dense.mean(self.objective) + self.value
 
 
@@ -77,9 +79,14 @@ def by_id(results: list[ConfigurationResult], configuration: str, all_ids: list[
         if result.configuration == configuration:
             return _choice(results, result, f"configuration {configuration} chosen by id")
     if configuration in all_ids:
-        raise SearchError(f"configuration {configuration} did not finish all its seeds; complete ones: "
-                          f"{', '.join(r.configuration for r in results) or 'none'}")
-    raise SearchError(f"no configuration {bounded(configuration)} in this search; valid: {', '.join(r.configuration for r in results) or 'none'}")
+        raise SearchError(
+            f"configuration {configuration} did not finish all its seeds; complete ones: "
+            f"{', '.join(r.configuration for r in results) or 'none'}"
+        )
+    raise SearchError(
+        f"no configuration {bounded(configuration)} in this search; "
+        f"valid: {', '.join(r.configuration for r in results) or 'none'}"
+    )
 
 
 def by_rule(results: list[ConfigurationResult], maximize: str, floors: list[Floor]) -> Choice:
@@ -90,8 +97,8 @@ def by_rule(results: list[ConfigurationResult], maximize: str, floors: list[Floo
     bounds = [(floor, floor.threshold(dense)) for floor in floors]
     eligible = [r for r in results if all(r.mean(f.objective) >= bound for f, bound in bounds)]
     if not eligible:
-        best = {f.objective: max(r.mean(f.objective) for r in results) for f, _ in bounds}
-        wanted = ", ".join(f"{f} (= {bound:.4f}; best seed mean {best[f.objective]:.4f})" for f, bound in bounds)
+        highest = {f.objective: max(r.mean(f.objective) for r in results) for f, _ in bounds}
+        wanted = ", ".join(f"{f} (= {bound:.4f}; best seed mean {highest[f.objective]:.4f})" for f, bound in bounds)
         raise SearchError(f"no configuration of {len(results)} meets {wanted}; lower a floor")
     other = next(o for o in OBJECTIVES if o != maximize)
     # Ties go to the better other objective, then to the earlier configuration.
@@ -117,15 +124,25 @@ def describe(choice: Choice, search_id: str) -> str:
     r, rep, dense = choice.result, choice.replicate, choice.dense
     lines = [
         f"search {search_id}: {choice.reason}",
-        f"  chosen      {r.configuration}  {r.params.describe()}  (lr {r.params.lr:g}, weight decay {r.params.weight_decay:g}, "
-        f"batch {r.params.batch_size})",
+        f"  chosen      {r.configuration}  {r.params.describe()}  "
+        f"(lr {r.params.lr:g}, weight decay {r.params.weight_decay:g}, batch {r.params.batch_size})",
         f"  accuracy    {r.accuracy:.4f} +- {r.accuracy_std:.4f} over {r.seeds} seeds"
         + (f"   dense reference {dense.accuracy:.4f} +- {dense.accuracy_std:.4f}" if dense else ""),
         f"  shape bias  {r.shape_bias:.4f} +- {r.shape_bias_std:.4f} over {r.seeds} seeds"
         + (f"   dense reference {dense.shape_bias:.4f} +- {dense.shape_bias_std:.4f}" if dense else ""),
-        *([f"  held out    {r.shape_bias_holdout:.4f} +- {r.shape_bias_holdout_std:.4f} shape bias on the report set"
-           + (f"   dense reference {dense.shape_bias_holdout:.4f} +- {dense.shape_bias_holdout_std:.4f}" if dense else "")]
-          if r.has_holdout else []),
+        *(
+            [
+                f"  held out    {r.shape_bias_holdout:.4f} +- {r.shape_bias_holdout_std:.4f} "
+                "shape bias on the report set"
+                + (
+                    f"   dense reference {dense.shape_bias_holdout:.4f} +- {dense.shape_bias_holdout_std:.4f}"
+                    if dense
+                    else ""
+                )
+            ]
+            if r.has_holdout
+            else []
+        ),
         f"  on the Pareto front: {'yes' if choice.on_front else 'no'}",
         f"  promoted replicate: seed {rep.seed} (closest to the means: accuracy {rep.accuracy:.4f}, "
         f"shape bias {rep.shape_bias:.4f}), child run {rep.run_id}",

@@ -39,8 +39,9 @@ class Evaluation:
         return dict(self.provenance["metrics"]["replicate"])
 
 
-def evaluate(client: MlflowClient, model_uri: str, stimuli_dir: Path | None = None,
-             data_dir: Path | None = None) -> Evaluation:
+def evaluate(
+    client: MlflowClient, model_uri: str, stimuli_dir: Path | None = None, data_dir: Path | None = None
+) -> Evaluation:
     """Recompute a registered model's metrics on its data (or the folders given)."""
     import torch
 
@@ -64,8 +65,9 @@ def evaluate(client: MlflowClient, model_uri: str, stimuli_dir: Path | None = No
     outputs = model_outputs(config.model.head, trial_data)
     recorded_classes = raw["provenance"].get("class_names")
     if recorded_classes and list(outputs.class_names) != recorded_classes:
-        raise SearchError(f"the data's classes {list(outputs.class_names)[:20]} are not the model's "
-                          f"{recorded_classes[:20]}")
+        raise SearchError(
+            f"the data's classes {list(outputs.class_names)[:20]} are not the model's {recorded_classes[:20]}"
+        )
     evaluation = evaluate_model(model, trial_data, outputs, device="cpu", detailed=True, subject=config.model.arch)
     return Evaluation(version, raw["provenance"], evaluation.metrics)
 
@@ -76,8 +78,11 @@ def _production_yaml(client: MlflowClient, version: ModelVersion, model_uri: str
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(
-                f"models:/{version.name}/{version.version}/{PRODUCTION_YAML}", dst_path=tmp)
+                f"models:/{version.name}/{version.version}/{PRODUCTION_YAML}", dst_path=tmp
+            )
         except MlflowException:
-            raise SearchError(f"{model_uri} (version {version.version}) has no {PRODUCTION_YAML}: it was not "
-                              "registered by `run_search.py promote`") from None
+            raise SearchError(
+                f"{model_uri} (version {version.version}) has no {PRODUCTION_YAML}: it was not "
+                "registered by `run_search.py promote`"
+            ) from None
         return read_settings(Path(path))

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -72,19 +73,34 @@ def promote(
         with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
             packaged = Path(tmp) / PRODUCTION_YAML  # the model's copy, under its final name
             packaged.write_text(staged.read_text())
-            info = log_model(model, state["labels"], config.data.image_size, replicate.run_id, search.experiment_id,
-                             extra_files=[packaged], name=PROMOTED_MODEL)
+            info = log_model(
+                model,
+                state["labels"],
+                config.data.image_size,
+                replicate.run_id,
+                search.experiment_id,
+                extra_files=[packaged],
+                name=PROMOTED_MODEL,
+            )
         written["logged_model"] = info.model_id
         try:
-            client.create_registered_model(model_name, description=(
-                f"Sparse {search.arch} promoted from sparse-shape-search experiment {search.experiment_name!r}."))
+            client.create_registered_model(
+                model_name,
+                description=(
+                    f"Sparse {search.arch} promoted from sparse-shape-search experiment {search.experiment_name!r}."
+                ),
+            )
             written["registered_model"] = model_name
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":  # another promotion may have made it
                 raise
         version = client.create_model_version(
-            model_name, source=f"models:/{info.model_id}", run_id=replicate.run_id, model_id=info.model_id,
-            tags=version_tags(search, choice), description=version_description(search, choice),
+            model_name,
+            source=f"models:/{info.model_id}",
+            run_id=replicate.run_id,
+            model_id=info.model_id,
+            tags=version_tags(search, choice),
+            description=version_description(search, choice),
         )
         written["version"] = version.version
         client.set_registered_model_alias(model_name, alias, version.version)  # the last step
@@ -93,10 +109,12 @@ def promote(
         staged.unlink(missing_ok=True)
         if not isinstance(error, Exception):
             raise
-        state_now = (f"registry left as it was (alias {alias!r} {'on version ' + previous if previous else 'unset'})"
-                     if not left else f"could not undo {', '.join(left)}: check the registry")
-        raise SearchError(f"promotion failed, {state_now}: {type(error).__name__}: "
-                          f"{one_line(error)[:400]}") from None
+        state_now = (
+            f"registry left as it was (alias {alias!r} {'on version ' + previous if previous else 'unset'})"
+            if not left
+            else f"could not undo {', '.join(left)}: check the registry"
+        )
+        raise SearchError(f"promotion failed, {state_now}: {type(error).__name__}: {one_line(error)[:400]}") from None
     os.replace(staged, local)  # never a half-written production.yaml
     return Promotion(version, f"models:/{model_name}@{alias}", local)
 
@@ -105,8 +123,10 @@ def _read_checkpoint(client: MlflowClient, run_id: str) -> tuple[str, dict[str, 
     """The child run's checkpoint: its URI, its state, the model rebuilt from it and its config."""
     uri = client.get_run(run_id).data.tags.get(names.CHECKPOINT_URI)
     if not uri:
-        raise SearchError(f"child run {run_id} records no checkpoint_uri tag (a search from before checkpoints were "
-                          "tagged); promote a configuration of a newer search")
+        raise SearchError(
+            f"child run {run_id} records no checkpoint_uri tag (a search from before checkpoints were "
+            "tagged); promote a configuration of a newer search"
+        )
     try:
         state = load_checkpoint(uri)
     except CheckpointError as error:  # missing, truncated or foreign: its message names the path
@@ -114,11 +134,15 @@ def _read_checkpoint(client: MlflowClient, run_id: str) -> tuple[str, dict[str, 
     try:
         model, config = restore_model(state)
     except Exception as error:  # an older checkpoint format, or weights of another model
-        raise SearchError(f"checkpoint of child run {run_id} at {uri} cannot be rebuilt: {one_line(error)[:300]}") from None
+        raise SearchError(
+            f"checkpoint of child run {run_id} at {uri} cannot be rebuilt: {one_line(error)[:300]}"
+        ) from None
     return uri, state, model, config
 
 
-def _undo(client: MlflowClient, model_name: str, alias: str, previous: str | None, written: dict[str, Any]) -> list[str]:
+def _undo(
+    client: MlflowClient, model_name: str, alias: str, previous: str | None, written: dict[str, Any]
+) -> list[str]:
     """Take back what a failed promotion wrote, newest first; name what could not be taken back."""
     left: list[str] = []
 
@@ -132,7 +156,10 @@ def _undo(client: MlflowClient, model_name: str, alias: str, previous: str | Non
         # Deleting the version also drops the alias if it had moved there.
         attempt(f"version {written['version']}", lambda: client.delete_model_version(model_name, written["version"]))
         if previous:
-            attempt(f"alias {alias!r} on version {previous}", lambda: client.set_registered_model_alias(model_name, alias, previous))
+            attempt(
+                f"alias {alias!r} on version {previous}",
+                lambda: client.set_registered_model_alias(model_name, alias, previous),
+            )
     if "registered_model" in written:
         attempt(f"registered model {model_name}", lambda: _delete_if_unused(client, model_name))
     if "logged_model" in written:

@@ -28,8 +28,11 @@ def _summary(result: ConfigurationResult | None) -> dict[str, Any] | None:
     return {
         "configuration": result.configuration,
         **{m: {"mean": result.mean(m), "std": result.std(m)} for m in OBJECTIVES},
-        **({"shape_bias_holdout": {"mean": result.shape_bias_holdout, "std": result.shape_bias_holdout_std}}
-           if result.has_holdout else {}),
+        **(
+            {"shape_bias_holdout": {"mean": result.shape_bias_holdout, "std": result.shape_bias_holdout_std}}
+            if result.has_holdout
+            else {}
+        ),
         "seeds": [r.seed for r in result.replicates],
         "run_ids": list(result.run_ids),
     }
@@ -57,15 +60,21 @@ def production_config(
         "on_front": choice.on_front,
         "metrics": {
             **(_summary(choice.result) or {}),
-            "replicate": {"accuracy": replicate.accuracy, "shape_bias": replicate.shape_bias,
-                          **({names.SHAPE_BIAS_HOLDOUT: replicate.shape_bias_holdout}
-                             if math.isfinite(replicate.shape_bias_holdout) else {})},
+            "replicate": {
+                "accuracy": replicate.accuracy,
+                "shape_bias": replicate.shape_bias,
+                **(
+                    {names.SHAPE_BIAS_HOLDOUT: replicate.shape_bias_holdout}
+                    if math.isfinite(replicate.shape_bias_holdout)
+                    else {}
+                ),
+            },
         },
         "dense_reference": _summary(choice.dense),
         "data_fingerprint": data_fingerprint,
         "versions": package_versions(),
         "git_commit": git_commit(),
-        "promoted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "promoted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     trial = config.model_copy(update={"training": training, "provenance": provenance})
     return trial.model_dump(mode="json")
@@ -90,16 +99,22 @@ def version_tags(search: SearchRecord, choice: Choice) -> dict[str, str]:
         if dense is not None:
             tags[f"dense_{m}_mean"], tags[f"dense_{m}_std"] = f"{dense.mean(m):.4f}", f"{dense.std(m):.4f}"
     if r.has_holdout:  # on the report set, which nothing selected on: the number to quote
-        tags["shape_bias_holdout_mean"], tags["shape_bias_holdout_std"] = f"{r.shape_bias_holdout:.4f}", f"{r.shape_bias_holdout_std:.4f}"
+        tags["shape_bias_holdout_mean"], tags["shape_bias_holdout_std"] = (
+            f"{r.shape_bias_holdout:.4f}",
+            f"{r.shape_bias_holdout_std:.4f}",
+        )
     return tags
 
 
 def version_description(search: SearchRecord, choice: Choice) -> str:
     """The version's description: what the network is, where it came from, how it scored."""
     r, dense = choice.result, choice.dense
-    text = (f"{search.arch}, {r.params.describe()}: configuration {r.configuration} of search {search.search_id}, seed {choice.replicate.seed} "
-            f"(child run {choice.replicate.run_id}). Accuracy {r.accuracy:.4f} +- {r.accuracy_std:.4f}, shape bias "
-            f"{r.shape_bias:.4f} +- {r.shape_bias_std:.4f} over {r.seeds} seeds")
+    text = (
+        f"{search.arch}, {r.params.describe()}: configuration {r.configuration} of search {search.search_id}, "
+        f"seed {choice.replicate.seed} "
+        f"(child run {choice.replicate.run_id}). Accuracy {r.accuracy:.4f} +- {r.accuracy_std:.4f}, shape bias "
+        f"{r.shape_bias:.4f} +- {r.shape_bias_std:.4f} over {r.seeds} seeds"
+    )
     if r.has_holdout:
         text += f" (held out: {r.shape_bias_holdout:.4f} +- {r.shape_bias_holdout_std:.4f})"
     if dense is not None:
@@ -109,6 +124,8 @@ def version_description(search: SearchRecord, choice: Choice) -> str:
 
 def dump_yaml(config: dict[str, Any]) -> str:
     """`production.yaml`'s text: the config with a header saying what it is."""
-    header = ("# A promoted model's trial config: `python -m trainables.trial --config production.yaml` retrains it.\n"
-              "# `provenance` records where it came from; training ignores it.\n")
+    header = (
+        "# A promoted model's trial config: `python -m trainables.trial --config production.yaml` retrains it.\n"
+        "# `provenance` records where it came from; training ignores it.\n"
+    )
     return header + yaml.safe_dump(config, sort_keys=False)

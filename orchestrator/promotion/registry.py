@@ -43,8 +43,10 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
 def resolve_version(client: MlflowClient, model_uri: str) -> ModelVersion:
     """models:/NAME@ALIAS or models:/NAME/VERSION -> the registered version; SearchError if none."""
     if not model_uri.startswith("models:/"):
-        raise SearchError(f"--model {model_uri!r}: expected a registered model, models:/NAME@ALIAS or models:/NAME/VERSION")
-    reference = model_uri[len("models:/"):]
+        raise SearchError(
+            f"--model {model_uri!r}: expected a registered model, models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
+    reference = model_uri[len("models:/") :]
     try:
         if "@" in reference:
             name, alias = reference.split("@", 1)
@@ -53,5 +55,7 @@ def resolve_version(client: MlflowClient, model_uri: str) -> ModelVersion:
         return client.get_model_version(name, number)
     except MlflowException as error:
         registered = [m.name for m in client.search_registered_models(max_results=20)]
-        raise SearchError(f"no registered model version {model_uri} ({error.message.split('.')[0]}); registered models: "
-                          f"{', '.join(registered) or 'none'}") from None
+        raise SearchError(
+            f"no registered model version {model_uri} ({error.message.split('.')[0]}); registered models: "
+            f"{', '.join(registered) or 'none'}"
+        ) from None

@@ -12,9 +12,10 @@ FAILED with the reason in its `failure_reason` tag.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import ray
 from mlflow.tracking import MlflowClient
@@ -44,8 +45,9 @@ class SearchOutcome:
     wall_s: float
 
 
-def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = None,
-               overrides: Sequence[str] = ()) -> SearchOutcome:
+def run_search(
+    spec: SearchSpec, resume: bool = False, search_id: str | None = None, overrides: Sequence[str] = ()
+) -> SearchOutcome:
     """Run the search described by `spec` (or resume `search_id`, default its newest unfinished run) to the end.
 
     A resumed search runs with the settings it started with; `overrides` (the command line's
@@ -91,8 +93,13 @@ def run_search(spec: SearchSpec, resume: bool = False, search_id: str | None = N
 def _trainable(opening: Opening) -> Any:
     """The Tune trainable of this search, with its resources: every trial a child run of its parent."""
     spec = opening.spec
-    trial = tune.with_parameters(search_trial, parent_run_id=opening.parent_run_id, experiment=opening.experiment,
-                                 log_models=spec.log_models, data_digests=opening.data_digests)
+    trial = tune.with_parameters(
+        search_trial,
+        parent_run_id=opening.parent_run_id,
+        experiment=opening.experiment,
+        log_models=spec.log_models,
+        data_digests=opening.data_digests,
+    )
     return tune.with_resources(trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 

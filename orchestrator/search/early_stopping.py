@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from orchestrator import names
@@ -42,7 +44,7 @@ Point = tuple[float, float]
 def hypervolume_contributions(points: list[Point], reference: Point) -> list[float]:
     """The hypervolume each point alone adds to the set's, above `reference` (a duplicate adds nothing)."""
     total = hypervolume(points, reference)
-    return [total - hypervolume(points[:i] + points[i + 1:], reference) for i in range(len(points))]
+    return [total - hypervolume(points[:i] + points[i + 1 :], reference) for i in range(len(points))]
 
 
 def rank_order(points: dict[str, Point]) -> list[str]:
@@ -53,8 +55,9 @@ def rank_order(points: dict[str, Point]) -> list[str]:
     reference = (min(p[0] for p in points.values()) - 1e-3, min(p[1] for p in points.values()) - 1e-3)
     contribution: dict[str, float] = {}
     for rank in set(ranks):
-        members = [c for c, r in zip(names, ranks) if r == rank]
-        contribution.update(zip(members, hypervolume_contributions([points[c] for c in members], reference)))
+        members = [c for c, r in zip(names, ranks, strict=True) if r == rank]
+        contributions = hypervolume_contributions([points[c] for c in members], reference)
+        contribution.update(zip(members, contributions, strict=True))
     return sorted(names, key=lambda c: (ranks[names.index(c)], -contribution[c], c))
 
 
@@ -64,7 +67,9 @@ class RungLadder:
 
     rungs: tuple[int, ...]
     reduction_factor: float
-    values: dict[int, dict[str, dict[int, Point]]] = field(default_factory=dict)  # rung -> configuration -> seed -> point
+    values: dict[int, dict[str, dict[int, Point]]] = field(
+        default_factory=dict
+    )  # rung -> configuration -> seed -> point
     decisions: dict[tuple[str, int], bool] = field(default_factory=dict)  # (configuration, rung) -> continue
     stopped_at: dict[str, int] = field(default_factory=dict)  # configuration -> the rung that stopped it
 
@@ -98,7 +103,7 @@ class ReplicateSuccessiveHalving(FIFOScheduler):
         self.ladder = RungLadder(tuple(rungs), reduction_factor)
         self.epochs = epochs
 
-    def on_trial_add(self, tune_controller, trial) -> None:
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         # A resumed search gets this scheduler as it was pickled at the start, its ladder empty.
         # Its finished trials are added again first: a seed that ended short of the last epoch
         # was stopped, so its configuration is out, and that configuration's unfinished seeds
@@ -109,15 +114,16 @@ class ReplicateSuccessiveHalving(FIFOScheduler):
         if epochs and trial.status == "TERMINATED" and outcome(result, epochs) is Outcome.STOPPED:
             self.ladder.stopped_at.setdefault(trial.config[names.CONFIGURATION], int(result[names.EPOCH]))
 
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         params = Params.from_dict(trial.config[names.PARAMS])
         if params.dense or names.EPOCH not in result or any(m not in result for m in OBJECTIVES):
             return TrialScheduler.CONTINUE
         point = (float(result[OBJECTIVES[0]]), float(result[OBJECTIVES[1]]))
         if any(math.isnan(v) for v in point):
             return TrialScheduler.CONTINUE  # a failing trial ends by itself, as failed
-        keep = self.ladder.observe(trial.config[names.CONFIGURATION], trial.config[names.SEED], int(result[names.EPOCH]),
-                                   point)
+        keep = self.ladder.observe(
+            trial.config[names.CONFIGURATION], trial.config[names.SEED], int(result[names.EPOCH]), point
+        )
         return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
 
     def debug_string(self) -> str:
@@ -135,15 +141,16 @@ class StoppedRuns(Callback):
 
     def __init__(self, tracking_uri: str, parent_run_id: str, epochs: int) -> None:
         self.tracking_uri, self.parent_run_id, self.epochs = tracking_uri, parent_run_id, epochs
-        self.client, self.experiment = None, None  # made at the first stop
+        self.client: Any = None  # an MlflowClient, made at the first stop
+        self.experiment = ""
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("tracking_uri", "parent_run_id", "epochs")}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = trial.last_result or {}
         if outcome(result, self.epochs) is not Outcome.STOPPED:
             return
@@ -153,7 +160,7 @@ class StoppedRuns(Callback):
 
         configuration, seed = trial.config[names.CONFIGURATION], trial.config[names.SEED]
         try:
-            if self.experiment is None:
+            if not self.experiment:
                 self.client = MlflowClient(self.tracking_uri)
                 self.experiment = self.client.get_run(self.parent_run_id).info.experiment_id
             for run in replicate_runs(self.client, self.experiment, self.parent_run_id, configuration, seed):
@@ -161,5 +168,8 @@ class StoppedRuns(Callback):
                     self.client.set_tag(run.info.run_id, names.STOPPED_AT_EPOCH, str(int(result[names.EPOCH])))
                     self.client.set_terminated(run.info.run_id, status="FINISHED")
         except Exception as error:  # MlflowException, OSError: the search's end marks it KILLED instead
-            print(f"warning: could not close the stopped run of {configuration} seed {seed} "
-                  f"({type(error).__name__}); the search goes on", flush=True)
+            print(
+                f"warning: could not close the stopped run of {configuration} seed {seed} "
+                f"({type(error).__name__}); the search goes on",
+                flush=True,
+            )

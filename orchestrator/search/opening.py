@@ -14,9 +14,10 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import optuna
 from mlflow.entities import Param
@@ -67,10 +68,14 @@ class Opening:
         self.search_id = new_search_id(spec.name)
         self.path = f"{self.storage.rstrip('/')}/{self.search_id}"
         self._study = make_study(spec, self.search_id, self.optuna_storage)
-        self.parent_run_id = start_parent_run(self.client, self.experiment, self.search_id, spec, self.path,
-                                              self.data_digests)
-        print(f"search {self.search_id}: {spec.configurations} configurations x {len(spec.seeds)} seeds, "
-              f"sampler {spec.sampler}, MLflow parent run {self.parent_run_id}", flush=True)
+        self.parent_run_id = start_parent_run(
+            self.client, self.experiment, self.search_id, spec, self.path, self.data_digests
+        )
+        print(
+            f"search {self.search_id}: {spec.configurations} configurations x {len(spec.seeds)} seeds, "
+            f"sampler {spec.sampler}, MLflow parent run {self.parent_run_id}",
+            flush=True,
+        )
 
     def tuner(self, trainable: Any) -> tune.Tuner:
         """Tune over the replicate searcher; a resumed search's from its state (finished trials stay finished)."""
@@ -80,17 +85,24 @@ class Opening:
             return tune.Tuner.restore(self.path, trainable, resume_unfinished=True, resume_errored=False)
         spec = self.spec
         assert self._study is not None, "start() first"
-        searcher = ReplicateSearcher(study=self._study, space=spec.search, seeds=spec.seeds,
-                                     configurations=spec.configurations, make_trial=spec.trial_config,
-                                     epochs=spec.training.epochs, accuracy_floor=spec.accuracy_floor)
+        searcher = ReplicateSearcher(
+            study=self._study,
+            space=spec.search,
+            seeds=spec.seeds,
+            configurations=spec.configurations,
+            make_trial=spec.trial_config,
+            epochs=spec.training.epochs,
+            accuracy_floor=spec.accuracy_floor,
+        )
         stopping = spec.early_stopping
         epochs, seeds = spec.training.epochs, len(spec.seeds)
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                scheduler=(ReplicateSuccessiveHalving(stopping.rungs, stopping.reduction_factor, epochs)
-                           if stopping else None),
+                scheduler=(
+                    ReplicateSuccessiveHalving(stopping.rungs, stopping.reduction_factor, epochs) if stopping else None
+                ),
                 num_samples=spec.configurations * seeds,
                 max_concurrent_trials=spec.concurrency,
                 # One worker process per concurrent slot, reused across trials: no torch
@@ -103,8 +115,13 @@ class Opening:
                 verbose=0,
                 callbacks=[
                     SearchProgress(spec.configurations, seeds, epochs),
-                    HypervolumeLog(self.tracking_uri, self.parent_run_id,
-                                   spec.model_dump(mode="json")["reference_point"], seeds, epochs),
+                    HypervolumeLog(
+                        self.tracking_uri,
+                        self.parent_run_id,
+                        spec.model_dump(mode="json")["reference_point"],
+                        seeds,
+                        epochs,
+                    ),
                     *([StoppedRuns(self.tracking_uri, self.parent_run_id, epochs)] if stopping else []),
                 ],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -113,14 +130,17 @@ class Opening:
         )
 
 
-def open_search(spec: SearchSpec, resume: bool = False, search_id: str | None = None,
-                overrides: Sequence[str] = ()) -> Opening:
+def open_search(
+    spec: SearchSpec, resume: bool = False, search_id: str | None = None, overrides: Sequence[str] = ()
+) -> Opening:
     """Check everything a start needs and find what a resume continues; SearchError if anything is missing."""
     tracking_uri = spec.resolved_tracking_uri()
     database = sqlite_file(tracking_uri)
     if resume and database is not None and not database.is_file():
-        raise SearchError(f"no MLflow database at {database}, so no search to resume: run "
-                          "from the search's folder, or set tracking_uri")
+        raise SearchError(
+            f"no MLflow database at {database}, so no search to resume: run "
+            "from the search's folder, or set tracking_uri"
+        )
     writable_dir(Path.cwd(), "the working directory (for the front's files)")
     preflight.check_services(spec, tracking_uri)  # the locations: the same for a resumed search
     with first_start_lock(tracking_uri, spec.resolved_optuna_storage()):
@@ -150,14 +170,17 @@ def _resumed(spec: SearchSpec, client: MlflowClient, search_id: str | None, over
     return Opening(spec, client, resumed.experiment_id, resumed=resumed, path=path)
 
 
-def resumable_search(client: MlflowClient, spec: SearchSpec, storage: str,
-                     search_id: str | None) -> tuple[SearchRecord, str]:
+def resumable_search(
+    client: MlflowClient, spec: SearchSpec, storage: str, search_id: str | None
+) -> tuple[SearchRecord, str]:
     """The search to resume and its Ray state: `search_id`, else the newest unfinished one Ray can restore."""
     if search_id:
         candidates = find_searches(client, spec.mlflow_experiment, search_id=search_id)[:1]
         if candidates[0].status == "FINISHED":
-            raise SearchError(f"search {search_id} is already FINISHED: nothing to resume (see its front with "
-                              f"`run_search.py pareto --experiment {spec.mlflow_experiment} --search {search_id}`)")
+            raise SearchError(
+                f"search {search_id} is already FINISHED: nothing to resume (see its front with "
+                f"`run_search.py pareto --experiment {spec.mlflow_experiment} --search {search_id}`)"
+            )
     else:
         candidates = find_searches(client, spec.mlflow_experiment, name=spec.name, exclude_status="FINISHED")
     for search in candidates:
@@ -165,11 +188,15 @@ def resumable_search(client: MlflowClient, spec: SearchSpec, storage: str,
         if tune.Tuner.can_restore(path):
             return search, path
         if search_id:
-            raise SearchError(f"search {search_id} has no Ray Tune state at {redact(path)}: it failed before "
-                              "its first trial started, so there is nothing to resume; start a new search")
+            raise SearchError(
+                f"search {search_id} has no Ray Tune state at {redact(path)}: it failed before "
+                "its first trial started, so there is nothing to resume; start a new search"
+            )
     skipped = ", ".join(s.search_id for s in candidates)
-    raise SearchError(f"no unfinished search named {spec.name!r} has Ray Tune state to resume (skipped, never started: "
-                      f"{skipped}); start a new search, or name one with --search ID")
+    raise SearchError(
+        f"no unfinished search named {spec.name!r} has Ray Tune state to resume (skipped, never started: "
+        f"{skipped}); start a new search, or name one with --search ID"
+    )
 
 
 def state_path(search: SearchRecord, storage: str) -> str:
@@ -179,18 +206,26 @@ def state_path(search: SearchRecord, storage: str) -> str:
     if path == redact(own):
         path = own  # the tag holds it with any password hidden
     if "://" in root:
-        inside = path.startswith(root + "/") and ".." not in path[len(root):].split("/")
+        inside = path.startswith(root + "/") and ".." not in path[len(root) :].split("/")
     else:
         inside = Path(path).resolve().is_relative_to(Path(root).resolve())
     if not inside:
-        raise SearchError(f"search {search.search_id} keeps its Ray state at {redact(path)}, outside storage_path "
-                          f"{redact(root)}: resume only reads state under the configured storage_path (set "
-                          "storage_path to where the search ran)")
+        raise SearchError(
+            f"search {search.search_id} keeps its Ray state at {redact(path)}, outside storage_path "
+            f"{redact(root)}: resume only reads state under the configured storage_path (set "
+            "storage_path to where the search ran)"
+        )
     return path
 
 
-def start_parent_run(client: MlflowClient, experiment: str, search_id: str, spec: SearchSpec, search_path: str,
-                     data_digests: dict[str, str]) -> str:
+def start_parent_run(
+    client: MlflowClient,
+    experiment: str,
+    search_id: str,
+    spec: SearchSpec,
+    search_path: str,
+    data_digests: dict[str, str],
+) -> str:
     """Create the search's parent run: resolved config, search space, sampler, commit, versions, data digests."""
     dump = redacted(spec.model_dump(mode="json"))  # the runs are readable by everyone with the UI
     tags = {

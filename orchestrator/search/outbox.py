@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException, RestException
@@ -45,8 +46,13 @@ class Outbox:
     """Epoch metrics on their way to one MLflow run, and patient retries of the writes around them."""
 
     def __init__(
-        self, client: MlflowClient, label: str, pending: list[list] | None = None,
-        max_pending: int = 100_000, patience_s: float = PATIENCE_S, retry_every_s: float = 2.0,
+        self,
+        client: MlflowClient,
+        label: str,
+        pending: list[list] | None = None,
+        max_pending: int = 100_000,
+        patience_s: float = PATIENCE_S,
+        retry_every_s: float = 2.0,
     ) -> None:
         self.client, self.label = client, label
         self.pending: list[list] = pending if pending is not None else []  # [key, value, timestamp, step]
@@ -87,7 +93,8 @@ class Outbox:
                 if waited > self.patience_s:
                     raise ConnectionError(
                         f"the MLflow tracking server did not answer for {waited:.0f} s while trial {self.label} "
-                        f"tried to {what}: {_short(error)}") from None
+                        f"tried to {what}: {_short(error)}"
+                    ) from None
                 if time.monotonic() - warned >= WARN_EVERY_S:
                     warned = time.monotonic()
                     _warn(f"trial {self.label} still waits to {what} ({waited:.0f} s of {self.patience_s:.0f} s)")
@@ -100,19 +107,23 @@ class Outbox:
         while self.pending:
             chunk = self.pending[:BATCH]
             self.client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk])
-            del self.pending[:len(chunk)]  # in place: the checkpoint slot holds this same list
+            del self.pending[: len(chunk)]  # in place: the checkpoint slot holds this same list
         self._came_back()
 
     def _went_away(self, error: BaseException) -> None:
         if self.away_since is None:
             self.away_since = time.monotonic()
-            _warn(f"the MLflow tracking server is not answering ({_short(error)}); trial {self.label} keeps "
-                  f"training and holds {len(self.pending)} metric values until it answers")
+            _warn(
+                f"the MLflow tracking server is not answering ({_short(error)}); trial {self.label} keeps "
+                f"training and holds {len(self.pending)} metric values until it answers"
+            )
 
     def _came_back(self) -> None:
         if self.away_since is not None:
-            _warn(f"the MLflow tracking server answers again after {time.monotonic() - self.away_since:.0f} s; "
-                  f"trial {self.label} is writing what it held")
+            _warn(
+                f"the MLflow tracking server answers again after {time.monotonic() - self.away_since:.0f} s; "
+                f"trial {self.label} is writing what it held"
+            )
             self.away_since = None
 
 

@@ -51,7 +51,8 @@ def check_multi_node(tracking_uri: str, storage: str) -> None:
             f"tracking_uri {redact(tracking_uri)} is a file on the driver's machine, but the cluster has "
             f"{len(nodes)} nodes: trials on the others cannot write to it; run an MLflow tracking server "
             "(`mlflow server --backend-store-uri postgresql://... --serve-artifacts`) and set tracking_uri to its "
-            "http:// address")
+            "http:// address"
+        )
     if "://" not in storage:
         _check_shared(Path(storage), nodes)
 
@@ -67,14 +68,20 @@ def _check_shared(storage: Path, nodes: list[dict]) -> None:
     marker.write_text("written by the driver; each node looks for it\n")
     try:
         seen = ray.remote(num_cpus=0)(os.path.exists)
-        checks = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: seen.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
+        checks = {
+            n["NodeManagerAddress"] + " " + n["NodeID"][:8]: seen.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(str(marker))
+            for n in nodes
+        }
         blind = [node for node, ref in checks.items() if not ray.get(ref, timeout=120)]
     finally:
         marker.unlink(missing_ok=True)
     if blind:
-        raise SearchError(f"storage_path {storage} is not visible from node(s) {', '.join(blind)} (a marker file the "
-                          "driver wrote there is missing): use a folder every node mounts (NFS) or an s3:// URI")
+        raise SearchError(
+            f"storage_path {storage} is not visible from node(s) {', '.join(blind)} (a marker file the "
+            "driver wrote there is missing): use a folder every node mounts (NFS) or an s3:// URI"
+        )
 
 
 def check_local_resources(spec: SearchSpec) -> None:
@@ -83,7 +90,7 @@ def check_local_resources(spec: SearchSpec) -> None:
         return
     import torch
 
-    have = {"cpu": os.cpu_count() or 1, "gpu": torch.cuda.device_count()}
+    have: dict[str, float] = {"cpu": os.cpu_count() or 1, "gpu": torch.cuda.device_count()}
     _refuse_unplaceable(spec, [have], "this machine has", "or set address to a cluster that has them")
 
 
@@ -91,7 +98,9 @@ def check_cluster_resources(spec: SearchSpec) -> None:
     """A trial fits on at least one live node of the cluster Ray joined (a trial never spans nodes)."""
     import ray
 
-    nodes = [{"cpu": n["Resources"].get("CPU", 0), "gpu": n["Resources"].get("GPU", 0)} for n in ray.nodes() if n["Alive"]]
+    nodes = [
+        {"cpu": n["Resources"].get("CPU", 0), "gpu": n["Resources"].get("GPU", 0)} for n in ray.nodes() if n["Alive"]
+    ]
     _refuse_unplaceable(spec, nodes, "its largest node has", "or add nodes that have them")
 
 
@@ -102,8 +111,9 @@ def _refuse_unplaceable(spec: SearchSpec, nodes: list[dict[str, float]], where: 
     largest = max(nodes, key=lambda n: (n["gpu"], n["cpu"]), default={"cpu": 0, "gpu": 0})
     short = [k for k, v in wanted.items() if largest[k] < v]
     raise SearchError(
-        "a trial asks for " + ", ".join(f"resources.{k}={wanted[k]:g}" for k in short) + f" but {where} "
-        + ", ".join(f"{largest[k]:g} {k.upper()}s" for k in short) + f": no trial could ever start; lower it, {remedy}"
+        "a trial asks for "
+        + ", ".join(f"resources.{k}={wanted[k]:g}" for k in short)
+        + f" but {where} "
+        + ", ".join(f"{largest[k]:g} {k.upper()}s" for k in short)
+        + f": no trial could ever start; lower it, {remedy}"
     )
-
-

@@ -7,7 +7,6 @@ Both count trials the same way (`Tally`), by the searcher's and the front's rule
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from typing import Any, TextIO
@@ -56,9 +55,13 @@ class Tally:
 
     def complete(self) -> list[ConfigurationResult]:
         """Configurations whose every seed is complete, as the front reads them."""
-        return [ConfigurationResult(c, self.params[c], tuple(Replicate(t, i, *point) for i, (t, point) in
-                                                             enumerate(self.points[c].items())))
-                for c in sorted(self.outcomes) if self.verdict(c) is Outcome.COMPLETE]
+        return [
+            ConfigurationResult(
+                c, self.params[c], tuple(Replicate(t, i, *point) for i, (t, point) in enumerate(self.points[c].items()))
+            )
+            for c in sorted(self.outcomes)
+            if self.verdict(c) is Outcome.COMPLETE
+        ]
 
     def recount(self, trials: list[Trial]) -> None:
         """Count the trials that ended before a resume (a restored callback starts empty)."""
@@ -94,9 +97,12 @@ class SearchProgress(Callback):
             self.tally.recount(trials)
 
     def _print(self) -> None:
+        points = [p for seeds in self.tally.points.values() for p in seeds.values()]
         best = " · ".join(
-            f"best {name.replace('_', ' ')} {max(p[i] for seeds in self.tally.points.values() for p in seeds.values()):.3f}"
-            for i, name in enumerate(OBJECTIVES) if self.tally.points)
+            f"best {name.replace('_', ' ')} {max(p[i] for p in points):.3f}"
+            for i, name in enumerate(OBJECTIVES)
+            if self.tally.points
+        )
         elapsed = int(time.monotonic() - self.start)
         complete = sum(self.tally.verdict(c) is Outcome.COMPLETE for c in self.tally.outcomes)
         stopped = self.tally.trials(Outcome.STOPPED)
@@ -105,7 +111,8 @@ class SearchProgress(Callback):
             f" · trials {self.tally.trials(Outcome.COMPLETE)} done, {len(self.running)} running, "
             f"{self.tally.trials(Outcome.FAILED)} failed"
             + (f", {stopped} stopped early" if stopped else "")
-            + f" (of {self.configurations * self.seeds})" + (f" · {best}" if best else "")
+            + f" (of {self.configurations * self.seeds})"
+            + (f" · {best}" if best else "")
         )
         print(line, file=self.stream or sys.stdout, flush=True)
 
@@ -116,13 +123,16 @@ class SearchProgress(Callback):
     def on_trial_restore(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.running.add(trial.trial_id)
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         # Workers write MLflow themselves; their epoch results tell the driver when they cannot.
         if result.get(names.TRACKING_UNSENT, 0) > 0:
             if not self.holding:
-                self._warn("the MLflow tracking server is not answering: trials keep training and hold their "
-                           "metrics until it answers")
+                self._warn(
+                    "the MLflow tracking server is not answering: trials keep training and hold their "
+                    "metrics until it answers"
+                )
             self.holding.add(trial.trial_id)
         else:
             self._released(trial)
@@ -135,8 +145,9 @@ class SearchProgress(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         name = f"{self.tally.configuration_of(trial)}-seed{trial.config.get(names.SEED, '?')}"
-        self._warn(f"trial {name} lost its worker (failure {trial.num_failures}); Ray restarts it "
-                   "from its last checkpoint")
+        self._warn(
+            f"trial {name} lost its worker (failure {trial.num_failures}); Ray restarts it from its last checkpoint"
+        )
 
     def _warn(self, message: str) -> None:
         print(f"warning: {message}", file=self.stream or sys.stdout, flush=True)
@@ -164,8 +175,9 @@ class HypervolumeLog(Callback):
     the chart a point, never the search.
     """
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, reference: str | dict[str, float], seeds: int,
-                 epochs: int) -> None:
+    def __init__(
+        self, tracking_uri: str, parent_run_id: str, reference: str | dict[str, float], seeds: int, epochs: int
+    ) -> None:
         self.tracking_uri, self.parent_run_id, self.reference = tracking_uri, parent_run_id, reference
         self.seeds, self.epochs = seeds, epochs
         self.tally = Tally(seeds, epochs)
@@ -206,5 +218,8 @@ class HypervolumeLog(Callback):
                 self.client = MlflowClient(self.tracking_uri)
             self.client.log_metric(self.parent_run_id, names.HYPERVOLUME, volume, step=finished)
         except Exception as error:  # MlflowException, OSError: the chart misses a point
-            print(f"warning: could not log the hypervolume after {finished} configurations "
-                  f"({type(error).__name__}); the search goes on", flush=True)
+            print(
+                f"warning: could not log the hypervolume after {finished} configurations "
+                f"({type(error).__name__}); the search goes on",
+                flush=True,
+            )

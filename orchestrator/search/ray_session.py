@@ -14,8 +14,8 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from types import FrameType
-from typing import Iterator
 
 from orchestrator.errors import SearchError
 from search_spaces.spec import SearchSpec
@@ -50,13 +50,22 @@ def start_ray(spec: SearchSpec, tracking_uri: str) -> None:
         with held_stderr(when=bool(address)):
             if address and address not in ("auto", "local") and "://" not in address:  # ray:// has its own timeouts
                 check_ray_head(address)
-            ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
-                     configure_logging=True, logging_level=logging.WARNING, ignore_reinit_error=True)
+            ray.init(
+                address=address,
+                runtime_env=runtime_env,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=True,
+                logging_level=logging.WARNING,
+                ignore_reinit_error=True,
+            )
     except ConnectionError as error:
-        raise SearchError(f"cannot join the Ray cluster at {redact(address or 'auto')} ({one_line(error)}): if the "
-                          "head answers, it refused us; Ray clusters use token authentication by default: give this "
-                          "machine the head's token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token; RAY_AUTH_MODE=token "
-                          "turns it on)") from None
+        raise SearchError(
+            f"cannot join the Ray cluster at {redact(address or 'auto')} ({one_line(error)}): if the "
+            "head answers, it refused us; Ray clusters use token authentication by default: give this "
+            "machine the head's token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token; RAY_AUTH_MODE=token "
+            "turns it on)"
+        ) from None
 
 
 def sigterm_as_ctrl_c() -> None:
@@ -64,8 +73,13 @@ def sigterm_as_ctrl_c() -> None:
 
     ray.init installs its own SIGTERM handler (exit at once), so this is set after it.
     """
+
     def handler(signum: int, frame: FrameType | None) -> None:
-        signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)  # Tune's graceful stop, or KeyboardInterrupt
+        on_ctrl_c = signal.getsignal(signal.SIGINT)  # Tune's graceful stop, or Python's KeyboardInterrupt
+        if callable(on_ctrl_c):
+            on_ctrl_c(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
 
@@ -105,20 +119,22 @@ def check_ray_head(address: str, timeout_s: float = 20.0) -> None:
     """
     # No public Ray API asks an address "are you a Ray head?" without joining it: the GCS
     # client is the lightest probe there is.
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # a compiled module, no stub
 
     answered = threading.Event()
 
     def probe() -> None:
         with contextlib.suppress(Exception):
-            GcsClient(address=address).cluster_id
+            _ = GcsClient(address=address).cluster_id  # a head answers with its cluster id
         answered.set()
 
     threading.Thread(target=probe, daemon=True).start()
     if not answered.wait(timeout_s):
-        raise SearchError(f"{redact(address)} accepts connections but did not answer as a Ray head within "
-                          f"{timeout_s:.0f} s: give the head's GCS address (port 6379 unless `ray start --port` "
-                          "says otherwise; `ray status` on the head prints it)")
+        raise SearchError(
+            f"{redact(address)} accepts connections but did not answer as a Ray head within "
+            f"{timeout_s:.0f} s: give the head's GCS address (port 6379 unless `ray start --port` "
+            "says otherwise; `ray status` on the head prints it)"
+        )
 
 
 def use_ray_token_if_present() -> None:
@@ -151,5 +167,9 @@ def worker_env(tracking_uri: str) -> dict[str, str]:
 
     wind_down = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": str(int(PATIENCE_S) + 60)}
     # MLflow prints "View run ... at: <tracking URI>" as runs end: the URI as given, password included.
-    return forwarded | quick_retries | wind_down | {"MLFLOW_TRACKING_URI": tracking_uri,
-                                                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    return (
+        forwarded
+        | quick_retries
+        | wind_down
+        | {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    )

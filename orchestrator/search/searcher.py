@@ -18,8 +18,9 @@ import math
 import pickle
 import statistics
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from ray.tune.search import Searcher
@@ -33,7 +34,11 @@ MakeTrial = Callable[[Params, int], dict[str, Any]]
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    """Random search (default: it measured best on the quickstart's space), multi-objective TPE, NSGA-II, a Gaussian process, or a grid."""
+    """The spec's sampler: random (the default), multi-objective TPE, NSGA-II, a Gaussian process, or a grid.
+
+    Random search is the default because it measured best on the quickstart's space
+    (bench/sampler_efficiency.py, docs/benchmarks.md).
+    """
     # An accuracy floor reaches the samplers through Trial.set_constraint (see ReplicateSearcher);
     # Optuna 5 deprecates the samplers' constraints_func.
     seed = spec.sampler_seed
@@ -54,8 +59,9 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
 def make_study(spec: SearchSpec, study_name: str, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """A new two-objective study (both maximised) with its own name in the spec's Optuna storage."""
     storage = storage or optuna.storages.RDBStorage(spec.resolved_optuna_storage())
-    study = optuna.create_study(storage=storage, study_name=study_name, sampler=make_sampler(spec),
-                                directions=["maximize"] * len(OBJECTIVES))
+    study = optuna.create_study(
+        storage=storage, study_name=study_name, sampler=make_sampler(spec), directions=["maximize"] * len(OBJECTIVES)
+    )
     with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(OBJECTIVES))  # optuna-dashboard labels its axes by objective
@@ -89,7 +95,9 @@ class ReplicateSearcher(Searcher):
         epochs: int,
         accuracy_floor: float | None = None,
     ) -> None:
-        super().__init__(metric=list(OBJECTIVES), mode=["max"] * len(OBJECTIVES))
+        # Tune checks that every result reports each of these (its annotation says one, but lists
+        # are how multi-objective searchers such as its own OptunaSearch name several).
+        super().__init__(metric=list(OBJECTIVES), mode=["max"] * len(OBJECTIVES))  # type: ignore[arg-type]
         self.study, self.space = study, space
         self.seeds, self.configurations = list(seeds), configurations
         self.make_trial, self.epochs, self.accuracy_floor = make_trial, epochs, accuracy_floor
@@ -98,7 +106,8 @@ class ReplicateSearcher(Searcher):
         self._current: str | None = None
         self._restored = False
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    # Searcher.FINISHED is a string, which Ray's own annotation of `suggest` leaves out.
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self._restored:
             self._reconcile_with_the_study()
             self._restored = False
@@ -155,8 +164,11 @@ class ReplicateSearcher(Searcher):
             return
         outcomes = list(configuration.results.values())
         means = {m: statistics.fmean(o[m] for o in outcomes) for m in OBJECTIVES}
-        recorded = (*OBJECTIVES, names.SHAPE_BIAS_HOLDOUT) if all(names.SHAPE_BIAS_HOLDOUT in o for o in outcomes) \
+        recorded = (
+            (*OBJECTIVES, names.SHAPE_BIAS_HOLDOUT)
+            if all(names.SHAPE_BIAS_HOLDOUT in o for o in outcomes)
             else OBJECTIVES
+        )
         for m in recorded:
             trial.set_user_attr(f"{m}_mean", statistics.fmean(o[m] for o in outcomes))
             trial.set_user_attr(f"{m}_std", statistics.pstdev(o[m] for o in outcomes))

@@ -8,13 +8,12 @@ and a restarted trial without a checkpoint finds its run by configuration and se
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from dataclasses import replace
 from typing import Any
-
-import json
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -34,7 +33,6 @@ from trainables.messages import one_line
 from trainables.train import NonFiniteLossError
 from trainables.trial import train_trial
 
-
 # Failures that a retry would repeat exactly: bad numbers, undecodable data, a bad config or
 # checkpoint (ValidationError and CheckpointError are ValueErrors). OSError and Ray's own errors
 # (a lost worker, an out-of-memory kill) stay retryable.
@@ -42,27 +40,42 @@ DETERMINISTIC = (NonFiniteLossError, ValueError)
 
 
 def search_trial(
-    config: dict[str, Any], parent_run_id: str, experiment: str, log_models: bool = False,
+    config: dict[str, Any],
+    parent_run_id: str,
+    experiment: str,
+    log_models: bool = False,
     data_digests: dict[str, str] | None = None,
 ) -> None:
     """The Tune trainable of a search: one trial, logged as a child of the search's MLflow run."""
-    tracker = MLflowTrialTracker(parent_run_id, experiment, tune.get_context().get_trial_id(), config, log_models, data_digests)
+    tracker = MLflowTrialTracker(
+        parent_run_id, experiment, tune.get_context().get_trial_id(), config, log_models, data_digests
+    )
     try:
         train_trial(config[names.TRIAL], tracker)
     except DETERMINISTIC as error:
         # The child run is already FAILED with the reason in its `error` tag. A final result with
         # no objectives ends the trial (the searcher, the front and the progress line count it as
         # failed) instead of Ray retrying it max_failures times to the same end.
-        tune.report({**dict.fromkeys(OBJECTIVES, math.nan), names.EPOCH: 0,
-                     names.FAILED: f"{type(error).__name__}: {one_line(error)}"[:1000]})
+        tune.report(
+            {
+                **dict.fromkeys(OBJECTIVES, math.nan),
+                names.EPOCH: 0,
+                names.FAILED: f"{type(error).__name__}: {one_line(error)}"[:1000],
+            }
+        )
 
 
 class MLflowTrialTracker:
     """The `trainables.trial.Tracker` that logs one Ray trial as a child run of the search."""
 
     def __init__(
-        self, parent_run_id: str, experiment: str, ray_trial_id: str, search_config: dict[str, Any],
-        log_models: bool = False, data_digests: dict[str, str] | None = None,
+        self,
+        parent_run_id: str,
+        experiment: str,
+        ray_trial_id: str,
+        search_config: dict[str, Any],
+        log_models: bool = False,
+        data_digests: dict[str, str] | None = None,
     ) -> None:
         self.parent_run_id, self.experiment, self.ray_trial_id = parent_run_id, experiment, ray_trial_id
         self.log_models, self.data_digests = log_models, data_digests
@@ -70,7 +83,7 @@ class MLflowTrialTracker:
         self.params = Params.from_dict(search_config[names.PARAMS])
         # The URI the driver forwarded (Ray runtime env), even where this process has set another.
         self.client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
-        self.run_id: str | None = None
+        self.run_id = ""  # its MLflow run, once started
         self.finished = False
         self.logged_steps: set[int] = set()  # epochs an earlier attempt already logged or queued
         self.outbox = Outbox(self.client, f"{self.configuration}-seed{self.seed}")
@@ -82,8 +95,9 @@ class MLflowTrialTracker:
         After a driver crash Ray may rerun a trial under a new trial id (the old id was never
         saved), so runs are matched by configuration and seed, not by Ray's id.
         """
-        runs = replicate_runs(self.client, self.experiment, self.parent_run_id, self.configuration, self.seed,
-                              max_results=1)
+        runs = replicate_runs(
+            self.client, self.experiment, self.parent_run_id, self.configuration, self.seed, max_results=1
+        )
         if runs and "placement" in runs[0].data.params:  # a worker may have died before logging params
             logged = Params.from_mlflow(runs[0].data.params)
             if (logged.placement, logged.topk()) == (self.params.placement, self.params.topk()):
@@ -94,8 +108,9 @@ class MLflowTrialTracker:
         # Queued metrics an earlier attempt could not send travel in its checkpoint.
         self.outbox.pending.extend(saved.get("unsent", []))
         self.logged_steps = {int(step) for _, _, _, step in self.outbox.pending}
-        self.run_id = saved.get("mlflow_run_id") or self.outbox.call("find its MLflow run", self._existing_run)
-        if self.run_id is not None:
+        found = saved.get("mlflow_run_id") or self.outbox.call("find its MLflow run", self._existing_run)
+        if found:
+            self.run_id = found
             if self.outbox.call("reattach to its MLflow run", self._reattach, config):
                 # Restarted after its last epoch (the driver died before recording the end):
                 # the run is complete, so leave it exactly as it is.
@@ -117,7 +132,9 @@ class MLflowTrialTracker:
             names.SEED: str(self.seed),
             names.DENSE_REFERENCE: str(self.params.dense).lower(),
         }
-        self.run_id = self.outbox.call("create its MLflow run", self.client.create_run, self.experiment, tags=tags).info.run_id
+        self.run_id = self.outbox.call(
+            "create its MLflow run", self.client.create_run, self.experiment, tags=tags
+        ).info.run_id
         self.outbox.call("describe its MLflow run", self._describe, config)
         self.slot = {"mlflow_run_id": self.run_id, "restarts": 0, "unsent": self.outbox.pending}
         return self.slot
@@ -135,7 +152,7 @@ class MLflowTrialTracker:
         self.logged_steps |= {m.step for m in self.client.get_metric_history(self.run_id, names.EPOCH)}
         if names.ERROR in run.data.tags:
             self.client.delete_tag(self.run_id, names.ERROR)  # the failure this attempt retries
-        if not run.inputs.dataset_inputs:
+        if run.inputs is None or not run.inputs.dataset_inputs:
             self._log_inputs(config)  # the attempt that created the run died before logging them
         self.client.set_tag(self.run_id, names.RAY_TRIAL_ID, self.ray_trial_id)
         self.client.set_tag(self.run_id, names.RAY_NODE_ID, _node_id())  # where this attempt runs
@@ -145,7 +162,9 @@ class MLflowTrialTracker:
         """Parameters, the whole trial config and the data: the run alone says how the model was trained."""
         training = config.training
         # The effective knobs, searched or not.
-        effective = replace(self.params, lr=training.lr, weight_decay=training.weight_decay, batch_size=training.batch_size)
+        effective = replace(
+            self.params, lr=training.lr, weight_decay=training.weight_decay, batch_size=training.batch_size
+        )
         logged = {
             **effective.to_mlflow(),
             names.SEED: str(self.seed),
@@ -186,19 +205,26 @@ class MLflowTrialTracker:
         return {names.TRACKING_UNSENT: float(len(self.outbox.pending))}
 
     def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None:
-        if self.run_id is None or self.finished:
+        if not self.run_id or self.finished:
             return
         self.outbox.flush(self.run_id)
         if isinstance(error, SystemExit) and error.code in (0, None):
             # Tune ends a trial it stops (the early-stopping scheduler) with exit(0) inside
             # tune.report: the trial did not fail, it was stopped after its last logged epoch.
-            self.outbox.call("record its stop", self.client.set_tag, self.run_id, names.STOPPED_AT_EPOCH,
-                             str(self.slot.get("epoch", 0)))
+            self.outbox.call(
+                "record its stop",
+                self.client.set_tag,
+                self.run_id,
+                names.STOPPED_AT_EPOCH,
+                str(self.slot.get("epoch", 0)),
+            )
             self.outbox.call("close its MLflow run", self.client.set_terminated, self.run_id, status="FINISHED")
             return
         if error is None and checkpoint_uri is not None:
             # Any finished trial can be loaded later without Ray (`promote` reads it from here).
-            self.outbox.call("tag its checkpoint", self.client.set_tag, self.run_id, names.CHECKPOINT_URI, checkpoint_uri)
+            self.outbox.call(
+                "tag its checkpoint", self.client.set_tag, self.run_id, names.CHECKPOINT_URI, checkpoint_uri
+            )
             if self.log_models:
                 self._log_model(checkpoint_uri)
         if error is not None:
@@ -212,7 +238,9 @@ class MLflowTrialTracker:
         try:
             state = load_checkpoint(checkpoint_uri)
             model, config = restore_model(state)
-            self.outbox.call("log its model", log_model, model, state["labels"], config.data.image_size, self.run_id, self.experiment)
+            self.outbox.call(
+                "log its model", log_model, model, state["labels"], config.data.image_size, self.run_id, self.experiment
+            )
         except Exception as error:  # the trial is complete and its checkpoint is tagged: keep it
             reason = f"{type(error).__name__}: {one_line(error)}"[:5000]
             self.outbox.call("record its model error", self.client.set_tag, self.run_id, names.LOG_MODEL_ERROR, reason)
