@@ -163,15 +163,7 @@ def replay(table: Table, spec: SearchSpec, ladder: RungLadder | None = None, con
     """Run `spec`'s search against the table: the real searcher and sampler, no training."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = make_study(spec, "replay", storage=optuna.storages.InMemoryStorage())
-    searcher = ReplicateSearcher(
-        study=study,
-        space=spec.search,
-        seeds=spec.seeds,
-        configurations=spec.configurations,
-        make_trial=spec.trial_config,
-        epochs=spec.training.epochs,
-        accuracy_floor=spec.accuracy_floor,
-    )
+    searcher = ReplicateSearcher.for_spec(spec, study)
     proposed: dict[str, Params] = {}
     running: list[_Running] = []
     trained, asked, finished = 0, 0, False

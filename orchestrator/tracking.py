@@ -155,16 +155,9 @@ class SearchRecord:
                 ) from None
 
 
-def find_search(
-    client: MlflowClient,
-    experiment_name: str,
-    search_id: str | None = None,
-    name: str | None = None,
-    status: str | None = None,
-    exclude_status: str | None = None,
-) -> SearchRecord:
-    """A search by id, else the newest one (of a name, with or without a status); SearchError if none."""
-    return find_searches(client, experiment_name, search_id, name, status, exclude_status)[0]
+def find_search(client: MlflowClient, experiment_name: str, **filters: str | None) -> SearchRecord:
+    """A search by id, else the newest one (filters as `find_searches`); SearchError if none."""
+    return find_searches(client, experiment_name, **filters)[0]
 
 
 def find_searches(

@@ -180,6 +180,15 @@ def test_world_problems_are_one_line_within_seconds_and_leave_nothing(tmp_path, 
 # --- resume, pareto: which search, which store, which folder ------------------------------------
 
 
+def recorded_search(client, experiment, search_id, status, path):
+    """A search's parent run as a start leaves it (its tags and seeds), ended with `status`; its run id."""
+    tags = {"search_id": search_id, "search_name": "quickstart", "search_path": str(path), "mlflow.runName": search_id}
+    run = client.create_run(experiment, tags=tags)
+    client.log_param(run.info.run_id, "seeds", "[0]")
+    client.set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
 @pytest.fixture
 def store(tmp_path):
     """A real MLflow store holding searches as three kinds of failed or finished start leave them."""
@@ -194,17 +203,7 @@ def store(tmp_path):
         ("quickstart-20261101-110000-bbbbbb", "FAILED", storage / "quickstart-20261101-110000-bbbbbb"),  # no Ray state
         ("quickstart-20261101-120000-cccccc", "KILLED", Path("/etc/elsewhere")),  # state outside storage_path
     ):
-        run = client.create_run(
-            experiment,
-            tags={
-                "search_id": search_id,
-                "search_name": "quickstart",
-                "search_path": str(path),
-                "mlflow.runName": search_id,
-            },
-        )
-        client.log_param(run.info.run_id, "seeds", "[0]")
-        client.set_terminated(run.info.run_id, status=status)
+        recorded_search(client, experiment, search_id, status, path)
         made[status] = search_id
     return made
 
@@ -283,17 +282,7 @@ def test_resume_reads_no_state_from_outside_the_storage_path(tmp_path, how):
     if how == "folder links out":
         (storage / search_id).symlink_to(outside)
     # Anyone who can write tags to the tracking server can write these.
-    run = client.create_run(
-        experiment,
-        tags={
-            "search_id": search_id,
-            "search_name": "quickstart",
-            "search_path": str(path),
-            "mlflow.runName": "hostile",
-        },
-    )
-    client.log_param(run.info.run_id, "seeds", "[0]")
-    client.set_terminated(run.info.run_id, status="KILLED")
+    run_id = recorded_search(client, experiment, search_id, "KILLED", path)
     out = cli("resume", "--config", str(QUICKSTART), cwd=tmp_path)
     line = assert_one_line_error(out)
     if how == "id climbs out":
@@ -301,7 +290,7 @@ def test_resume_reads_no_state_from_outside_the_storage_path(tmp_path, how):
     else:
         assert "outside storage_path" in line and search_id in line, line
     assert not marker.exists(), "resume unpickled state from outside the storage path"
-    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert client.get_run(run_id).info.status == "KILLED"
 
 
 def test_resume_in_a_folder_without_a_store(tmp_path):

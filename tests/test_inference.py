@@ -164,31 +164,14 @@ def test_a_reduced_paper_search_maps_per_layer_k_at_inference(paper_search):
 def test_an_inference_only_imagenet_head_model_is_promoted_and_evaluated_as_its_trial_scored_it(paper_search):
     tmp_path, _ = paper_search
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = cli(
-        "promote",
-        "--experiment",
-        "paper-alexnet",
-        "--configuration",
-        "c001",
-        "--yes",
-        "--tracking-uri",
-        tracking,
-        cwd=tmp_path,
-        timeout=600,
-        fresh=True,
-    )
+
+    def command(*args):
+        return cli(*args, "--tracking-uri", tracking, cwd=tmp_path, timeout=600, fresh=True)
+
+    out = command("promote", "--experiment", "paper-alexnet", "--configuration", "c001", "--yes")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "registered sparse-alexnet-paper-alexnet version 1" in out.stdout, out.stdout[-2000:]  # named after its arch
-    out = cli(
-        "evaluate",
-        "--model",
-        "models:/sparse-alexnet-paper-alexnet@production",
-        "--tracking-uri",
-        tracking,
-        cwd=tmp_path,
-        timeout=600,
-        fresh=True,
-    )
+    out = command("evaluate", "--model", "models:/sparse-alexnet-paper-alexnet@production")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     # The 1000-way head is scored through the 16-category decision, as the trial scored it.
     rows = {

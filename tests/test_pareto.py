@@ -28,15 +28,7 @@ def test_replicates_dense_first_then_optuna_told_the_means(tmp_path):
         QUICKSTART,
         ["configurations=3", "seeds=[0, 1]", "accuracy_floor=0.75", f"optuna_storage=sqlite:///{tmp_path}/o.db"],
     )
-    searcher = ReplicateSearcher(
-        study=make_study(spec, "unit"),
-        space=spec.search,
-        seeds=spec.seeds,
-        configurations=spec.configurations,
-        make_trial=spec.trial_config,
-        epochs=spec.training.epochs,
-        accuracy_floor=spec.accuracy_floor,
-    )
+    searcher = ReplicateSearcher.for_spec(spec, make_study(spec, "unit"))
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
     assert searcher.suggest("t6") == Searcher.FINISHED
     assert [(c["configuration"], c["seed"]) for c in configs] == [

@@ -168,13 +168,8 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def evaluate_shape_bias(
-    model: torch.nn.Module,
-    stimuli: Stimuli,
-    mapping: LabelMapping,
-    image_size: int,
-    batch_size: int = 128,
-    device: torch.device | str = "cpu",
+    model: torch.nn.Module, stimuli: Stimuli, mapping: LabelMapping, image_size: int
 ) -> tuple[ShapeBiasResult, list[str]]:
-    """Shape bias of `model` (in eval mode) on `stimuli`, and its per-image decisions."""
-    decisions = model_decisions(model, stimuli, mapping, image_size, batch_size, device)
+    """Shape bias of `model` (in eval mode, on the CPU) on `stimuli`, and its per-image decisions."""
+    decisions = model_decisions(model, stimuli, mapping, image_size)
     return score_decisions(decisions, stimuli.shapes, stimuli.textures, mapping.categories), decisions

@@ -26,7 +26,7 @@ def _summary(result: ConfigurationResult | None) -> dict[str, Any] | None:
     if result is None:
         return None
     return {
-        "configuration": result.configuration,
+        names.CONFIGURATION: result.configuration,
         **{m: {"mean": result.mean(m), "std": result.std(m)} for m in OBJECTIVES},
         **(
             {"shape_bias_holdout": {"mean": result.shape_bias_holdout, "std": result.shape_bias_holdout_std}}
@@ -48,14 +48,14 @@ def production_config(
     # The digests the search took when it started: the data as it was trained on, not as it is now.
     data_fingerprint = search.data_digests or "not recorded (a search from before data digests were kept)"
     provenance = {
-        "search_id": search.search_id,
+        names.SEARCH_ID: search.search_id,
         "experiment": search.experiment_name,
         "parent_run_id": search.run_id,
-        "configuration": choice.result.configuration,
+        names.CONFIGURATION: choice.result.configuration,
         "seed": replicate.seed,
         "class_names": list(state["labels"]["class_names"]),
         "source_run_id": replicate.run_id,
-        "checkpoint_uri": checkpoint_uri,
+        names.CHECKPOINT_URI: checkpoint_uri,
         "chosen_by": choice.reason,
         "on_front": choice.on_front,
         "metrics": {
@@ -70,8 +70,8 @@ def production_config(
                 ),
             },
         },
-        "dense_reference": _summary(choice.dense),
-        "data_fingerprint": data_fingerprint,
+        names.DENSE_REFERENCE: _summary(choice.dense),
+        names.DATA_FINGERPRINT: data_fingerprint,
         "versions": package_versions(),
         "git_commit": git_commit(),
         "promoted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -85,15 +85,7 @@ class Opening:
             return tune.Tuner.restore(self.path, trainable, resume_unfinished=True, resume_errored=False)
         spec = self.spec
         assert self._study is not None, "start() first"
-        searcher = ReplicateSearcher(
-            study=self._study,
-            space=spec.search,
-            seeds=spec.seeds,
-            configurations=spec.configurations,
-            make_trial=spec.trial_config,
-            epochs=spec.training.epochs,
-            accuracy_floor=spec.accuracy_floor,
-        )
+        searcher = ReplicateSearcher.for_spec(spec, self._study)
         stopping = spec.early_stopping
         epochs, seeds = spec.training.epochs, len(spec.seeds)
         return tune.Tuner(

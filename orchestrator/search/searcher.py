@@ -106,6 +106,19 @@ class ReplicateSearcher(Searcher):
         self._current: str | None = None
         self._restored = False
 
+    @classmethod
+    def for_spec(cls, spec: SearchSpec, study: optuna.Study) -> ReplicateSearcher:
+        """The searcher of a search described by `spec`, driving `study` (see `make_study`)."""
+        return cls(
+            study=study,
+            space=spec.search,
+            seeds=spec.seeds,
+            configurations=spec.configurations,
+            make_trial=spec.trial_config,
+            epochs=spec.training.epochs,
+            accuracy_floor=spec.accuracy_floor,
+        )
+
     # Searcher.FINISHED is a string, which Ray's own annotation of `suggest` leaves out.
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self._restored:

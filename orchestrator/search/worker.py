@@ -116,12 +116,12 @@ class MLflowTrialTracker:
                 # the run is complete, so leave it exactly as it is.
                 self.finished = True
                 return dict(saved)
-            restarts = int(saved.get("restarts", 0)) + 1
+            restarts = int(saved.get(names.RESTARTS, 0)) + 1
             restart = [RunTag(names.RESTARTS, str(restarts))]
             if "epoch" in saved:  # restored from a checkpoint, not started afresh
                 restart.append(RunTag(names.RESUMED_AFTER_EPOCH, str(saved["epoch"])))
             self.outbox.call("record its restart", self.client.log_batch, self.run_id, tags=restart)
-            self.slot = {"mlflow_run_id": self.run_id, "restarts": restarts, "unsent": self.outbox.pending}
+            self.slot = {"mlflow_run_id": self.run_id, names.RESTARTS: restarts, "unsent": self.outbox.pending}
             return self.slot
         tags = {
             names.MLFLOW_PARENT_RUN_ID: self.parent_run_id,
@@ -136,7 +136,7 @@ class MLflowTrialTracker:
             "create its MLflow run", self.client.create_run, self.experiment, tags=tags
         ).info.run_id
         self.outbox.call("describe its MLflow run", self._describe, config)
-        self.slot = {"mlflow_run_id": self.run_id, "restarts": 0, "unsent": self.outbox.pending}
+        self.slot = {"mlflow_run_id": self.run_id, names.RESTARTS: 0, "unsent": self.outbox.pending}
         return self.slot
 
     def _reattach(self, config: TrialConfig) -> bool:

@@ -1,0 +1,100 @@
+"""Regenerate the README's quoted output from a real run of the current code.
+
+    .venv/bin/python docs/readme_output.py [--workdir DIR]
+
+Runs the quickstart search in a fresh folder as `make search` does, promotes by the README's rule,
+evaluates the promoted model, and writes each command's output into the README block marked
+`<!-- output: NAME -->` (quickstart, promote, evaluate); copies the front's plots to docs/. The
+progress lines of the search are cut in the middle. Prints each command's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+EXPERIMENT = "sparse-shape-search-quickstart"
+MODEL = f"models:/sparse-resnet18-{EXPERIMENT}@production"
+PROMOTE = ["promote", "--experiment", EXPERIMENT, "--maximize", "shape_bias", "--floor", "accuracy=dense-0.05", "--yes"]
+EVALUATE = ["evaluate", "--model", MODEL]
+
+
+def run(args: list[str], workdir: Path) -> tuple[str, float]:
+    """`run_search.py ARGS` in `workdir`: its stdout (stderr too on failure) and wall seconds."""
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "run_search.py"), *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    elapsed = time.monotonic() - start
+    if out.returncode != 0:
+        sys.exit(f"run_search.py {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
+    return out.stdout, elapsed
+
+
+def cut_progress(text: str, head: int = 4, tail: int = 3) -> str:
+    """The search's output with its progress lines cut to the first and last few."""
+    lines = text.rstrip("\n").splitlines()
+    progress = [i for i, line in enumerate(lines) if line.startswith("[")]
+    if len(progress) <= head + tail:
+        return "\n".join(lines)
+    keep = set(progress[:head] + progress[-tail:])
+    out, cut = [], False
+    for i, line in enumerate(lines):
+        if i in progress and i not in keep:
+            if not cut:
+                out.append("...")
+            cut = True
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+def replace_block(readme: str, name: str, text: str) -> str:
+    """The README with the fenced block after `<!-- output: NAME -->` holding `text`."""
+    pattern = re.compile(rf"(<!-- output: {name} -->\n```\n)(.*?)(\n```)", re.DOTALL)
+    if not pattern.search(readme):
+        sys.exit(f"README.md has no block marked <!-- output: {name} -->")
+    return pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + m.group(3), readme, count=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, help="an empty folder to run in (default: a new temporary one)")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="quickstart-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    search, search_s = run(["search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml")], workdir)
+    promote, promote_s = run(PROMOTE, workdir)
+    evaluate, evaluate_s = run(EVALUATE, workdir)
+    print(f"search {search_s:.0f} s, promote {promote_s:.1f} s, evaluate {evaluate_s:.1f} s (in {workdir})")
+
+    command = "$ .venv/bin/python run_search.py "
+    readme = README.read_text()
+    readme = replace_block(readme, "quickstart", cut_progress(search))
+    promote_line = f"{command}{' '.join(PROMOTE[:5])} \\\n      {' '.join(PROMOTE[5:])}\n"
+    readme = replace_block(readme, "promote", promote_line + promote)
+    readme = replace_block(readme, "evaluate", f"{command}{' '.join(EVALUATE)}\n{evaluate}")
+    README.write_text(readme)
+    search_id = re.search(r"^search (\S+):", search, re.MULTILINE)
+    if search_id:
+        for suffix, target in (("", "pareto_quickstart.png"), ("-categories", "categories_quickstart.png")):
+            plot = workdir / f"pareto-{search_id.group(1)}{suffix}.png"
+            if plot.is_file():
+                shutil.copy(plot, ROOT / "docs" / target)
+    print("README.md's quoted output and docs/*_quickstart.png regenerated")
+
+
+if __name__ == "__main__":
+    main()
