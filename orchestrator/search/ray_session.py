@@ -155,7 +155,7 @@ FORWARDED_ENV_PREFIXES = ("MLFLOW_TRACKING_", "MLFLOW_S3_", "AWS_", "AZURE_STORA
 def worker_env(tracking_uri: str) -> dict[str, str]:
     """The environment every trial gets through Ray's runtime env, whichever node it runs on."""
     forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-    # A worker queues its metrics while the tracking server is away (orchestrator/outbox.py), so
+    # A worker queues its metrics while the tracking server is away (orchestrator/search/outbox.py), so
     # MLflow's own minutes of blocking retries would only stall training: two quick ones instead.
     quick_retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     quick_retries = {k: os.environ.get(k, v) for k, v in quick_retries.items()}
