@@ -152,8 +152,22 @@ def test_evaluate_reproduces_the_recorded_metrics_exactly(searched):
     rows = {
         line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("accuracy", "shape_bias"))
     }
-    for name in ("accuracy", "shape_bias"):
+    for name in ("accuracy", "shape_bias", "shape_bias_holdout"):
         assert rows[name][1] == rows[name][2] and rows[name][3] == "same", out.stdout
+    # The synthetic benchmark is generated from its settings: it has no folders to swap.
+    for option in ("--data", "--stimuli"):
+        refused = run_main(
+            "evaluate",
+            "--model",
+            f"models:/{MODEL}@production",
+            "--tracking-uri",
+            tracking,
+            option,
+            str(workdir),
+            cwd=workdir,
+        )
+        assert refused.returncode == 2 and "trained on the synthetic benchmark" in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1 and option in refused.stderr
 
 
 def test_serving_over_http_answers_like_the_in_process_model(searched, shared_data):
