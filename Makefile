@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
-# The quickstart search on the embedded synthetic benchmark (about 5 minutes on 2 cores).
+# The quickstart search on the embedded synthetic benchmark (about 3 minutes on 2 cores).
 search: $(STAMP)
 	$(PY) run_search.py search --config search_spaces/quickstart.yaml
 

@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continue an interrupted search (Tuner.restore): finished trials are not rerun, unfinished ones "
         "restart from their last checkpoint and reattach to their MLflow runs, and Optuna continues its stored "
         "study. The search keeps the settings it started with: the config file supplies only where things are "
-        "(name, storage_path, tracking_uri, experiment, optuna_storage, address), and an override of any other "
-        "setting that would change it is refused. Starts that failed before any trial ran have nothing to resume "
-        "and are skipped.",
+        "(name, storage_path, tracking_uri, experiment, optuna_storage, address) and resources, and an override of "
+        "any other setting that would change it is refused. Starts that failed before any trial ran have nothing "
+        "to resume and are skipped.",
     )
     _add_config_arguments(resume)
     resume.add_argument(
@@ -212,10 +212,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from orchestrator.promotion.evaluate import evaluate
 
     result = evaluate(MlflowClient(existing_store(args.tracking_uri)), args.model, args.stimuli, args.data)
+    from orchestrator import names
+
     source = result.provenance
     print(
-        f"{args.model} = version {result.version.version}: configuration {source['configuration']} "
-        f"seed {source['seed']} of search {source['search_id']}"
+        f"{args.model} = version {result.version.version}: configuration {source[names.CONFIGURATION]} "
+        f"seed {source[names.SEED]} of search {source[names.SEARCH_ID]}"
     )
     print(f"{'':<18} {'at promotion':>12} {'now':>10}")
     for name, recorded in result.recorded.items():
@@ -289,10 +291,10 @@ def search_command(spec: SearchSpec, args: argparse.Namespace) -> int:
 
 
 def _location_overrides(overrides: list[str]) -> list[str]:
-    """The overrides a resume still needs: those that say where things are."""
-    from search_spaces.spec import LOCATION_KEYS
+    """The overrides a resume still needs: those that say where things are (and what a trial asks)."""
+    from search_spaces.spec import RESUME_MAY_CHANGE
 
-    return [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in LOCATION_KEYS]
+    return [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in RESUME_MAY_CHANGE]
 
 
 def _one_line_errors(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -1,17 +1,18 @@
-"""Every name a search is written under, defined once (after MLflow's own `mlflow.utils.mlflow_tags`).
+"""The names a search is written under in MLflow and Ray (after MLflow's own `mlflow.utils.mlflow_tags`).
 
 A search is one MLflow parent run with one child run per trial; Ray Tune carries each trial's
-assignment as a plain dict. These are the keys of both. Metric names of a trial's evaluation are
-the trainables' (`trainables.evaluate`); the objectives are `search_spaces.params.OBJECTIVES`.
+assignment as a plain dict. These are the keys of both. The names of a trial's metrics are the
+trainables' (`trainables.metrics`), and the objectives among them `search_spaces.params.OBJECTIVES`.
 """
 
 from __future__ import annotations
 
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from trainables.evaluate import HOLDOUT, SHAPE_BIAS
+from trainables.metrics import EPOCH, SHAPE_BIAS_HOLDOUT
 
-__all__ = ["MLFLOW_PARENT_RUN_ID", "MLFLOW_RUN_NAME"]  # MLflow's, re-exported beside ours
+# MLflow's and the trainables' names, re-exported beside ours.
+__all__ = ["EPOCH", "MLFLOW_PARENT_RUN_ID", "MLFLOW_RUN_NAME", "SHAPE_BIAS_HOLDOUT"]
 
 # --- a trial's assignment in Ray (its `trial.config`), also tags of its child run -------------
 CONFIGURATION = "configuration"  # c000 (the dense reference), c001, ...
@@ -19,8 +20,7 @@ SEED = "seed"
 PARAMS = "params"  # `Params.to_dict()`
 TRIAL = "trial"  # the trial config `trainables` validates
 
-# --- what a trial reports to Tune beside its metrics ------------------------------------------
-EPOCH = "epoch"
+# --- what a trial reports to Tune beside its metrics (`trainables.metrics`) -------------------
 TRACKING_UNSENT = "tracking_unsent"  # metric values held while the tracking server is away
 FAILED = "failed"  # the reason of a deterministic failure, with NaN objectives
 
@@ -32,6 +32,8 @@ GIT_COMMIT = "git_commit"
 DATA_FINGERPRINT = "data_fingerprint"
 VERSION_PREFIX = "version."  # version.torch, version.mlflow, ...
 FAILURE_REASON = "failure_reason"
+STATE_FORMAT = "state_format"  # the layout of the search's Ray state, which resume must be able to read
+OPTUNA_STORAGE = "optuna_storage"  # where its study is (password hidden)
 
 # --- parent run: params (others: the sampler's settings, see search.opening) --------------------
 SEEDS = "seeds"
@@ -62,6 +64,3 @@ LOG_MODEL_ERROR = "log_model_error"
 # --- child run: params and artifacts ------------------------------------------------------------
 TOPK_PREFIX = "topk."  # topk.<placement>: the fraction the trial's model used there
 TRIAL_CONFIG = "trial_config.yaml"
-
-# --- metrics a search reads back ----------------------------------------------------------------
-SHAPE_BIAS_HOLDOUT = SHAPE_BIAS + HOLDOUT  # the report set's shape bias: the number to quote

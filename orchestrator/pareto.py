@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass
 
 from search_spaces.params import Params
+from trainables.metrics import ACCURACY, SHAPE_BIAS
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,11 @@ class ConfigurationResult:
 
     def mean(self, objective: str) -> float:
         """Seed mean of one objective by name."""
-        return self.accuracy if objective == "accuracy" else self.shape_bias
+        return self.accuracy if objective == ACCURACY else self.shape_bias
 
     def std(self, objective: str) -> float:
         """Seed standard deviation of one objective by name."""
-        return self.accuracy_std if objective == "accuracy" else self.shape_bias_std
+        return self.accuracy_std if objective == ACCURACY else self.shape_bias_std
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -133,7 +134,7 @@ def reference_of(setting: str | dict[str, float], results: list[ConfigurationRes
     if isinstance(setting, str):  # "dense", the only word the spec accepts
         dense = next((r for r in results if r.dense), None)
         return None if dense is None else (dense.accuracy, dense.shape_bias)
-    return (setting["accuracy"], setting["shape_bias"])
+    return (setting[ACCURACY], setting[SHAPE_BIAS])
 
 
 def front_hypervolume(results: list[ConfigurationResult], setting: str | dict[str, float]) -> float | None:

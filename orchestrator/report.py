@@ -19,6 +19,7 @@ from orchestrator.errors import SearchError
 from orchestrator.pareto import ConfigurationResult, front_hypervolume, front_of, reference_of
 from orchestrator.tracking import SearchRecord, child_runs, collect
 from search_spaces.params import DENSE_LABEL, OBJECTIVES
+from trainables.messages import redact
 
 
 def format_table(results: list[ConfigurationResult]) -> str:
@@ -251,7 +252,11 @@ def report_importances(client: MlflowClient, search: SearchRecord, optuna_storag
     """Each searched parameter's importance per objective (Optuna's fANOVA), printed and logged to the parent run."""
     import optuna
 
-    study = optuna.load_study(study_name=search.search_id, storage=optuna_storage)
+    try:
+        study = optuna.load_study(study_name=search.search_id, storage=optuna_storage)
+    except KeyError:  # optuna_storage names another database than the search's
+        print(f"parameter importance: not computed (no study {search.search_id} in {redact(optuna_storage)})")
+        return {}
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
         print(

@@ -23,9 +23,9 @@ from orchestrator import names
 from orchestrator.errors import SearchError
 from orchestrator.pareto import ConfigurationResult, Replicate
 from search_spaces.params import OBJECTIVES, Outcome, Params, configuration_outcome, outcome
-from trainables.evaluate import HOLDOUT, SHAPE_BIAS
 from trainables.files import read_settings
 from trainables.messages import bounded, one_line, redact
+from trainables.metrics import ACCURACY, SHAPE_BIAS
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -234,9 +234,9 @@ def replicate(run: Run) -> Replicate:
     return Replicate(
         run.info.run_id,
         int(run.data.tags[names.SEED]),
-        metrics["accuracy"],
-        metrics["shape_bias"],
-        metrics.get(SHAPE_BIAS + HOLDOUT, math.nan),
+        metrics[ACCURACY],
+        metrics[SHAPE_BIAS],
+        metrics.get(names.SHAPE_BIAS_HOLDOUT, math.nan),
         per_category,
     )
 

@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-OBJECTIVES = ("accuracy", "shape_bias")  # both maximised
+from trainables.metrics import ACCURACY, EPOCH, SHAPE_BIAS
+
+OBJECTIVES = (ACCURACY, SHAPE_BIAS)  # both maximised
 DENSE = "dense"  # the placement-set name of the reference model without Top-K
 DENSE_LABEL = "dense (no Top-K)"  # how tables and texts name it
 
@@ -147,7 +149,7 @@ def outcome(metrics: Mapping[str, Any] | None, epochs: int, error: bool = False)
     """Whether a trial's last metrics are a final result; partial scores never are."""
     if error or metrics is None or not all(_finite(metrics.get(m)) for m in OBJECTIVES):
         return Outcome.FAILED
-    if not _finite(metrics.get("epoch")) or metrics["epoch"] < epochs:
+    if not _finite(metrics.get(EPOCH)) or metrics[EPOCH] < epochs:
         return Outcome.STOPPED
     return Outcome.COMPLETE
 

@@ -42,7 +42,7 @@ class ReferencePoint(Strict):
 
 
 class EarlyStopping(Strict):
-    """Replicate-aware successive halving on both objectives (orchestrator/early_stopping.py)."""
+    """Replicate-aware successive halving on both objectives (orchestrator/search/early_stopping.py)."""
 
     rungs: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)  # epochs at which configurations are compared
     reduction_factor: float = Field(3.0, gt=1.0)  # the best 1/reduction_factor continue at each rung
@@ -282,9 +282,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-# What a resumed search takes from the config file it is resumed with: where things are. The rest
-# (the space, the sampler, configurations, seeds, data, training) is the search's own, as it started.
-LOCATION_KEYS = ("name", "storage_path", "tracking_uri", "experiment", "optuna_storage", "address")
+# What a resumed search takes from the config file it is resumed with: where things are, and the
+# resources a trial asks of the cluster it now runs on. The rest (the space, the sampler,
+# configurations, seeds, data, training) is the search's own, as it started. The Optuna study must
+# be the one it started with (`orchestrator.search.opening` checks); its URL may be written anew.
+RESUME_MAY_CHANGE = ("name", "storage_path", "tracking_uri", "experiment", "optuna_storage", "address", "resources")
 
 
 def resumed_spec(
@@ -295,8 +297,8 @@ def resumed_spec(
     An override of any other setting that would change it is refused (ConfigError): a search
     keeps one set of settings from its first trial to its last.
     """
-    raw = {k: copy.deepcopy(v) for k, v in saved.items() if k not in LOCATION_KEYS}
-    raw |= {k: v for k, v in given.model_dump(mode="json").items() if k in LOCATION_KEYS}
+    raw = {k: copy.deepcopy(v) for k, v in saved.items() if k not in RESUME_MAY_CHANGE}
+    raw |= {k: v for k, v in given.model_dump(mode="json").items() if k in RESUME_MAY_CHANGE}
     try:
         kept = SearchSpec.model_validate(raw)
     except ValidationError as error:
@@ -305,7 +307,7 @@ def resumed_spec(
     given_keys = []
     for assignment in overrides:  # in order, as `load_spec` applies them: the last one wins
         key = assignment.split("=", 1)[0].strip()
-        if key.split(".")[0] not in LOCATION_KEYS:
+        if key.split(".")[0] not in RESUME_MAY_CHANGE:
             apply_override(changed, assignment)
             given_keys.append(key)
     try:
@@ -317,7 +319,7 @@ def resumed_spec(
         raise ConfigError(
             f"override {key}={bounded(_lookup(changed, key))} would change {search_id}, which started "
             f"with {key} = {bounded(_lookup(raw, key))}: a resumed search keeps its settings; drop the "
-            f"override, or start a new search (only {', '.join(LOCATION_KEYS)} may change)"
+            f"override, or start a new search (only {', '.join(RESUME_MAY_CHANGE)} may change)"
         )
     return kept
 

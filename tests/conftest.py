@@ -84,6 +84,9 @@ def _in_process(
 ) -> subprocess.CompletedProcess[str]:
     """`program`'s main(ARGS) in this process, in `cwd` and `env`, as a finished process would report it."""
     main = _run_search_module().main if program == "run_search" else importlib.import_module(program).main
+    from trainables.data import clear_caches
+
+    clear_caches()  # as a fresh process: no folder or stimuli decoded by an earlier call
     threads = torch.get_num_threads()  # the trial command sets its own count; the next test gets ours back
     stdout, stderr = io.StringIO(), io.StringIO()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()

@@ -5,7 +5,6 @@ The fast cases never reach Ray; the slow group at the end runs real searches (tw
 failing trials, SIGTERM then resume, a cluster too small for a trial).
 """
 
-import functools
 import json
 import os
 import shutil
@@ -180,9 +179,15 @@ def test_world_problems_are_one_line_within_seconds_and_leave_nothing(tmp_path, 
 # --- resume, pareto: which search, which store, which folder ------------------------------------
 
 
-def recorded_search(client, experiment, search_id, status, path):
+def recorded_search(client, experiment, search_id, status, path, **tags):
     """A search's parent run as a start leaves it (its tags and seeds), ended with `status`; its run id."""
-    tags = {"search_id": search_id, "search_name": "quickstart", "search_path": str(path), "mlflow.runName": search_id}
+    tags = {
+        "search_id": search_id,
+        "search_name": "quickstart",
+        "search_path": str(path),
+        "mlflow.runName": search_id,
+        **tags,
+    }
     run = client.create_run(experiment, tags=tags)
     client.log_param(run.info.run_id, "seeds", "[0]")
     client.set_terminated(run.info.run_id, status=status)
@@ -291,6 +296,27 @@ def test_resume_reads_no_state_from_outside_the_storage_path(tmp_path, how):
         assert "outside storage_path" in line and search_id in line, line
     assert not marker.exists(), "resume unpickled state from outside the storage path"
     assert client.get_run(run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("case", ["another state layout", "another optuna database"])
+def test_resume_refuses_state_it_cannot_read_and_a_study_elsewhere_before_reading_any(tmp_path, case):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("sparse-shape-search-quickstart")
+    search_id, marker = "quickstart-20261101-140000-eeeeee", tmp_path / "unpickled"
+    hostile_state(tmp_path / "ray_results" / search_id, marker)
+    # What a start of this version records; an older version's start recorded neither.
+    tags = {
+        "another state layout": {},
+        "another optuna database": {"state_format": "2", "optuna_storage": "sqlite:////elsewhere/optuna.db"},
+    }[case]
+    run_id = recorded_search(client, experiment, search_id, "KILLED", tmp_path / "ray_results" / search_id, **tags)
+    line = assert_one_line_error(cli("resume", "--config", str(QUICKSTART), cwd=tmp_path), search_id)
+    expected = {
+        "another state layout": "started by an older version",
+        "another optuna database": "keeps its Optuna study in sqlite:////elsewhere/optuna.db",
+    }[case]
+    assert expected in line, line
+    assert not marker.exists() and client.get_run(run_id).info.status == "KILLED"
 
 
 def test_resume_in_a_folder_without_a_store(tmp_path):
@@ -421,31 +447,25 @@ def folder_trial(root, stimuli, **extra):
 
 
 def test_silent_wrong_data_is_refused(tmp_path, shared_data):
-    # Each call a fresh process: a process decodes folders and stimuli once, and this test changes them.
-    fresh_trial = functools.partial(trial, fresh=True)
     root, stimuli = small_folders(tmp_path, shared_data)
     (root / "train" / "bird").mkdir()
     (root / "test" / "bird").mkdir()
-    assert_one_line_error(
-        fresh_trial(tmp_path, text=folder_trial(root, stimuli)), str(root / "test" / "bird"), "no images"
-    )
+    assert_one_line_error(trial(tmp_path, text=folder_trial(root, stimuli)), str(root / "test" / "bird"), "no images")
     shutil.rmtree(root / "train" / "bird")
     shutil.rmtree(root / "test" / "bird")
 
     for image in (stimuli / "cat").iterdir():
         image.unlink()
-    assert_one_line_error(
-        fresh_trial(tmp_path, text=folder_trial(root, stimuli)), str(stimuli / "cat"), "no .png stimuli"
-    )
+    assert_one_line_error(trial(tmp_path, text=folder_trial(root, stimuli)), str(stimuli / "cat"), "no .png stimuli")
     shutil.rmtree(stimuli / "cat")
     (stimuli / "cat").symlink_to(tmp_path / "nowhere")  # a folder that cannot be read
-    assert_one_line_error(fresh_trial(tmp_path, text=folder_trial(root, stimuli)), str(stimuli / "cat"), "cannot read")
+    assert_one_line_error(trial(tmp_path, text=folder_trial(root, stimuli)), str(stimuli / "cat"), "cannot read")
     (stimuli / "cat").unlink()
 
     # A corrupt image in a streamed training set (not decoded up front) still ends as one line naming it.
     broken = root / "train" / "dog" / "zz-broken.png"
     broken.write_bytes(b"\x89PNG not really")
-    out = fresh_trial(tmp_path, text=folder_trial(root, stimuli, in_memory_limit=0, workers=1))
+    out = trial(tmp_path, text=folder_trial(root, stimuli, in_memory_limit=0, workers=1))
     assert_one_line_error(out, "cannot decode image", str(broken))
 
 

@@ -156,3 +156,29 @@ def test_hypervolume_is_logged_per_finished_configuration_above_the_dense_refere
     )
     history = client.get_metric_history(parent, "hypervolume")
     assert [(m.step, round(m.value, 6)) for m in history] == [(2, 0.01), (3, 0.015), (4, 0.015), (5, 0.015)]
+
+
+def test_a_whole_grid_is_asked_and_told_through_the_searcher(tmp_path):
+    # GridSampler stops its study after the last point, which raises outside Study.optimize.
+    spec = load_spec(
+        QUICKSTART,
+        [
+            "sampler=grid",
+            "search.fraction.grid=3",
+            "search.placements=[[layer1], [layer2]]",
+            "configurations=7",
+            "seeds=[0]",
+            f"optuna_storage=sqlite:///{tmp_path}/o.db",
+        ],
+    )
+    searcher = ReplicateSearcher.for_spec(spec, make_study(spec, "grid"))
+    for i in range(7):
+        config = searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {"accuracy": 0.5, "shape_bias": 0.1 * i, "epoch": spec.training.epochs})
+    assert searcher.suggest("t7") == Searcher.FINISHED
+    study = optuna.load_study(study_name="grid", storage=f"sqlite:///{tmp_path}/o.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 6
+    assert {(t.params["placement"], t.params["fraction"]) for t in study.trials} == {
+        (p, f) for p in ("layer1", "layer2") for f in (0.02, 0.1, 0.5)
+    }
+    assert config["params"]["placement"] in ("layer1", "layer2")

@@ -7,7 +7,7 @@ import yaml
 from conftest import ROOT, cli
 from conftest import TINY_TRIAL as TINY
 from trainables.config import TrialConfig
-from trainables.evaluate import HOLDOUT_METRICS
+from trainables.metrics import HOLDOUT_METRICS
 from trainables.train import METRICS, NonFiniteLossError, train_and_evaluate
 
 

@@ -142,6 +142,11 @@ def _load_stimuli_cached(root: Path) -> Stimuli:
     )
 
 
+def clear_stimuli_cache() -> None:
+    """Forget every stimuli folder this process decoded (see `trainables.data.clear_caches`)."""
+    _load_stimuli_cached.cache_clear()
+
+
 def load_stimuli(root: str | Path) -> Stimuli:
     """Decode a cue-conflict directory once per process (later calls return the cached tensors)."""
     return _load_stimuli_cached(Path(root).expanduser().resolve())

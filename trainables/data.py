@@ -22,7 +22,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 
 from trainables.batches import Batches, FolderImages, InMemoryBatches, StreamingBatches, decode_folder, list_samples
-from trainables.cue_conflict import Stimuli, load_stimuli, split_stimuli
+from trainables.cue_conflict import Stimuli, clear_stimuli_cache, load_stimuli, split_stimuli
 from trainables.label_spaces import (
     CATEGORIES,
     LabelMapping,
@@ -267,6 +267,17 @@ def _listing_digest(root: Path) -> str:
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def clear_caches() -> None:
+    """Forget the data this process decoded or generated, so that changed folders are read anew.
+
+    Folders, stimuli and benchmarks are kept per process (a reused Ray worker trains its next trial
+    on them at once); a long-lived process whose files changed calls this.
+    """
+    decode_folder.cache_clear()
+    clear_stimuli_cache()
+    _benchmark.cache_clear()
 
 
 @functools.lru_cache(maxsize=2)

@@ -3,7 +3,7 @@
 `evaluate(model, data, outputs)` scores top-1 accuracy on the held-out test images and shape bias
 on the cue-conflict stimuli (the selection set, then the report set when the data has one), and
 with `detailed=True` adds what a trial logs at its last epoch: shape bias per category and the
-per-image decisions as model-vs-human CSV. Its metric names are the ones every trial reports.
+per-image decisions as model-vs-human CSV, under the metric names of `trainables.metrics`.
 """
 
 from __future__ import annotations
@@ -23,20 +23,8 @@ from trainables.cue_conflict import (
 )
 from trainables.data import TrialData
 from trainables.label_spaces import IMAGENET_OUTPUTS, LabelMapping, imagenet_mapping
+from trainables.metrics import ACCURACY, HOLDOUT, SHAPE_ACCURACY, SHAPE_BIAS, TEXTURE_ACCURACY, per_category
 from trainables.models import preprocess
-
-# The two objectives, then the diagnostics every evaluation reports beside them.
-ACCURACY, SHAPE_BIAS = "accuracy", "shape_bias"
-SHAPE_ACCURACY, TEXTURE_ACCURACY = "shape_accuracy", "texture_accuracy"
-HOLDOUT = "_holdout"  # suffix of a metric measured on the report set, which nothing selects on
-STIMULI_METRICS = (SHAPE_BIAS, SHAPE_ACCURACY, TEXTURE_ACCURACY)
-EVALUATION_METRICS = (ACCURACY, *STIMULI_METRICS)
-HOLDOUT_METRICS = tuple(name + HOLDOUT for name in STIMULI_METRICS)  # data.split: half
-
-
-def per_category(metric: str, category: str) -> str:
-    """The name of a metric's value on one category: `shape_bias_holdout.cat`."""
-    return f"{metric}.{category}"
 
 
 @dataclass(frozen=True)
@@ -93,8 +81,7 @@ def evaluate(
         decisions: dict[str, str] = {}
         sets = stimuli_sets(data)
         for suffix, stimuli in sets:
-            decided = model_decisions(model, stimuli, outputs.mapping, data.image_size, device=device)
-            result = score_decisions(decided, stimuli.shapes, stimuli.textures, outputs.mapping.categories)
+            result, decided = evaluate_shape_bias(model, stimuli, outputs.mapping, data.image_size, device)
             metrics |= stimuli_metrics(result, suffix)
             if detailed:
                 # The per-image decisions, for any model-vs-human tool to re-score.
@@ -168,8 +155,12 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def evaluate_shape_bias(
-    model: torch.nn.Module, stimuli: Stimuli, mapping: LabelMapping, image_size: int
+    model: torch.nn.Module,
+    stimuli: Stimuli,
+    mapping: LabelMapping,
+    image_size: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[ShapeBiasResult, list[str]]:
-    """Shape bias of `model` (in eval mode, on the CPU) on `stimuli`, and its per-image decisions."""
-    decisions = model_decisions(model, stimuli, mapping, image_size)
+    """Shape bias of `model` (in eval mode) on `stimuli`, and its per-image decisions."""
+    decisions = model_decisions(model, stimuli, mapping, image_size, device=device)
     return score_decisions(decisions, stimuli.shapes, stimuli.textures, mapping.categories), decisions

@@ -23,12 +23,13 @@ from trainables.batches import Batches
 from trainables.checkpoint import CheckpointError, labels_of
 from trainables.config import TrainingConfig, TrialConfig
 from trainables.data import TrialData
-from trainables.evaluate import EVALUATION_METRICS, evaluate, model_outputs
+from trainables.evaluate import evaluate, model_outputs
+from trainables.metrics import EPOCH, IMAGES_PER_S, TRAIN_LOSS, TRAINING_METRICS
 from trainables.models import build_model, preprocess
 from trainables.runtime import autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state, set_threads
 
-# What every epoch reports (with data.split: half also `evaluate.HOLDOUT_METRICS`).
-METRICS = ("epoch", "train_loss", *EVALUATION_METRICS, "images_per_s")
+# What every epoch reports (with data.split: half also `metrics.HOLDOUT_METRICS`).
+METRICS = TRAINING_METRICS
 Report = Callable[[dict[str, float], dict[str, Any]], None]
 
 
@@ -139,10 +140,10 @@ def train_and_evaluate(
             scheduler.step()
         evaluation = evaluate(forward, data, outputs, device=device, detailed=last, subject=config.model.arch)
         if epoch:
-            metrics = {"epoch": epoch, "train_loss": loss, **evaluation.metrics, "images_per_s": images_per_s}
+            metrics = {EPOCH: epoch, TRAIN_LOSS: loss, **evaluation.metrics, IMAGES_PER_S: images_per_s}
         else:  # evaluated as loaded: the throughput is the evaluation's
             metrics = {
-                "epoch": 0,
+                EPOCH: 0,
                 **evaluation.metrics,
                 "images_per_s": evaluation.images / (time.perf_counter() - start),
             }

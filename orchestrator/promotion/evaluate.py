@@ -1,8 +1,9 @@
 """Re-evaluating a registered model: its objectives now, beside those recorded when it was promoted.
 
 The model is loaded from the registry, its data rebuilt from its `production.yaml` (or other
-folders), and scored by the one evaluation a trial uses (`trainables.evaluate`), so the numbers
-agree exactly where nothing changed, whatever the model's head.
+folders), and scored by the one evaluation a trial uses (`trainables.evaluate`), whatever the model's
+head. For a model trained and evaluated on the CPU the numbers agree exactly where nothing changed;
+a GPU trial's evaluation ran other kernels (and AMP), so its numbers may differ in the last digits.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from orchestrator.provenance import git_commit, package_versions
 from orchestrator.tracking import SearchRecord
 from search_spaces.params import OBJECTIVES
 from trainables.config import TrialConfig
+from trainables.metrics import ACCURACY, SHAPE_BIAS
 
 PRODUCTION_YAML = "production.yaml"
 
@@ -29,7 +30,7 @@ def _summary(result: ConfigurationResult | None) -> dict[str, Any] | None:
         names.CONFIGURATION: result.configuration,
         **{m: {"mean": result.mean(m), "std": result.std(m)} for m in OBJECTIVES},
         **(
-            {"shape_bias_holdout": {"mean": result.shape_bias_holdout, "std": result.shape_bias_holdout_std}}
+            {names.SHAPE_BIAS_HOLDOUT: {"mean": result.shape_bias_holdout, "std": result.shape_bias_holdout_std}}
             if result.has_holdout
             else {}
         ),
@@ -52,7 +53,7 @@ def production_config(
         "experiment": search.experiment_name,
         "parent_run_id": search.run_id,
         names.CONFIGURATION: choice.result.configuration,
-        "seed": replicate.seed,
+        names.SEED: replicate.seed,
         "class_names": list(state["labels"]["class_names"]),
         "source_run_id": replicate.run_id,
         names.CHECKPOINT_URI: checkpoint_uri,
@@ -61,8 +62,8 @@ def production_config(
         "metrics": {
             **(_summary(choice.result) or {}),
             "replicate": {
-                "accuracy": replicate.accuracy,
-                "shape_bias": replicate.shape_bias,
+                ACCURACY: replicate.accuracy,
+                SHAPE_BIAS: replicate.shape_bias,
                 **(
                     {names.SHAPE_BIAS_HOLDOUT: replicate.shape_bias_holdout}
                     if math.isfinite(replicate.shape_bias_holdout)
@@ -73,7 +74,7 @@ def production_config(
         names.DENSE_REFERENCE: _summary(choice.dense),
         names.DATA_FINGERPRINT: data_fingerprint,
         "versions": package_versions(),
-        "git_commit": git_commit(),
+        names.GIT_COMMIT: git_commit(),
         "promoted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     trial = config.model_copy(update={"training": training, "provenance": provenance})

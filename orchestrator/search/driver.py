@@ -77,17 +77,22 @@ def run_search(
         reason = f"{type(error).__name__}: {one_line(error)}"
         raise
     finally:
-        if opening.parent_run_id:
+        if opening.started:
             close_open_children(client, opening.experiment, opening.parent_run_id)
             if status != "FINISHED":
                 _end(client, opening.parent_run_id, status, reason)
         if started_ray:
             ray.shutdown()
     if status == "KILLED":
-        if not opening.parent_run_id:
+        if not opening.started:
             raise SearchError("interrupted before the search started: nothing was written")
         raise SearchInterrupted(opening.search_id)
-    return _report(opening, time.monotonic() - start)
+    try:
+        return _report(opening, time.monotonic() - start)
+    except BaseException as error:  # the parent run never stays RUNNING after the driver is gone
+        what = one_line(error) if isinstance(error, SearchError) else f"{type(error).__name__}: {one_line(error)}"
+        _end(client, opening.parent_run_id, "FAILED", what)
+        raise
 
 
 def _trainable(opening: Opening) -> Any:
@@ -112,9 +117,7 @@ def _report(opening: Opening, wall_s: float) -> SearchOutcome:
         results, volume = report_front(client, search, Path.cwd())
     except SearchError as error:
         # Every configuration failed: the trials' own reasons say why better than an empty front.
-        reason = failures or str(error)
-        _end(client, parent_run_id, "FAILED", reason)
-        raise SearchError(f"search {search.search_id} failed: {reason}") from None
+        raise SearchError(f"search {search.search_id} failed: {failures or error}") from None
     if failures:
         print(f"warning: {failures}", flush=True)
     if spec.early_stopping:

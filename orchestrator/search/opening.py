@@ -5,7 +5,9 @@ A new search gets an id, an Optuna study of that name and an MLflow parent run. 
 the search its tag names (checked like a user's `--search`), with its Ray state read only from
 under the configured `storage_path` (Ray's state is pickled: reading it runs code), and with the
 settings it started with: the config file it is resumed with supplies only where things are
-(`search_spaces.spec.LOCATION_KEYS`), and an override that would change the rest is refused.
+(`search_spaces.spec.RESUME_MAY_CHANGE`, with the resources a trial asks), and an override that
+would change the rest is refused. A search started by another layout of Ray state, or whose Optuna
+study is elsewhere than the config says, is refused in one line.
 """
 
 from __future__ import annotations
@@ -35,34 +37,34 @@ from orchestrator.search.searcher import ReplicateSearcher, make_study
 from orchestrator.tracking import SearchRecord, experiment_id, find_searches
 from search_spaces.params import placement_key
 from search_spaces.spec import ConfigError, SearchSpec, resumed_spec
-from trainables.messages import redact, redacted
+from trainables.messages import one_line, redact, redacted
+
+# The layout of a search's Ray state (the pickled searcher, scheduler and callbacks), recorded on its
+# parent run: a search whose state another layout wrote cannot be resumed, and is told so in one line.
+STATE_FORMAT = "2"
 
 
 @dataclass
 class Opening:
-    """A search about to run: its settings and where everything is. Nothing is written yet."""
+    """A search about to run: its settings and where everything is. No run is written yet."""
 
     spec: SearchSpec  # for a resumed search, the settings it started with
     client: MlflowClient
     experiment: str  # MLflow experiment id
+    tracking_uri: str
+    storage: str  # Ray's storage_path
     resumed: SearchRecord | None = None  # the parent run of the search to resume
     path: str = ""  # Ray Tune's state of the search
     optuna_storage: optuna.storages.BaseStorage | None = None  # a new search's study goes there
-    tracking_uri: str = ""
-    storage: str = ""  # Ray's storage_path
     data_digests: dict[str, str] = field(default_factory=dict)
-    search_id: str = ""  # known once started
+    search_id: str = ""  # a resumed search's from the start, a new one's once started
     parent_run_id: str = ""
+    started: bool = False  # the parent run is written (a new search) or reopened (a resumed one)
     _study: optuna.Study | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        """Write the search's start: a new study and parent run, or the resumed parent run reopened."""
+        """A new search's start, written: its study and its parent run. A resumed one starts in `tuner`."""
         if self.resumed is not None:
-            self.search_id, self.parent_run_id = self.resumed.search_id, self.resumed.run_id
-            self.client.update_run(self.parent_run_id, status="RUNNING")
-            if names.FAILURE_REASON in self.resumed.run.data.tags:
-                self.client.delete_tag(self.parent_run_id, names.FAILURE_REASON)
-            print(f"resuming search {self.search_id} (MLflow parent run {self.parent_run_id})", flush=True)
             return
         spec = self.spec
         self.search_id = new_search_id(spec.name)
@@ -71,18 +73,36 @@ class Opening:
         self.parent_run_id = start_parent_run(
             self.client, self.experiment, self.search_id, spec, self.path, self.data_digests
         )
+        self.started = True
         print(
             f"search {self.search_id}: {spec.configurations} configurations x {len(spec.seeds)} seeds, "
             f"sampler {spec.sampler}, MLflow parent run {self.parent_run_id}",
             flush=True,
         )
 
+    def _reopen(self, trainable: Any) -> tune.Tuner:
+        """A resumed search's Tuner, restored from its state; only then is its parent run reopened."""
+        try:
+            # Unfinished trials restart from their last checkpoint; errored ones already used their
+            # max_failures retries and stay errored.
+            tuner = tune.Tuner.restore(self.path, trainable, resume_unfinished=True, resume_errored=False)
+        except Exception as error:  # a state Ray cannot read: the search stays as it was
+            raise SearchError(
+                f"cannot restore search {self.search_id} from its Ray state at {redact(self.path)} "
+                f"({type(error).__name__}: {one_line(error)[:300]})"
+            ) from None
+        self.client.update_run(self.parent_run_id, status="RUNNING")
+        assert self.resumed is not None
+        if names.FAILURE_REASON in self.resumed.run.data.tags:
+            self.client.delete_tag(self.parent_run_id, names.FAILURE_REASON)
+        self.started = True
+        print(f"resuming search {self.search_id} (MLflow parent run {self.parent_run_id})", flush=True)
+        return tuner
+
     def tuner(self, trainable: Any) -> tune.Tuner:
         """Tune over the replicate searcher; a resumed search's from its state (finished trials stay finished)."""
         if self.resumed is not None:
-            # Unfinished trials restart from their last checkpoint; errored ones already used their
-            # max_failures retries and stay errored.
-            return tune.Tuner.restore(self.path, trainable, resume_unfinished=True, resume_errored=False)
+            return self._reopen(trainable)
         spec = self.spec
         assert self._study is not None, "start() first"
         searcher = ReplicateSearcher.for_spec(spec, self._study)
@@ -135,31 +155,55 @@ def open_search(
         )
     writable_dir(Path.cwd(), "the working directory (for the front's files)")
     preflight.check_services(spec, tracking_uri)  # the locations: the same for a resumed search
-    with first_start_lock(tracking_uri, spec.resolved_optuna_storage()):
-        client = MlflowClient(tracking_uri)
-        opening = _resumed(spec, client, search_id, overrides) if resume else _new(spec, client)
-    opening.tracking_uri = tracking_uri
-    opening.storage = preflight.check_storage_path(opening.spec)  # the one check that writes: it creates the folder
+    opening = _resumed(spec, tracking_uri, search_id, overrides) if resume else _new(spec, tracking_uri)
     # Once per search, not per trial: listing an ImageNet folder takes a while.
     opening.data_digests = opening.spec.data.fingerprint()
     return opening
 
 
-def _new(spec: SearchSpec, client: MlflowClient) -> Opening:
+def _new(spec: SearchSpec, tracking_uri: str) -> Opening:
+    """A new search: refused before anything is written, then its stores made ready."""
     preflight.check_local_resources(spec)
-    experiment = experiment_id(client, spec.mlflow_experiment)  # created if missing
-    storage = optuna.storages.RDBStorage(spec.resolved_optuna_storage())  # creates its tables, once
-    return Opening(spec, client, experiment, optuna_storage=storage)
+    storage = preflight.check_storage_path(spec)  # the first write: it creates the folder
+    with first_start_lock(tracking_uri, spec.resolved_optuna_storage()):
+        client = MlflowClient(tracking_uri)
+        experiment = experiment_id(client, spec.mlflow_experiment)  # created if missing
+        optuna_storage = optuna.storages.RDBStorage(spec.resolved_optuna_storage())  # creates its tables, once
+    return Opening(spec, client, experiment, tracking_uri, storage, optuna_storage=optuna_storage)
 
 
-def _resumed(spec: SearchSpec, client: MlflowClient, search_id: str | None, overrides: Sequence[str]) -> Opening:
+def _resumed(spec: SearchSpec, tracking_uri: str, search_id: str | None, overrides: Sequence[str]) -> Opening:
+    """The search to resume, with the settings it started with; only read, nothing written."""
+    client = MlflowClient(tracking_uri)  # its database exists (checked): the search is only read
     resumed, path = resumable_search(client, spec, spec.resolved_storage_path(), search_id)
+    if resumed.run.data.tags.get(names.STATE_FORMAT) != STATE_FORMAT:
+        raise SearchError(
+            f"search {resumed.search_id} was started by an older version of sparse-shape-search, whose Ray state "
+            "this version cannot read: start a new search (`run_search.py pareto` still shows what it finished)"
+        )
+    study_at, given = resumed.run.data.tags.get(names.OPTUNA_STORAGE), redact(spec.resolved_optuna_storage())
+    if study_at is not None and study_at != given:
+        raise SearchError(
+            f"search {resumed.search_id} keeps its Optuna study in {study_at}, not in {given}: resume it from the "
+            "folder it started in, or set optuna_storage to where its study is"
+        )
     try:
         spec = resumed_spec(resumed.saved_spec(client), spec, overrides, f"search {resumed.search_id}")
     except ConfigError as error:
         raise SearchError(str(error)) from None
     preflight.check_local_resources(spec)
-    return Opening(spec, client, resumed.experiment_id, resumed=resumed, path=path)
+    storage = preflight.check_storage_path(spec)
+    return Opening(
+        spec,
+        client,
+        resumed.experiment_id,
+        tracking_uri,
+        storage,
+        resumed=resumed,
+        path=path,
+        search_id=resumed.search_id,
+        parent_run_id=resumed.run_id,
+    )
 
 
 def resumable_search(
@@ -227,6 +271,8 @@ def start_parent_run(
         names.SEARCH_PATH: redact(search_path),
         names.GIT_COMMIT: git_commit(),
         names.DATA_FINGERPRINT: json.dumps(data_digests, sort_keys=True),
+        names.STATE_FORMAT: STATE_FORMAT,
+        names.OPTUNA_STORAGE: redact(spec.resolved_optuna_storage()),
         **{f"{names.VERSION_PREFIX}{k}": v for k, v in package_versions().items()},
     }
     run = client.create_run(experiment, tags=tags)

@@ -30,7 +30,7 @@ class Tally:
 
     def add(self, trial: Trial, error: bool = False) -> Outcome:
         """Count an ended trial (`error`: Tune errored it) and return its outcome."""
-        configuration = trial.config.get(names.CONFIGURATION, trial.trial_id)
+        configuration = self.configuration_of(trial)
         ended = outcome(trial.last_result, self.epochs, error)
         self.outcomes.setdefault(configuration, {})[trial.trial_id] = ended
         if ended is Outcome.COMPLETE:
@@ -40,6 +40,7 @@ class Tally:
         return ended
 
     def configuration_of(self, trial: Trial) -> str:
+        """The configuration a trial runs (its Ray trial id, for a trial the searcher did not make)."""
         return str(trial.config.get(names.CONFIGURATION, trial.trial_id))
 
     def verdict(self, configuration: str) -> Outcome | None:

@@ -29,6 +29,7 @@ from orchestrator import names
 from search_spaces.params import OBJECTIVES, Outcome, Params, configuration_outcome, outcome
 from search_spaces.space import SearchSpace
 from search_spaces.spec import SearchSpec
+from trainables.metrics import ACCURACY
 
 MakeTrial = Callable[[Params, int], dict[str, Any]]
 
@@ -52,8 +53,20 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=3)
     if spec.sampler == "grid":
         # Each point once, in an order shuffled by the seed (a partial grid is a random subset).
-        return optuna.samplers.GridSampler(spec.search.grid_space(), seed=seed)
+        return _Grid(spec.search.grid_space(), seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """Optuna's GridSampler, but the searcher, not the sampler, decides when the search ends.
+
+    GridSampler stops its study once the grid is used up, with `Study.stop`, which raises outside
+    `Study.optimize`: told through ask-and-tell, the last grid point's tell would fail after its
+    result was stored. The spec already keeps `configurations` within the grid.
+    """
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        pass
 
 
 def make_study(spec: SearchSpec, study_name: str, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
@@ -121,9 +134,7 @@ class ReplicateSearcher(Searcher):
 
     # Searcher.FINISHED is a string, which Ray's own annotation of `suggest` leaves out.
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
-        if self._restored:
-            self._reconcile_with_the_study()
-            self._restored = False
+        self._reconcile_once_restored()
         if self._current is None or not self._configurations[self._current].seeds_left:
             if len(self._configurations) >= self.configurations:
                 return Searcher.FINISHED
@@ -146,9 +157,7 @@ class ReplicateSearcher(Searcher):
         }
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if self._restored:  # a trial that ended while Tune restored the search, before any suggest
-            self._reconcile_with_the_study()
-            self._restored = False
+        self._reconcile_once_restored()  # a trial may end while Tune restores the search, before any suggest
         assigned = self._trial_to_configuration.get(trial_id)
         if assigned is None:
             return
@@ -163,8 +172,8 @@ class ReplicateSearcher(Searcher):
         verdict = configuration_outcome(list(configuration.ended.values()), len(self.seeds))
         if verdict is None or configuration.optuna_trial is None or configuration.told:
             return
+        configuration.told = True  # first: whatever the tell does, never twice
         self._tell(configuration, verdict)
-        configuration.told = True
 
     def _tell(self, configuration: _Configuration, verdict: Outcome) -> None:
         """Tell the study how a configuration ended: its seed means, or a failure (and why)."""
@@ -188,8 +197,13 @@ class ReplicateSearcher(Searcher):
         trial.set_user_attr(names.SEEDS, len(outcomes))
         if self.accuracy_floor is not None:
             # Optuna reads <= 0 as feasible: mean accuracy at or above the floor.
-            trial.set_constraint("accuracy_floor", self.accuracy_floor - means["accuracy"])
+            trial.set_constraint("accuracy_floor", self.accuracy_floor - means[ACCURACY])
         self.study.tell(trial, [means[m] for m in OBJECTIVES])
+
+    def _reconcile_once_restored(self) -> None:
+        if self._restored:
+            self._reconcile_with_the_study()
+            self._restored = False
 
     def _reconcile_with_the_study(self) -> None:
         """After a restore, agree with the study, which saw more than the state Tune saved.
