@@ -161,7 +161,8 @@ def promote_command(args: argparse.Namespace) -> int:
     client = MlflowClient(existing_store(args.tracking_uri))
     search = find_search(client, args.experiment, search_id=args.search, status=None if args.search else "FINISHED")
     name = args.model_name or default_model_name(args.experiment, search.arch)
-    check_registry_names(name, args.alias)
+    if not args.model_name:
+        check_registry_names(name, args.alias)  # the default follows the search's arch: known only now
     if search.status != "FINISHED":
         raise SearchError(
             f"search {search.search_id} is {search.status}, not FINISHED: wait for it to end, or finish it "
@@ -292,9 +293,9 @@ def search_command(spec: SearchSpec, args: argparse.Namespace) -> int:
 
 def _location_overrides(overrides: list[str]) -> list[str]:
     """The overrides a resume still needs: those that say where things are (and what a trial asks)."""
-    from search_spaces.spec import RESUME_MAY_CHANGE
+    from search_spaces.spec import may_change_on_resume
 
-    return [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in RESUME_MAY_CHANGE]
+    return [o for o in overrides if may_change_on_resume(o)]
 
 
 def _one_line_errors(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -289,6 +289,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 RESUME_MAY_CHANGE = ("name", "storage_path", "tracking_uri", "experiment", "optuna_storage", "address", "resources")
 
 
+def may_change_on_resume(assignment: str) -> bool:
+    """Whether a `key=value` override sets something a resumed search takes from the config file."""
+    return assignment.split("=", 1)[0].strip().split(".")[0] in RESUME_MAY_CHANGE
+
+
 def resumed_spec(
     saved: Mapping[str, Any], given: SearchSpec, overrides: Sequence[str] = (), search_id: str = "the search"
 ) -> SearchSpec:
@@ -306,10 +311,9 @@ def resumed_spec(
     changed = copy.deepcopy(raw)
     given_keys = []
     for assignment in overrides:  # in order, as `load_spec` applies them: the last one wins
-        key = assignment.split("=", 1)[0].strip()
-        if key.split(".")[0] not in RESUME_MAY_CHANGE:
+        if not may_change_on_resume(assignment):
             apply_override(changed, assignment)
-            given_keys.append(key)
+            given_keys.append(assignment.split("=", 1)[0].strip())
     try:
         same = SearchSpec.model_validate(changed) == kept
     except ValidationError:

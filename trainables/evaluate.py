@@ -74,24 +74,26 @@ def evaluate(
     detailed: bool = False,
     subject: str = "model",
 ) -> Evaluation:
-    """Accuracy and shape bias (with shape and texture accuracy) of `model`; per category and image if `detailed`."""
-    with eval_mode(model):
-        mapping = outputs.mapping if outputs.by_category else None
-        metrics = {ACCURACY: accuracy(model, data.test_images, outputs.test_targets, data.image_size, device, mapping)}
-        decisions: dict[str, str] = {}
-        sets = stimuli_sets(data)
-        for suffix, stimuli in sets:
-            result, decided = evaluate_shape_bias(model, stimuli, outputs.mapping, data.image_size, device)
-            metrics |= stimuli_metrics(result, suffix)
-            if detailed:
-                # The per-image decisions, for any model-vs-human tool to re-score.
-                decisions[f"decisions{suffix}.csv"] = decisions_csv(stimuli, decided, subject=subject)
-            if detailed and suffix == sets[-1][0]:
-                # Categories differ (the paper's ablation): each one's own, on the report set.
-                for category, value in shape_bias_per_category(
-                    decided, stimuli.shapes, stimuli.textures, outputs.mapping.categories
-                ).items():
-                    metrics[per_category(SHAPE_BIAS + suffix, category)] = value
+    """Accuracy and shape bias (with shape and texture accuracy) of `model`; per category and image if `detailed`.
+
+    Each measurement puts the model in eval mode meanwhile (`eval_mode`) and back as it was.
+    """
+    mapping = outputs.mapping if outputs.by_category else None
+    metrics = {ACCURACY: accuracy(model, data.test_images, outputs.test_targets, data.image_size, device, mapping)}
+    decisions: dict[str, str] = {}
+    sets = stimuli_sets(data)
+    for suffix, stimuli in sets:
+        result, decided = evaluate_shape_bias(model, stimuli, outputs.mapping, data.image_size, device)
+        metrics |= stimuli_metrics(result, suffix)
+        if detailed:
+            # The per-image decisions, for any model-vs-human tool to re-score.
+            decisions[f"decisions{suffix}.csv"] = decisions_csv(stimuli, decided, subject=subject)
+        if detailed and suffix == sets[-1][0]:
+            # Categories differ (the paper's ablation): each one's own, on the report set.
+            for category, value in shape_bias_per_category(
+                decided, stimuli.shapes, stimuli.textures, outputs.mapping.categories
+            ).items():
+                metrics[per_category(SHAPE_BIAS + suffix, category)] = value
     return Evaluation(metrics, decisions, len(outputs.test_targets) + sum(len(s) for _, s in sets))
 
 
