@@ -36,6 +36,25 @@ def test_reference_decisions_give_expected_shape_bias(shared_data, name):
     assert result.scored == 1200 and result.excluded == 0
 
 
+# The cue-decision rate of the published decisions: (shape + texture decisions) / the 1,200 conflicts.
+@pytest.mark.parametrize(
+    ("name", "rate"), [("vgg16.csv", 0.76), ("resnet50.csv", 0.6117), ("human-subject-01.csv", 0.7183)]
+)
+def test_reference_decisions_give_their_cue_decision_rate(shared_data, name, rate):
+    expected = json.loads((shared_data / "reference-decisions" / "expected.json").read_text())[name]
+    result = shape_bias_from_csv(shared_data / "reference-decisions" / name)
+    assert result.cue_decision_rate == (expected["shape_decisions"] + expected["texture_decisions"]) / 1200
+    assert round(result.cue_decision_rate, 4) == rate
+    assert math.isclose(result.cue_decision_rate, result.shape_accuracy + result.texture_accuracy)
+
+
+def test_a_near_chance_model_scores_high_shape_bias_and_a_low_cue_decision_rate():
+    # Decisions that name the shape on 1 of 10 conflicts, the texture on none: shape bias 1.0, rate 0.1.
+    shapes, textures = ["cat"] * 10, ["dog"] * 10
+    result = score_decisions(["cat"] + ["car"] * 9, shapes, textures, nameable={"cat", "dog", "car"})
+    assert result.shape_bias == 1.0 and math.isclose(result.cue_decision_rate, 0.1)
+
+
 def test_score_counts_and_exclusions():
     decisions = ["cat", "dog", "car", "cat", "bear", "cat"]
     shapes = ["cat", "cat", "cat", "cat", "bear", "dog"]

@@ -3,7 +3,10 @@
 Stimuli: a directory with one folder per shape class holding `<shape><i>-<texture><j>.png`.
 Only conflict images count (shape class != texture class). shape bias = shape decisions /
 (shape + texture decisions); shape and texture accuracy are fractions of the scored conflict
-images. Images whose shape or texture category the model cannot name are excluded and counted.
+images, and the cue-decision rate is their sum: the share of scored images whose decision names
+either cue. Shape bias alone ignores that share, so a model near chance can score shape bias near
+0.5; the rate says whether the model still recognises anything. Images whose shape or texture
+category the model cannot name are excluded and counted.
 Per-image decisions read and write as model-vs-human CSV.
 """
 
@@ -78,6 +81,8 @@ class ShapeBiasResult:
     shape_bias: float
     shape_accuracy: float
     texture_accuracy: float
+    # (shape + texture decisions) / scored: the validity of the shape bias beside it.
+    cue_decision_rate: float
     shape_decisions: int
     texture_decisions: int
     other_decisions: int
@@ -178,6 +183,7 @@ def score_decisions(
         shape_bias=shape_hits / cue_decisions if cue_decisions else math.nan,
         shape_accuracy=shape_hits / scored if scored else math.nan,
         texture_accuracy=texture_hits / scored if scored else math.nan,
+        cue_decision_rate=cue_decisions / scored if scored else math.nan,
         shape_decisions=shape_hits,
         texture_decisions=texture_hits,
         other_decisions=other,
@@ -238,6 +244,6 @@ def read_decisions_csv(path: str | Path) -> tuple[list[str], list[str], list[str
 
 
 def shape_bias_from_csv(path: str | Path, nameable: Iterable[str] | None = None) -> ShapeBiasResult:
-    """Shape bias of the decisions in a model-vs-human CSV (all 16 categories nameable by default)."""
+    """Shape bias and cue-decision rate of a model-vs-human CSV's decisions (all 16 categories nameable by default)."""
     decisions, shapes, textures = read_decisions_csv(path)
     return score_decisions(decisions, shapes, textures, CATEGORIES if nameable is None else nameable)

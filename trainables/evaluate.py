@@ -23,7 +23,15 @@ from trainables.cue_conflict import (
 )
 from trainables.data import TrialData
 from trainables.label_spaces import IMAGENET_OUTPUTS, LabelMapping, imagenet_mapping
-from trainables.metrics import ACCURACY, HOLDOUT, SHAPE_ACCURACY, SHAPE_BIAS, TEXTURE_ACCURACY, per_category
+from trainables.metrics import (
+    ACCURACY,
+    CUE_DECISION_RATE,
+    HOLDOUT,
+    SHAPE_ACCURACY,
+    SHAPE_BIAS,
+    TEXTURE_ACCURACY,
+    per_category,
+)
 from trainables.models import preprocess
 
 
@@ -103,6 +111,7 @@ def stimuli_metrics(result: ShapeBiasResult, suffix: str = "") -> dict[str, floa
         SHAPE_BIAS + suffix: result.shape_bias,
         SHAPE_ACCURACY + suffix: result.shape_accuracy,
         TEXTURE_ACCURACY + suffix: result.texture_accuracy,
+        CUE_DECISION_RATE + suffix: result.cue_decision_rate,
     }
 
 

@@ -239,23 +239,48 @@ def describe_placements(
     """For a square input of `input_size` px: each listed placement's feature-map size and kept count."""
     checked = check_placements(topk or {}, arch)
     listed = placements(arch)
-    names = list(listed) + [n for n in checked if n not in listed]
-    with torch.device("meta"):  # shapes only
-        model = _skeleton(arch, stem, 2).eval()
-    shapes: dict[str, torch.Size] = {}
-    for name in names:
-        _module(model, name).register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, out.shape))
-    with torch.no_grad():
-        model(torch.zeros(1, 3, input_size, input_size, device="meta"))
+    names = tuple(listed) + tuple(n for n in checked if n not in listed)
     rows = []
-    for name in names:
-        if len(shapes[name]) != 4:
+    for name, shape in _output_shapes(input_size, stem, arch, names).items():
+        if len(shape) != 4:
             continue  # no spatial map here (the classifier): nothing for Top-K to choose among
-        _, channels, height, width = shapes[name]
+        _, channels, height, width = shape
         fraction = checked.get(name, 1.0)
         kept = height * width if fraction == 1.0 else kept_per_channel(fraction, height, width)
         rows.append(PlacementInfo(name, channels, height, width, fraction, min(kept, height * width)))
     return rows
+
+
+def feature_map_sizes(
+    names: tuple[str, ...], input_size: int, stem: Stem = "imagenet", arch: Arch = "resnet18"
+) -> dict[str, tuple[int, int]]:
+    """(height, width) of each named placement's output for a square input of `input_size` px.
+
+    ValueError for a placement whose output has no spatial map (a classifier layer): Top-K has
+    nothing to rank there.
+    """
+    check_placements(dict.fromkeys(names, 1.0), arch)
+    sizes = {}
+    for name, shape in _output_shapes(input_size, stem, arch, tuple(names)).items():
+        if len(shape) != 4:
+            raise ValueError(f"Top-K placement {name!r} of {arch} outputs no feature map (shape {list(shape)[1:]})")
+        sizes[name] = (int(shape[2]), int(shape[3]))
+    return sizes
+
+
+@cache
+def _output_shapes(input_size: int, stem: str, arch: str, names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Each named module's output shape for one (1, 3, input_size, input_size) input, on the meta device."""
+    with torch.device("meta"):  # shapes only
+        model = _skeleton(arch, stem, 2).eval()
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in names:
+        _module(model, name).register_forward_hook(
+            lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape))
+        )
+    with torch.no_grad():
+        model(torch.zeros(1, 3, input_size, input_size, device="meta"))
+    return {name: shapes[name] for name in names}
 
 
 PLACEMENTS = placements("resnet18")  # today's names, in the order of the forward pass

@@ -140,7 +140,7 @@ def _train(config_path: str, checkpoint_dir: Path | None) -> int:
             )
             + f"accuracy {metrics['accuracy']:.3f}  "
             f"shape bias {metrics['shape_bias']:.3f}  (shape acc {metrics['shape_accuracy']:.3f}, texture acc "
-            f"{metrics['texture_accuracy']:.3f})  "
+            f"{metrics['texture_accuracy']:.3f}, cue decisions {metrics['cue_decision_rate']:.3f})  "
             + (f"held-out shape bias {metrics['shape_bias_holdout']:.3f}  " if "shape_bias_holdout" in metrics else "")
             + f"{metrics['images_per_s']:.0f} img/s  {time.perf_counter() - start:.0f}s",
             flush=True,
