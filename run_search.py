@@ -100,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--floor",
         action="append",
         default=[],
-        metavar="OBJECTIVE=VALUE",
-        help="with --maximize: a seed-mean floor, absolute (accuracy=0.75) or relative to the dense "
-        "reference (accuracy=dense-0.01); repeatable",
+        metavar="METRIC=VALUE",
+        help="with --maximize: a seed-mean floor on accuracy, shape_bias or cue_decision_rate, absolute "
+        "(accuracy=0.75) or relative to the dense reference (cue_decision_rate=dense-0.2); repeatable. The "
+        "search's own constraints always apply",
     )
     promote.add_argument("--model-name", help="registered model name (default: sparse-<model.arch>-<experiment>)")
     promote.add_argument("--alias", default="production", help="alias moved to the new version (default: production)")
@@ -179,9 +180,9 @@ def promote_command(args: argparse.Namespace) -> int:
         ids = sorted(
             {r.data.tags.get(names.CONFIGURATION, "") for r in child_runs(client, search.experiment_id, search.run_id)}
         )
-        chosen = choosing.by_id(results, args.configuration, ids)
+        chosen = choosing.by_id(results, args.configuration, ids, search.floors)
     else:
-        chosen = choosing.by_rule(results, args.maximize, floors)
+        chosen = choosing.by_rule(results, args.maximize, floors, search.floors)
     print(choosing.describe(chosen, search.search_id))
     print(f"  register as {name}, alias {args.alias!r}")
     if not args.yes:
@@ -220,11 +221,17 @@ def evaluate_command(args: argparse.Namespace) -> int:
         f"{args.model} = version {result.version.version}: configuration {source[names.CONFIGURATION]} "
         f"seed {source[names.SEED]} of search {source[names.SEARCH_ID]}"
     )
-    print(f"{'':<18} {'at promotion':>12} {'now':>10}")
-    for name, recorded in result.recorded.items():
+    print(f"{'':<25} {'at promotion':>12} {'now':>10}")
+    recorded = result.recorded
+    # The validity of each shape bias beside it; a model promoted before the rate was kept shows it now only.
+    shown = [m for m in (*recorded, names.CUE_DECISION_RATE, names.CUE_DECISION_RATE_HOLDOUT) if m in result.now]
+    for name in dict.fromkeys(shown):
         value = result.now[name]
-        change = "same" if value == recorded else f"{value - recorded:+.4f}"
-        print(f"{name:<18} {recorded:>12.4f} {value:>10.4f}  {change}")
+        if name not in recorded:
+            print(f"{name:<25} {'-':>12} {value:>10.4f}  (not recorded at promotion)")
+            continue
+        change = "same" if value == recorded[name] else f"{value - recorded[name]:+.4f}"
+        print(f"{name:<25} {recorded[name]:>12.4f} {value:>10.4f}  {change}")
     return 0
 
 

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from trainables.metrics import EPOCH, SHAPE_BIAS_HOLDOUT
+from trainables.metrics import CUE_DECISION_RATE, CUE_DECISION_RATE_HOLDOUT, EPOCH, SHAPE_BIAS_HOLDOUT
 
 # MLflow's and the trainables' names, re-exported beside ours.
-__all__ = ["EPOCH", "MLFLOW_PARENT_RUN_ID", "MLFLOW_RUN_NAME", "SHAPE_BIAS_HOLDOUT"]
+__all__ = [
+    "CUE_DECISION_RATE",
+    "CUE_DECISION_RATE_HOLDOUT",
+    "EPOCH",
+    "MLFLOW_PARENT_RUN_ID",
+    "MLFLOW_RUN_NAME",
+    "SHAPE_BIAS_HOLDOUT",
+]
 
 # --- a trial's assignment in Ray (its `trial.config`), also tags of its child run -------------
 CONFIGURATION = "configuration"  # c000 (the dense reference), c001, ...
@@ -37,6 +44,7 @@ OPTUNA_STORAGE = "optuna_storage"  # where its study is (password hidden)
 
 # --- parent run: params (others: the sampler's settings, see search.opening) --------------------
 SEEDS = "seeds"
+CONSTRAINTS = "constraints"  # {metric: floor}, as the YAML gives them (JSON)
 EPOCHS = "epochs"  # also a child run param
 REFERENCE_POINT = "reference_point"
 ARCH = "arch"
@@ -47,6 +55,7 @@ FRONT_SIZE = "front_size"
 STOPPED_CONFIGURATIONS = "stopped_configurations"
 EPOCHS_SAVED = "epochs_saved"
 EPOCHS_TRAINED = "epochs_trained"
+REUSED_PROPOSALS = "reused_proposals"  # proposals of a network already trained: told its results, not trained
 IMPORTANCE_PREFIX = "importance."  # importance.<objective>.<parameter>
 SEARCH_SPEC = "search_spec.yaml"
 
@@ -58,9 +67,16 @@ RESTARTS = "restarts"
 RESUMED_AFTER_EPOCH = "resumed_after_epoch"
 STOPPED_AT_EPOCH = "stopped_at_epoch"  # early stopping ended it there: partial, never a result
 ERROR = "error"
+NETWORK = "network"  # what the trial trains, e.g. 'layer1 4/64, layer2 1/16' (k of positions), or 'dense'
 CHECKPOINT_URI = "checkpoint_uri"
 LOG_MODEL_ERROR = "log_model_error"
 
 # --- child run: params and artifacts ------------------------------------------------------------
 TOPK_PREFIX = "topk."  # topk.<placement>: the fraction the trial's model used there
+K_PREFIX = "k."  # k.<placement>: the positions per channel Top-K keeps there
+KEPT_PREFIX = "kept."  # kept.<placement>: k / (H * W), the share it keeps
 TRIAL_CONFIG = "trial_config.yaml"
+
+# --- Optuna: study and trial user attributes ---------------------------------------------------------
+REUSED_CONFIGURATION = "reused_configuration"  # a proposal of this configuration's network: not trained
+ENDED_EARLY = "ended_early"  # the study's: why the searcher stopped before `configurations`

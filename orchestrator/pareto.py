@@ -1,17 +1,20 @@
 """The accuracy / shape-bias Pareto front over configurations: the maths, nothing else.
 
-A configuration's point is the mean over its seeds (standard deviation shown). Which trials
-count is `search_spaces.params.outcome`'s rule, applied where the runs are read
-(`tracking.collect`). Both objectives are maximised; the hypervolume is the area the front
-dominates above the reference point (0, 0).
+A configuration's point is the mean over its seeds; its spread is the sample standard deviation
+(none for one seed). Which trials count is `search_spaces.params.outcome`'s rule, applied where
+the runs are read (`tracking.collect`). Both objectives are maximised; the hypervolume is the area
+the front dominates above a reference point. A configuration that misses one of the search's
+floors (`search_spaces.constraints`) is infeasible: it is shown, but never on the front.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from search_spaces.constraints import CONSTRAINABLE, Floor, violations
 from search_spaces.params import Params
 from trainables.metrics import ACCURACY, SHAPE_BIAS
 
@@ -27,6 +30,9 @@ class Replicate:
     # On the report set, which nothing selects on (NaN / empty when the search ran with split: none).
     shape_bias_holdout: float = math.nan
     per_category: tuple[tuple[str, float], ...] = ()
+    # The share of scored conflict images whose decision names a cue (NaN for runs from before it was logged).
+    cue_decision_rate: float = math.nan
+    cue_decision_rate_holdout: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,9 @@ class ConfigurationResult:
     configuration: str
     params: Params
     replicates: tuple[Replicate, ...]
+    # (placement, k, positions) per placement, in the set's order: the network the fractions give
+    # (empty for the dense reference, and for runs from before k was logged).
+    kept: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def dense(self) -> bool:
@@ -49,48 +58,68 @@ class ConfigurationResult:
     def run_ids(self) -> tuple[str, ...]:
         return tuple(sorted(r.run_id for r in self.replicates))
 
+    def mean(self, metric: str) -> float:
+        """Seed mean of a replicate's metric by name (`accuracy`, `shape_bias_holdout`, ...)."""
+        return statistics.fmean(getattr(r, metric) for r in self.replicates)
+
+    def std(self, metric: str) -> float:
+        """Sample standard deviation over seeds of a metric by name (NaN for one seed)."""
+        values = [getattr(r, metric) for r in self.replicates]
+        # statistics.stdev fails on NaN (a metric some run did not log): then there is no spread either.
+        if len(values) < 2 or not all(math.isfinite(v) for v in values):
+            return math.nan
+        return statistics.stdev(values)
+
     @property
     def accuracy(self) -> float:
-        return statistics.fmean(r.accuracy for r in self.replicates)
+        return self.mean(ACCURACY)
 
     @property
     def accuracy_std(self) -> float:
-        return statistics.pstdev(r.accuracy for r in self.replicates)
+        return self.std(ACCURACY)
 
     @property
     def shape_bias(self) -> float:
-        return statistics.fmean(r.shape_bias for r in self.replicates)
+        return self.mean(SHAPE_BIAS)
 
     @property
     def shape_bias_std(self) -> float:
-        return statistics.pstdev(r.shape_bias for r in self.replicates)
+        return self.std(SHAPE_BIAS)
 
     @property
     def shape_bias_holdout(self) -> float:
         """Seed mean of the report set's shape bias: the number to quote (NaN without a report set)."""
-        return statistics.fmean(r.shape_bias_holdout for r in self.replicates)
+        return self.mean("shape_bias_holdout")
 
     @property
     def shape_bias_holdout_std(self) -> float:
-        return statistics.pstdev(r.shape_bias_holdout for r in self.replicates)
+        return self.std("shape_bias_holdout")
 
     @property
     def has_holdout(self) -> bool:
         """Whether every seed reported the report set (a search with data.split: half)."""
         return not math.isnan(self.shape_bias_holdout)
 
+    def kept_label(self) -> str:
+        """The share each placement keeps, in the placement set's order: '6.2%+9.4%' ('-' if dense or unknown)."""
+        return "+".join(f"{100 * k / positions:.1f}%" for _, k, positions in self.kept) or "-"
+
     def per_category(self) -> dict[str, float]:
         """Seed mean of each category's shape bias, over the categories every seed reports."""
         shared = set.intersection(*(set(dict(r.per_category)) for r in self.replicates))
         return {c: statistics.fmean(dict(r.per_category)[c] for r in self.replicates) for c in sorted(shared)}
 
-    def mean(self, objective: str) -> float:
-        """Seed mean of one objective by name."""
-        return self.accuracy if objective == ACCURACY else self.shape_bias
 
-    def std(self, objective: str) -> float:
-        """Seed standard deviation of one objective by name."""
-        return self.accuracy_std if objective == ACCURACY else self.shape_bias_std
+def infeasible(results: list[ConfigurationResult], floors: Sequence[Floor]) -> dict[str, dict[Floor, float]]:
+    """The configurations that miss a floor, each with the floors it misses and their bounds."""
+    dense = next((r for r in results if r.dense), None)
+    dense_means = {m: dense.mean(m) for m in CONSTRAINABLE} if dense is not None else None
+    missed = {}
+    for r in results:
+        misses = violations(list(floors), {m: r.mean(m) for m in CONSTRAINABLE}, dense_means)
+        if misses:
+            missed[r.configuration] = misses
+    return missed
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -123,10 +152,12 @@ def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float
     return area
 
 
-def front_of(results: list[ConfigurationResult]) -> list[ConfigurationResult]:
-    """The non-dominated configurations, most accurate first."""
-    ranks = non_dominated_ranks([(r.accuracy, r.shape_bias) for r in results])
-    return sorted((r for r, k in zip(results, ranks, strict=True) if k == 0), key=lambda r: -r.accuracy)
+def front_of(results: list[ConfigurationResult], floors: Sequence[Floor] = ()) -> list[ConfigurationResult]:
+    """The non-dominated configurations among those meeting every floor, most accurate first."""
+    excluded = infeasible(results, floors)
+    feasible = [r for r in results if r.configuration not in excluded]
+    ranks = non_dominated_ranks([(r.accuracy, r.shape_bias) for r in feasible])
+    return sorted((r for r, k in zip(feasible, ranks, strict=True) if k == 0), key=lambda r: -r.accuracy)
 
 
 def reference_of(setting: str | dict[str, float], results: list[ConfigurationResult]) -> tuple[float, float] | None:
@@ -137,9 +168,11 @@ def reference_of(setting: str | dict[str, float], results: list[ConfigurationRes
     return (setting[ACCURACY], setting[SHAPE_BIAS])
 
 
-def front_hypervolume(results: list[ConfigurationResult], setting: str | dict[str, float]) -> float | None:
-    """Hypervolume of the front of `results` above the reference `setting` (None while `dense` is not complete)."""
+def front_hypervolume(
+    results: list[ConfigurationResult], setting: str | dict[str, float], floors: Sequence[Floor] = ()
+) -> float | None:
+    """Hypervolume of the feasible front of `results` above the reference `setting` (None until `dense` is complete)."""
     reference = reference_of(setting, results)
     if reference is None:
         return None
-    return hypervolume([(r.accuracy, r.shape_bias) for r in front_of(results)], reference)
+    return hypervolume([(r.accuracy, r.shape_bias) for r in front_of(results, floors)], reference)

@@ -8,6 +8,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,50 +17,106 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import names
 from orchestrator.errors import SearchError
-from orchestrator.pareto import ConfigurationResult, front_hypervolume, front_of, reference_of
+from orchestrator.labels import place_labels
+from orchestrator.pareto import ConfigurationResult, front_hypervolume, front_of, infeasible, reference_of
 from orchestrator.tracking import SearchRecord, child_runs, collect
+from search_spaces.constraints import Floor
 from search_spaces.params import DENSE_LABEL, OBJECTIVES
 from trainables.messages import redact
+from trainables.metrics import (
+    ACCURACY,
+    CUE_DECISION_RATE,
+    CUE_DECISION_RATE_HOLDOUT,
+    SHAPE_BIAS,
+    SHAPE_BIAS_HOLDOUT,
+)
 
 
-def format_table(results: list[ConfigurationResult]) -> str:
-    """The front as a fixed-width table, with the dense reference always listed."""
-    front = front_of(results)
-    rows = front + [r for r in results if r.dense and r not in front]
+def shown_rows(results: list[ConfigurationResult], floors: Sequence[Floor] = ()) -> list[ConfigurationResult]:
+    """What the table lists: the front, the dense reference, and any infeasible configuration the floors kept off it."""
+    front = front_of(results, floors)
+    unconstrained = front_of(results)
+    excluded = infeasible(results, floors)
+    kept_off = [r for r in unconstrained if r.configuration in excluded and r not in front]
+    rows = front + [r for r in results if r.dense and r not in front and r not in kept_off] + kept_off
+    return rows
+
+
+DPI = 120  # of every report plot
+
+
+def format_table(results: list[ConfigurationResult], floors: Sequence[Floor] = ()) -> str:
+    """The front as a fixed-width table, the dense reference always listed (spreads: sample standard deviations)."""
+    front = front_of(results, floors)
+    excluded = infeasible(results, floors)
+    rows = shown_rows(results, floors)
+    width = max([4, *(len(r.kept_label()) for r in rows)])  # three placements' shares need 17 characters
     header = (
-        f"{'config':<7} {'placement':<24} {'fraction':>8} {'lr':>7} {'wd':>7} {'batch':>5}  {'accuracy':>15}  "
-        f"{'shape bias':>15}  {'held-out bias':>15}  front  child runs"
+        f"{'config':<7} {'placement':<24} {'fraction':>8} {'kept':>{width}} {'lr':>7} {'wd':>7} {'batch':>5}  "
+        f"{'accuracy':>15}  {'shape bias':>15}  {'held-out bias':>15}  {'cue rate':>8}  {'front':<10} child runs"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         p = r.params
         placement = DENSE_LABEL if r.dense else p.placement
-        fraction = p.fraction_label()
+        on_front = "yes" if r in front else "infeasible" if r.configuration in excluded else "no"
         lines.append(
-            f"{r.configuration:<7} {placement:<24} {fraction:>8} {p.lr:>7.4f} {p.weight_decay:>7.0e} "
-            f"{p.batch_size:>5}  "
-            f"{r.accuracy:.3f} +- {r.accuracy_std:.3f}  {r.shape_bias:.3f} +- {r.shape_bias_std:.3f}  "
-            f"{_holdout(r):>15}  {'yes' if r in front else 'no':<5}  {','.join(i[:8] for i in r.run_ids)}"
+            f"{r.configuration:<7} {placement:<24} {p.fraction_label():>8} {r.kept_label():>{width}} {p.lr:>7.4f} "
+            f"{p.weight_decay:>7.0e} {p.batch_size:>5}  {_spread(r, ACCURACY):>15}  {_spread(r, SHAPE_BIAS):>15}  "
+            f"{_spread(r, SHAPE_BIAS_HOLDOUT):>15}  {_number(r.mean(CUE_DECISION_RATE)):>8}  {on_front:<10} "
+            f"{','.join(i[:8] for i in r.run_ids)}"
         )
+    seeds = max((r.seeds for r in results), default=0)
+    lines.append(
+        f"fraction: asked for; kept: k / (H x W) per placement, the network trained. +- is the sample standard "
+        f"deviation over {seeds} seeds; cue rate: share of conflict images whose decision names shape or texture"
+        if seeds > 1
+        else "fraction: asked for; kept: k / (H x W) per placement, the network trained (one seed: no spread). "
+        "cue rate: share of conflict images whose decision names shape or texture"
+    )
+    for configuration, misses in sorted(excluded.items()):
+        result = next(r for r in results if r.configuration == configuration)
+        why = ", ".join(f"{f.metric} {result.mean(f.metric):.3f} < {bound:.3f} ({f})" for f, bound in misses.items())
+        lines.append(f"{configuration} is infeasible: {why}")
     return "\n".join(lines)
 
 
-def _holdout(r: ConfigurationResult) -> str:
-    if not r.has_holdout:
-        return "-"  # the search ran with data.split: none
-    return f"{r.shape_bias_holdout:.3f} +- {r.shape_bias_holdout_std:.3f}"
+def _number(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
+def _spread(r: ConfigurationResult, metric: str) -> str:
+    """'0.805 +- 0.025' (sample standard deviation), '0.805' for one seed, '-' where not measured."""
+    mean, std = r.mean(metric), r.std(metric)
+    if math.isnan(mean):
+        return "-"  # e.g. the held-out bias of a search with data.split: none
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} +- {std:.3f}"
 
 
 def _label(r: ConfigurationResult) -> str:
-    """'layer2 0.10', or per placement 'layer2 0.10, layer3 0.20', or 'dense', for plots."""
+    """'c004 layer1+layer2 32.8%+31.2%' (the kept share; the asked fraction where it differs), or 'dense'."""
     if r.dense:
         return "dense"
-    return r.params.fraction_label(2) if r.params.fractions else f"{r.params.placement} {r.params.fraction_label(2)}"
+    if not r.kept:  # runs from before k was logged
+        fraction = r.params.fraction_label(2)
+        return (
+            f"{r.configuration} {fraction}"
+            if r.params.fractions
+            else f"{r.configuration} {r.params.placement} {fraction}"
+        )
+    asked = r.params.topk()
+    differs = any(abs(k / positions - asked[name]) > 0.0005 for name, k, positions in r.kept)
+    label = f"{r.configuration} {r.params.placement} {r.kept_label()}"
+    if differs and not r.params.fractions:
+        label += f" (asked {100 * r.params.fraction:.1f}%)"
+    return label
 
 
-def write_csv(results: list[ConfigurationResult], path: Path) -> None:
-    """Every configuration with its parameters, seed statistics and whether it is on the front."""
-    front = set(front_of(results))
+def write_csv(results: list[ConfigurationResult], path: Path, floors: Sequence[Floor] = ()) -> None:
+    """Every configuration: parameters, network, seed statistics, feasibility and whether it is on the front."""
+    front = set(front_of(results, floors))
+    excluded = infeasible(results, floors)
+    measured = (ACCURACY, SHAPE_BIAS, SHAPE_BIAS_HOLDOUT, CUE_DECISION_RATE, CUE_DECISION_RATE_HOLDOUT)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
@@ -67,16 +124,15 @@ def write_csv(results: list[ConfigurationResult], path: Path) -> None:
                 "configuration",
                 "placement",
                 "fraction",
+                "k",
+                "kept",
                 "lr",
                 "weight_decay",
                 "batch_size",
                 "seeds",
-                "accuracy_mean",
-                "accuracy_std",
-                "shape_bias_mean",
-                "shape_bias_std",
-                "shape_bias_holdout_mean",
-                "shape_bias_holdout_std",
+                *(f"{m}_{stat}" for m in measured for stat in ("mean", "std")),
+                "feasible",
+                "infeasible_because",
                 "on_front",
                 "dense_reference",
                 "child_run_ids",
@@ -90,16 +146,15 @@ def write_csv(results: list[ConfigurationResult], path: Path) -> None:
                     r.configuration,
                     p.placement,
                     fraction,
+                    "; ".join(f"{name}={k}/{positions}" for name, k, positions in r.kept),
+                    "; ".join(f"{name}={k / positions:.6g}" for name, k, positions in r.kept),
                     p.lr,
                     p.weight_decay,
                     p.batch_size,
                     r.seeds,
-                    r.accuracy,
-                    r.accuracy_std,
-                    r.shape_bias,
-                    r.shape_bias_std,
-                    r.shape_bias_holdout,
-                    r.shape_bias_holdout_std,
+                    *(value for m in measured for value in (r.mean(m), r.std(m))),
+                    r.configuration not in excluded,
+                    "; ".join(str(f) for f in excluded.get(r.configuration, {})),
                     r in front,
                     r.dense,
                     " ".join(r.run_ids),
@@ -107,27 +162,41 @@ def write_csv(results: list[ConfigurationResult], path: Path) -> None:
             )
 
 
-def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
-    """All configurations with seed error bars; the front highlighted; the dense model marked."""
+def plot(results: list[ConfigurationResult], path: Path, title: str, floors: Sequence[Floor] = ()) -> None:
+    """Every configuration with seed error bars: the front in red, infeasible ones crossed, the dense model a star."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    front = front_of(results)
-    figure, axis = plt.subplots(figsize=(6.4, 4.8))
+    front = front_of(results, floors)
+    excluded = infeasible(results, floors)
+    figure, axis = plt.subplots(figsize=(7.2, 5.4))
+    crossed = False
     for r in results:
         colour = "tab:red" if r in front else "tab:gray"
         axis.errorbar(
             r.accuracy,
             r.shape_bias,
-            xerr=r.accuracy_std,
-            yerr=r.shape_bias_std,
+            xerr=_bar(r.accuracy_std),
+            yerr=_bar(r.shape_bias_std),
             fmt="none",
             ecolor=colour,
             alpha=0.6,
             lw=1,
         )
+        if r.configuration in excluded:
+            axis.scatter(
+                r.accuracy,
+                r.shape_bias,
+                s=50,
+                marker="x",
+                color="tab:gray",
+                zorder=3,
+                label=None if crossed else "infeasible (misses a constraint)",
+            )
+            crossed = True
+            continue
         axis.scatter(
             r.accuracy,
             r.shape_bias,
@@ -138,22 +207,32 @@ def plot(results: list[ConfigurationResult], path: Path, title: str) -> None:
             zorder=3,
             label="dense reference (no Top-K)" if r.dense else None,
         )
-        axis.annotate(_label(r), (r.accuracy, r.shape_bias), fontsize=7, xytext=(4, 4), textcoords="offset points")
     steps = sorted(((r.accuracy, r.shape_bias) for r in front), key=lambda p: p[0])
     axis.plot([p[0] for p in steps], [p[1] for p in steps], color="tab:red", lw=1.5, label="Pareto front")
     axis.set_xlabel("accuracy (held-out, last epoch; mean over seeds)")
-    axis.set_ylabel("shape bias (cue conflict; mean over seeds)")
-    _save(figure, axis, path, title, legend_size=8)
+    spread = "bars: sample standard deviation over seeds" if max(r.seeds for r in results) > 1 else "one seed"
+    axis.set_ylabel(f"shape bias (cue conflict; mean over seeds)\n{spread}")
+
+    def labels() -> None:
+        # The dense reference's star is larger than the other markers: its label keeps clear of all of it.
+        points, texts = [(r.accuracy, r.shape_bias) for r in results], [_label(r) for r in results]
+        place_labels(axis, points, texts, marker_size=13, dpi=DPI)
+
+    _save(figure, axis, path, title, legend_size=8, before_saving=labels)
 
 
-def plot_categories(results: list[ConfigurationResult], path: Path, title: str) -> bool:
+def _bar(std: float) -> float:
+    return 0.0 if math.isnan(std) else std
+
+
+def plot_categories(results: list[ConfigurationResult], path: Path, title: str, floors: Sequence[Floor] = ()) -> bool:
     """Each category's shape bias for the front configurations and the dense reference; False if none reported."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    front = front_of(results)
+    front = front_of(results, floors)
     shown = front + [r for r in results if r.dense and r not in front]
     per_category = {r.configuration: r.per_category() for r in shown}
     categories = sorted(set().union(*per_category.values()))
@@ -182,15 +261,23 @@ def plot_categories(results: list[ConfigurationResult], path: Path, title: str) 
     return True
 
 
-def _save(figure: Any, axis: Any, path: Path, title: str, legend_size: int) -> None:
-    """Title, legend and grid as every report plot has them; written to `path` and closed."""
+def _save(
+    figure: Any, axis: Any, path: Path, title: str, legend_size: int, before_saving: Callable[[], None] | None = None
+) -> None:
+    """Title, legend and grid as every report plot has them; written to `path` and closed.
+
+    `before_saving` runs once the layout is final (labels placed by their drawn size need that).
+    """
     import matplotlib.pyplot as plt
 
     axis.set_title(title, fontsize=9)
-    axis.legend(fontsize=legend_size, loc="best")
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    if before_saving is not None:
+        before_saving()
+    # After the labels: `loc="best"` then keeps the legend off them.
+    axis.legend(fontsize=legend_size, loc="best")
+    figure.savefig(path, dpi=DPI)
     plt.close(figure)
 
 
@@ -202,10 +289,11 @@ def report_front(
     results = collect(client, search, seeds)
     if not results:
         raise SearchError(f"search {search.search_id} has no configuration whose {seeds} seeds all finished")
-    front = front_of(results)
+    floors = search.floors
+    front = front_of(results, floors)
     # The same rule HypervolumeLog charted during the search: one place decides the corner.
     reference = reference_of(search.reference_point, results)
-    volume = front_hypervolume(results, search.reference_point)
+    volume = front_hypervolume(results, search.reference_point, floors)
     volume = math.nan if volume is None else volume
     above = (
         "the dense reference"
@@ -220,15 +308,17 @@ def report_front(
             else "no hypervolume (its reference, the dense model, did not complete)"
         )
     )
-    print(format_table(results))
+    print(format_table(results, floors))
     out_dir.mkdir(parents=True, exist_ok=True)
     # Named after the search, so two searches run in one folder never overwrite each other's.
     csv_path, png_path = out_dir / f"pareto-{search.search_id}.csv", out_dir / f"pareto-{search.search_id}.png"
-    write_csv(results, csv_path)
-    plot(results, png_path, f"{search.search_id}: accuracy vs shape bias ({seeds} seeds per point)")
+    write_csv(results, csv_path, floors)
+    plot(results, png_path, f"{search.search_id}: accuracy vs shape bias ({seeds} seeds per point)", floors)
     categories_path = out_dir / f"pareto-{search.search_id}-categories.png"
     written = [csv_path, png_path]
-    if plot_categories(results, categories_path, f"{search.search_id}: shape bias per category, front vs dense"):
+    if plot_categories(
+        results, categories_path, f"{search.search_id}: shape bias per category, front vs dense", floors
+    ):
         written.append(categories_path)
     with tempfile.TemporaryDirectory() as staging:
         # In MLflow the parent run is the search already: there they keep their plain names.
@@ -246,6 +336,25 @@ def report_front(
     client.log_metric(search.run_id, names.FRONT_SIZE, len(front))
     print(f"wrote {', '.join(str(p) for p in written)} (also logged to MLflow run {search.run_id})")
     return results, volume
+
+
+def report_reuse(client: MlflowClient, search: SearchRecord, optuna_storage: str) -> int:
+    """How many of the sampler's proposals repeated a network already trained (told its results, not trained)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=search.search_id, storage=optuna_storage)
+    except KeyError:  # optuna_storage names another database than the search's
+        return 0
+    trials = study.get_trials(deepcopy=False)
+    reused = [t for t in trials if names.REUSED_CONFIGURATION in t.user_attrs]
+    print(
+        f"distinct networks: {len(trials) - len(reused)} proposed configurations trained, each another network; "
+        f"{len(reused)} of the sampler's {len(trials)} proposals repeated one of them (the same k at every "
+        f"placement) and {'was' if len(reused) == 1 else 'were'} told its results instead of training it again"
+    )
+    client.log_metric(search.run_id, names.REUSED_PROPOSALS, len(reused))
+    return len(reused)
 
 
 def report_importances(client: MlflowClient, search: SearchRecord, optuna_storage: str) -> dict[str, dict[str, float]]:

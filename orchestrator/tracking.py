@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator import names
 from orchestrator.errors import SearchError
 from orchestrator.pareto import ConfigurationResult, Replicate
+from search_spaces.constraints import Floor, floors_of
 from search_spaces.params import OBJECTIVES, Outcome, Params, configuration_outcome, outcome
 from trainables.files import read_settings
 from trainables.messages import bounded, one_line, redact
@@ -140,6 +141,11 @@ class SearchRecord:
         value: str | dict[str, float] = json.loads(self.run.data.params.get(names.REFERENCE_POINT, default))
         return value
 
+    @property
+    def floors(self) -> list[Floor]:
+        """The search's constraints (none for searches from before they were recorded)."""
+        return floors_of(json.loads(self.run.data.params.get(names.CONSTRAINTS, "{}")))
+
     def saved_spec(self, client: MlflowClient) -> dict[str, Any]:
         """The search's settings as it started (`search_spec.yaml`, passwords shown as ***)."""
         from mlflow.exceptions import MlflowException
@@ -222,8 +228,22 @@ def collect(client: MlflowClient, search: SearchRecord, seeds: int | None = None
         if configuration_outcome([run_outcome(r) for r in runs], seeds) is not Outcome.COMPLETE:
             continue
         replicates = tuple(replicate(r) for r in sorted(runs, key=lambda r: int(r.data.tags[names.SEED])))
-        results.append(ConfigurationResult(configuration, Params.from_mlflow(runs[0].data.params), replicates))
+        params = Params.from_mlflow(runs[0].data.params)
+        results.append(ConfigurationResult(configuration, params, replicates, kept_of(params, runs[0])))
     return results
+
+
+def kept_of(params: Params, run: Run) -> tuple[tuple[str, int, int], ...]:
+    """(placement, k, positions) per placement from a child run's params; empty for runs that did not log k."""
+    logged = run.data.params
+    placements = params.placements
+    if not all(f"{names.K_PREFIX}{p}" in logged and f"{names.KEPT_PREFIX}{p}" in logged for p in placements):
+        return ()
+    kept = []
+    for p in placements:
+        k = int(logged[f"{names.K_PREFIX}{p}"])
+        kept.append((p, k, round(k / float(logged[f"{names.KEPT_PREFIX}{p}"]))))
+    return tuple(kept)
 
 
 def replicate(run: Run) -> Replicate:
@@ -238,6 +258,8 @@ def replicate(run: Run) -> Replicate:
         metrics[SHAPE_BIAS],
         metrics.get(names.SHAPE_BIAS_HOLDOUT, math.nan),
         per_category,
+        metrics.get(names.CUE_DECISION_RATE, math.nan),
+        metrics.get(names.CUE_DECISION_RATE_HOLDOUT, math.nan),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from search_spaces.constraints import Floor, floors_of
 from search_spaces.locations import (
     OPTUNA_SCHEMES,
     TRACKING_SCHEMES,
@@ -24,8 +26,9 @@ from search_spaces.locations import (
     check_url,
     resolve_tracking_uri,
 )
-from search_spaces.params import OBJECTIVES, Params
-from search_spaces.space import SearchSpace, grid_size
+from search_spaces.networks import FeatureMap, Network, count_networks, feature_maps, fixed_placements, network_of
+from search_spaces.params import OBJECTIVES, Params, placement_key
+from search_spaces.space import FloatRange, SearchSpace
 from trainables.config import ModelConfig, TrainingConfig, check_sections
 from trainables.data import DataSettings
 from trainables.files import YamlError, parse_yaml, read_yaml
@@ -70,6 +73,10 @@ class SearchSpec(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     search: SearchSpace
     objectives: list[Literal[OBJECTIVES]] = Field(default=list(OBJECTIVES))  # type: ignore[valid-type]
+    # Floors on a configuration's seed means (`search_spaces.constraints`): absolute (0.5) or relative
+    # to the dense reference ('dense-0.2'). Optuna is told them as constraints; a configuration below
+    # one is infeasible: shown, never on the front. `accuracy_floor: X` is `constraints: {accuracy: X}`.
+    constraints: dict[str, float | str] = Field(default_factory=dict)
     accuracy_floor: float | None = Field(None, ge=0.0, le=1.0)
     # The hypervolume's reference: a point, or `dense` for the dense reference's seed means (then
     # the hypervolume is the area the front gains over the dense model).
@@ -180,6 +187,89 @@ class SearchSpec(Strict):
                 raise ValueError(f"search.placements: {error}") from None
         return self
 
+    @field_validator("constraints")
+    @classmethod
+    def _floors(cls, constraints: dict[str, float | str]) -> dict[str, float | str]:
+        floors_of(constraints)  # ValueError naming the bad one and what is valid
+        return constraints
+
+    @model_validator(mode="after")
+    def _every_placement_searches_something(self) -> SearchSpec:
+        """A fraction that cannot change any k searches nothing: refused, naming the map and the k it keeps."""
+        space, maps = self.search, self.feature_maps()
+        low, high = space.fraction.low, space.fraction.high
+        for names in space.placements:
+            fixed = fixed_placements([maps[n] for n in names], low, high)
+            if space.fraction_per_placement and fixed:
+                raise ValueError(
+                    f"search.fraction_per_placement: {self._fixed_k(fixed[0])}, so fraction.{fixed[0].name} "
+                    "searches nothing; drop it from that set or widen search.fraction"
+                )
+            if len(fixed) == len(names):
+                raise ValueError(
+                    f"search.placements {placement_key(names)}: {'; '.join(self._fixed_k(m) for m in fixed)}, so "
+                    "this set is one network; widen search.fraction or drop the set"
+                )
+        return self
+
+    def _fixed_k(self, feature_map: FeatureMap) -> str:
+        """ "layer3's map is 2x2 at 32 px (...): every fraction in [0.02, 0.5) keeps k = 1 of 4 positions (...)"."""
+        low, high = self.search.fraction.low, self.search.fraction.high
+        (k,) = feature_map.possible_k(low, high)
+        needs = (k + 1) / feature_map.positions
+        # Where the next k starts exactly at the range's end, that end alone would give it.
+        closing = ")" if needs == high else "]"
+        text = (
+            f"{feature_map.name}'s map is {feature_map.height}x{feature_map.width} at {self.data.image_size} px "
+            f"({self.model.arch}, {self.model.stem} stem): every fraction in [{low:g}, {high:g}{closing} keeps "
+        )
+        if k == feature_map.positions:
+            what = "its only position" if k == 1 else f"all {k} positions"
+            return text + f"{what} (Top-K does nothing there)"
+        return (
+            text + f"k = {k} of {feature_map.positions} positions (k = {k + 1} needs a fraction of {needs:.4g} or more)"
+        )
+
+    def feature_maps(self) -> dict[str, FeatureMap]:
+        """Each searched placement's output map at this spec's architecture, stem and image size."""
+        names = [n for names in self.search.placements for n in names]
+        return feature_maps(names, self.data.image_size, self.model.stem, self.model.arch)
+
+    def network_of(self, params: Params) -> Network:
+        """The network a configuration trains: the k it keeps at each placement, and its knobs."""
+        return network_of(params, self.feature_maps())
+
+    def distinct_networks(self) -> int | None:
+        """How many distinct Top-K networks the space holds (None: a searched float knob makes it unbounded)."""
+        space = self.search
+        domains = space.knob_domains()
+        if self.sampler == "grid":
+            choices = math.prod(len(d.grid_values()) if isinstance(d, FloatRange) else len(d) for d in domains.values())
+            grid: list[float] | None = space.fraction.grid_values()
+        elif any(isinstance(d, FloatRange) for d in domains.values()):
+            return None
+        else:
+            choices, grid = math.prod(len(d) for d in domains.values() if isinstance(d, list)), None
+        maps = self.feature_maps()
+        sets = [[maps[n] for n in names] for names in space.placements]
+        low, high = space.fraction.low, space.fraction.high
+        return count_networks(sets, low, high, space.fraction_per_placement, grid, choices)
+
+    def network_notes(self) -> list[str]:
+        """Placements a shared fraction leaves at one k while the others of their set vary: said at the start."""
+        if self.search.fraction_per_placement:
+            return []
+        maps = self.feature_maps()
+        return [
+            f"note: in {placement_key(names)}, {self._fixed_k(m)}; only the other placements of that set vary"
+            for names in self.search.placements
+            for m in fixed_placements([maps[n] for n in names], self.search.fraction.low, self.search.fraction.high)
+        ]
+
+    def floors(self) -> list[Floor]:
+        """The search's constraints as floors (an `accuracy_floor` among them)."""
+        return floors_of(self.constraints, self.accuracy_floor)
+
     @model_validator(mode="after")
     def _rungs_inside_training(self) -> SearchSpec:
         if self.early_stopping and self.early_stopping.rungs[-1] >= self.training.epochs:
@@ -205,11 +295,17 @@ class SearchSpec(Strict):
                 f"sampler: grid needs grid points for {', '.join(ungridded)}: add grid: <count> "
                 "(spaced from low to high) or grid: [values]"
             )
-        points = grid_size(space.grid_space())
-        if self.configurations > points + 1:
+        return self
+
+    @model_validator(mode="after")
+    def _enough_distinct_networks(self) -> SearchSpec:
+        distinct = self.distinct_networks()
+        if distinct is not None and self.configurations > distinct + 1:
+            where = "grid's points" if self.sampler == "grid" else "space"
             raise ValueError(
-                f"configurations {self.configurations} exceeds the grid's {points} points plus the dense "
-                f"reference: set configurations: {points + 1} to run the whole grid"
+                f"configurations {self.configurations} exceeds the {distinct} distinct networks the {where} "
+                f"hold{'' if self.sampler == 'grid' else 's'} (fractions that keep the same k at every placement "
+                f"are one network) plus the dense reference: set configurations: {distinct + 1} to run them all"
             )
         return self
 

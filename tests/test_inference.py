@@ -116,8 +116,10 @@ def paper_search(tmp_path_factory, shared_data):
         f"data.test_dir={shared_data}/filled-silhouettes",
         f"data.stimuli_dir={shared_data}/cue-conflict",
         "data.label_space=categories",
-        "data.image_size=64",
+        # At 128 px AlexNet's last point (features.12) is 3x3: at 64 px it is 1x1, where Top-K does nothing.
+        "data.image_size=128",
         f"model.weights={weights}",
+        "sampler=random",
         "configurations=3",
         "concurrency=2",
         "resources={cpu: 1, gpu: 0}",

@@ -186,16 +186,16 @@ def test_per_layer_k_gives_each_placement_its_own_parameter_everywhere():
 
     spec = load_spec(
         ROOT / "search_spaces" / "quickstart.yaml",
-        ["search.fraction_per_placement=true", "search.placements=[[layer2, layer3]]"],
+        ["search.fraction_per_placement=true", "search.placements=[[layer1, layer2]]"],
     )
     trial = optuna.create_study().ask()
     params = spec.search.suggest(trial)
-    assert set(trial.params) == {"placement", "fraction.layer2", "fraction.layer3"}
+    assert set(trial.params) == {"placement", "fraction.layer1", "fraction.layer2"}
     assert params == Params.from_dict(trial.params)
     topk = spec.trial_config(params, seed=0)["model"]["topk"]
-    assert topk == {"layer2": trial.params["fraction.layer2"], "layer3": trial.params["fraction.layer3"]}
+    assert topk == {"layer1": trial.params["fraction.layer1"], "layer2": trial.params["fraction.layer2"]}
     assert Params.from_mlflow(params.to_mlflow()) == params  # a child run's params read back
-    assert params.fraction_label(2) == f"layer2 {topk['layer2']:.2f}, layer3 {topk['layer3']:.2f}"
+    assert params.fraction_label(2) == f"layer1 {topk['layer1']:.2f}, layer2 {topk['layer2']:.2f}"
 
 
 def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
@@ -203,8 +203,10 @@ def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
 
     from orchestrator.search.searcher import make_sampler
 
-    spec = load_spec(QUICKSTART, ["sampler=grid", "search.fraction.grid=3", "configurations=13"])
+    spec = load_spec(QUICKSTART, ["sampler=grid", "search.fraction.grid=3", "configurations=11"])
     assert spec.search.grid_space()["fraction"] == [0.02, 0.1, 0.5]  # log-spaced, ends exact
+    # 12 points, but layer2 (4x4 at 32 px) keeps k = 1 at both 0.02 and 0.1: 11 distinct networks.
+    assert spec.distinct_networks() == 11
     assert load_spec(QUICKSTART, ["search.fraction.grid=8"]).search.fraction.grid_values() == [
         0.02,
         0.03168,
@@ -223,12 +225,17 @@ def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
     for overrides, message in [
         (["sampler=grid"], "sampler: grid needs grid points for search.fraction: add grid: <count>"),
         (
-            ["sampler=grid", "search.fraction.grid=3", "configurations=14"],
-            "configurations 14 exceeds the grid's 12 points",
+            ["sampler=grid", "search.fraction.grid=3", "configurations=13"],
+            "configurations 13 exceeds the 11 distinct networks the grid's points hold",
         ),
         (["search.fraction.grid=[0.01, 0.1]"], "grid [0.01, 0.1] must list distinct values within [0.02, 0.5]"),
         (
-            ["sampler=grid", "search.fraction.grid=3", "search.fraction_per_placement=true"],
+            [
+                "sampler=grid",
+                "search.fraction.grid=3",
+                "search.fraction_per_placement=true",
+                "search.placements=[[layer1]]",
+            ],
             "cannot search per-placement",
         ),
     ]:

@@ -9,52 +9,33 @@ means is the model that represents it.
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.errors import SearchError
-from orchestrator.pareto import ConfigurationResult, Replicate, front_of
+from orchestrator.pareto import ConfigurationResult, Replicate, front_of, infeasible
+from search_spaces import constraints
+from search_spaces.constraints import CONSTRAINABLE, Floor
 from search_spaces.params import OBJECTIVES
 from trainables.messages import bounded
 
-_FLOOR = re.compile(r"^(?P<objective>[a-z_]+)=(?:(?P<dense>dense)(?P<offset>[-+]\d*\.?\d+)?|(?P<value>\d*\.?\d+))$")
-
-
-@dataclass(frozen=True)
-class Floor:
-    """objective >= value, or objective >= the dense reference's mean + offset."""
-
-    objective: str
-    value: float
-    relative: bool = False
-
-    def __str__(self) -> str:
-        if not self.relative:
-            return f"{self.objective} >= {self.value:g}"
-        return f"{self.objective} >= dense{self.value:+g}"
-
-    def threshold(self, dense: ConfigurationResult | None) -> float:
-        """The absolute bound, reading the dense reference's mean for a relative floor."""
-        if not self.relative:
-            return self.value
-        if dense is None:
-            raise SearchError(
-                f"floor '{self}' is relative to the dense reference, but this search has no complete dense reference"
-            )
-        return dense.mean(self.objective) + self.value
-
 
 def parse_floor(text: str) -> Floor:
-    """'accuracy=0.75', 'accuracy=dense-0.01' or 'shape_bias=dense+0.05' -> Floor."""
-    match = _FLOOR.match(text.replace(" ", ""))
-    if match is None or match["objective"] not in OBJECTIVES:
+    """'accuracy=0.75', 'accuracy=dense-0.01' or 'cue_decision_rate=dense-0.2' -> Floor; SearchError if malformed."""
+    try:
+        return constraints.parse_floor(text)
+    except ValueError as error:
+        raise SearchError(f"--floor: {error}") from None
+
+
+def threshold(floor: Floor, dense: ConfigurationResult | None) -> float:
+    """A floor's absolute bound, reading the dense reference's mean for a relative one."""
+    bound = floor.threshold({m: dense.mean(m) for m in CONSTRAINABLE} if dense is not None else None)
+    if bound is None:
         raise SearchError(
-            f"bad --floor {text!r}: expected OBJECTIVE=VALUE or OBJECTIVE=dense-OFFSET, with OBJECTIVE one of "
-            f"{', '.join(OBJECTIVES)} (e.g. accuracy=0.75, accuracy=dense-0.01)"
+            f"floor '{floor}' is relative to the dense reference, but this search has no complete dense reference"
         )
-    if match["dense"]:
-        return Floor(match["objective"], float(match["offset"] or 0.0), relative=True)
-    return Floor(match["objective"], float(match["value"]))
+    return bound
 
 
 @dataclass(frozen=True)
@@ -66,6 +47,8 @@ class Choice:
     dense: ConfigurationResult | None
     on_front: bool
     reason: str
+    # The search's own constraints this configuration misses (a choice by id may be infeasible).
+    misses: tuple[str, ...] = ()
 
 
 def dense_reference(results: list[ConfigurationResult]) -> ConfigurationResult | None:
@@ -73,11 +56,13 @@ def dense_reference(results: list[ConfigurationResult]) -> ConfigurationResult |
     return next((r for r in results if r.dense), None)
 
 
-def by_id(results: list[ConfigurationResult], configuration: str, all_ids: list[str]) -> Choice:
+def by_id(
+    results: list[ConfigurationResult], configuration: str, all_ids: list[str], search_floors: Sequence[Floor] = ()
+) -> Choice:
     """The configuration with this id; SearchError naming the valid ids if it is not complete."""
     for result in results:
         if result.configuration == configuration:
-            return _choice(results, result, f"configuration {configuration} chosen by id")
+            return _choice(results, result, f"configuration {configuration} chosen by id", search_floors)
     if configuration in all_ids:
         raise SearchError(
             f"configuration {configuration} did not finish all its seeds; complete ones: "
@@ -89,22 +74,28 @@ def by_id(results: list[ConfigurationResult], configuration: str, all_ids: list[
     )
 
 
-def by_rule(results: list[ConfigurationResult], maximize: str, floors: list[Floor]) -> Choice:
-    """The highest seed mean of `maximize` among configurations meeting every floor."""
+def by_rule(
+    results: list[ConfigurationResult], maximize: str, floors: list[Floor], search_floors: Sequence[Floor] = ()
+) -> Choice:
+    """The highest seed mean of `maximize` among configurations meeting every floor, the search's constraints too."""
     if maximize not in OBJECTIVES:
         raise SearchError(f"cannot maximise {maximize!r}; valid objectives: {', '.join(OBJECTIVES)}")
     dense = dense_reference(results)
-    bounds = [(floor, floor.threshold(dense)) for floor in floors]
-    eligible = [r for r in results if all(r.mean(f.objective) >= bound for f, bound in bounds)]
+    # The search's constraints first: an infeasible configuration is never on its front, nor promoted by a rule.
+    floors = [*(f for f in search_floors if f not in floors), *floors]
+    bounds = [(floor, threshold(floor, dense)) for floor in floors]
+    eligible = [r for r in results if all(r.mean(f.metric) >= bound for f, bound in bounds)]
     if not eligible:
-        highest = {f.objective: max(r.mean(f.objective) for r in results) for f, _ in bounds}
-        wanted = ", ".join(f"{f} (= {bound:.4f}; best seed mean {highest[f.objective]:.4f})" for f, bound in bounds)
+        highest = {f.metric: max(r.mean(f.metric) for r in results) for f, _ in bounds}
+        wanted = ", ".join(f"{f} (= {bound:.4f}; best seed mean {highest[f.metric]:.4f})" for f, bound in bounds)
         raise SearchError(f"no configuration of {len(results)} meets {wanted}; lower a floor")
     other = next(o for o in OBJECTIVES if o != maximize)
     # Ties go to the better other objective, then to the earlier configuration.
     best = min(eligible, key=lambda r: (-r.mean(maximize), -r.mean(other), r.configuration))
     rule = f"highest mean {maximize}" + (f" with {' and '.join(str(f) for f in floors)}" if floors else "")
-    return _choice(results, best, f"{rule}: {len(eligible)} of {len(results)} complete configurations qualify")
+    return _choice(
+        results, best, f"{rule}: {len(eligible)} of {len(results)} complete configurations qualify", search_floors
+    )
 
 
 def closest_replicate(result: ConfigurationResult) -> Replicate:
@@ -115,36 +106,51 @@ def closest_replicate(result: ConfigurationResult) -> Replicate:
     return min(result.replicates, key=lambda r: (round(math.dist((r.accuracy, r.shape_bias), mean), 9), r.seed))
 
 
-def _choice(results: list[ConfigurationResult], result: ConfigurationResult, reason: str) -> Choice:
-    return Choice(result, closest_replicate(result), dense_reference(results), result in front_of(results), reason)
+def _choice(
+    results: list[ConfigurationResult], result: ConfigurationResult, reason: str, search_floors: Sequence[Floor]
+) -> Choice:
+    misses = infeasible(results, search_floors).get(result.configuration, {})
+    return Choice(
+        result,
+        closest_replicate(result),
+        dense_reference(results),
+        result in front_of(results, search_floors),
+        reason,
+        tuple(str(f) for f in misses),
+    )
 
 
 def describe(choice: Choice, search_id: str) -> str:
-    """What was chosen and why, as the promote command prints it."""
+    """What was chosen and why, as the promote command prints it (+- is the sample standard deviation over seeds)."""
     r, rep, dense = choice.result, choice.replicate, choice.dense
+
+    def line(label: str, metric: str, what: str = "") -> str:
+        text = f"  {label:<11} {_spread(r, metric)} over {r.seeds} seeds{what}"
+        return text + (f"   dense reference {_spread(dense, metric)}" if dense else "")
+
+    network = f"  network     {r.kept_label()} of each map kept per channel" if r.kept else None
     lines = [
         f"search {search_id}: {choice.reason}",
         f"  chosen      {r.configuration}  {r.params.describe()}  "
         f"(lr {r.params.lr:g}, weight decay {r.params.weight_decay:g}, batch {r.params.batch_size})",
-        f"  accuracy    {r.accuracy:.4f} +- {r.accuracy_std:.4f} over {r.seeds} seeds"
-        + (f"   dense reference {dense.accuracy:.4f} +- {dense.accuracy_std:.4f}" if dense else ""),
-        f"  shape bias  {r.shape_bias:.4f} +- {r.shape_bias_std:.4f} over {r.seeds} seeds"
-        + (f"   dense reference {dense.shape_bias:.4f} +- {dense.shape_bias_std:.4f}" if dense else ""),
+        *([network] if network else []),
+        line("accuracy", "accuracy"),
+        line("shape bias", "shape_bias"),
+        *([line("held out", "shape_bias_holdout", " (shape bias on the report set)")] if r.has_holdout else []),
         *(
-            [
-                f"  held out    {r.shape_bias_holdout:.4f} +- {r.shape_bias_holdout_std:.4f} "
-                "shape bias on the report set"
-                + (
-                    f"   dense reference {dense.shape_bias_holdout:.4f} +- {dense.shape_bias_holdout_std:.4f}"
-                    if dense
-                    else ""
-                )
-            ]
-            if r.has_holdout
+            [line("cue rate", "cue_decision_rate", " (conflict images decided by shape or texture)")]
+            if not math.isnan(r.mean("cue_decision_rate"))
             else []
         ),
-        f"  on the Pareto front: {'yes' if choice.on_front else 'no'}",
+        f"  on the Pareto front: {'yes' if choice.on_front else 'no'}"
+        + (f" (infeasible: misses {', '.join(choice.misses)})" if choice.misses else ""),
         f"  promoted replicate: seed {rep.seed} (closest to the means: accuracy {rep.accuracy:.4f}, "
         f"shape bias {rep.shape_bias:.4f}), child run {rep.run_id}",
     ]
     return "\n".join(lines)
+
+
+def _spread(r: ConfigurationResult, metric: str) -> str:
+    """'0.7317 +- 0.0024' (sample standard deviation), or the mean alone for one seed."""
+    mean, std = r.mean(metric), r.std(metric)
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} +- {std:.4f}"

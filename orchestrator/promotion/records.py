@@ -17,7 +17,6 @@ from orchestrator.provenance import git_commit, package_versions
 from orchestrator.tracking import SearchRecord
 from search_spaces.params import OBJECTIVES
 from trainables.config import TrialConfig
-from trainables.metrics import ACCURACY, SHAPE_BIAS
 
 PRODUCTION_YAML = "production.yaml"
 
@@ -28,15 +27,17 @@ def _summary(result: ConfigurationResult | None) -> dict[str, Any] | None:
         return None
     return {
         names.CONFIGURATION: result.configuration,
-        **{m: {"mean": result.mean(m), "std": result.std(m)} for m in OBJECTIVES},
-        **(
-            {names.SHAPE_BIAS_HOLDOUT: {"mean": result.shape_bias_holdout, "std": result.shape_bias_holdout_std}}
-            if result.has_holdout
-            else {}
-        ),
+        # std: the sample standard deviation over seeds (NaN for one seed).
+        **{m: {"mean": result.mean(m), "std": result.std(m)} for m in _measured(result)},
         "seeds": [r.seed for r in result.replicates],
         "run_ids": list(result.run_ids),
     }
+
+
+def _measured(result: ConfigurationResult) -> list[str]:
+    """The metrics every seed of `result` has: the objectives, and the report set's and cue rates where measured."""
+    extra = (names.SHAPE_BIAS_HOLDOUT, names.CUE_DECISION_RATE, names.CUE_DECISION_RATE_HOLDOUT)
+    return [*OBJECTIVES, *(m for m in extra if all(math.isfinite(getattr(r, m)) for r in result.replicates))]
 
 
 def production_config(
@@ -61,15 +62,7 @@ def production_config(
         "on_front": choice.on_front,
         "metrics": {
             **(_summary(choice.result) or {}),
-            "replicate": {
-                ACCURACY: replicate.accuracy,
-                SHAPE_BIAS: replicate.shape_bias,
-                **(
-                    {names.SHAPE_BIAS_HOLDOUT: replicate.shape_bias_holdout}
-                    if math.isfinite(replicate.shape_bias_holdout)
-                    else {}
-                ),
-            },
+            "replicate": {m: getattr(replicate, m) for m in _measured(choice.result)},
         },
         names.DENSE_REFERENCE: _summary(choice.dense),
         names.DATA_FINGERPRINT: data_fingerprint,
@@ -94,16 +87,16 @@ def version_tags(search: SearchRecord, choice: Choice) -> dict[str, str]:
         "on_front": "yes" if choice.on_front else "no",
         names.GIT_COMMIT: git_commit(),
     }
-    for m in OBJECTIVES:
+    for name, k, positions in r.kept:  # the network: k of the map's positions kept at each placement
+        tags[f"{names.K_PREFIX}{name}"], tags[f"{names.KEPT_PREFIX}{name}"] = str(k), f"{k / positions:.6g}"
+    if choice.misses:
+        tags["infeasible"] = "; ".join(choice.misses)
+    # The held-out shape bias (the number to quote) and the cue-decision rates, where measured.
+    for m in _measured(r):
         tags[f"{m}_mean"], tags[f"{m}_std"] = f"{r.mean(m):.4f}", f"{r.std(m):.4f}"
         tags[f"{m}_replicate"] = f"{getattr(choice.replicate, m):.4f}"
-        if dense is not None:
+        if dense is not None and m in _measured(dense):
             tags[f"dense_{m}_mean"], tags[f"dense_{m}_std"] = f"{dense.mean(m):.4f}", f"{dense.std(m):.4f}"
-    if r.has_holdout:  # on the report set, which nothing selected on: the number to quote
-        tags["shape_bias_holdout_mean"], tags["shape_bias_holdout_std"] = (
-            f"{r.shape_bias_holdout:.4f}",
-            f"{r.shape_bias_holdout_std:.4f}",
-        )
     return tags
 
 

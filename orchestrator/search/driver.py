@@ -24,7 +24,7 @@ from ray import tune
 from orchestrator import names
 from orchestrator.errors import SearchError, SearchInterrupted
 from orchestrator.pareto import ConfigurationResult
-from orchestrator.report import report_early_stopping, report_front, report_importances
+from orchestrator.report import report_early_stopping, report_front, report_importances, report_reuse
 from orchestrator.search import preflight
 from orchestrator.search.opening import Opening, open_search
 from orchestrator.search.ray_session import quiet, sigterm_as_ctrl_c, start_ray
@@ -70,7 +70,8 @@ def run_search(
         results = opening.tuner(_trainable(opening)).fit()
         # Tune swallows the first Ctrl+C (or SIGTERM) and returns early: then the search is unfinished.
         ended = results.num_terminated + results.num_errors
-        status = "FINISHED" if ended >= spec.configurations * len(spec.seeds) else "KILLED"
+        finished = ended >= spec.configurations * len(spec.seeds) or opening.ended_early()
+        status = "FINISHED" if finished else "KILLED"
     except KeyboardInterrupt:
         status = "KILLED"
     except BaseException as error:
@@ -122,6 +123,7 @@ def _report(opening: Opening, wall_s: float) -> SearchOutcome:
         print(f"warning: {failures}", flush=True)
     if spec.early_stopping:
         report_early_stopping(client, search, spec.training.epochs)
+    report_reuse(client, search, spec.resolved_optuna_storage())
     report_importances(client, search, spec.resolved_optuna_storage())
     client.set_terminated(parent_run_id, status="FINISHED")
     return SearchOutcome(search.search_id, parent_run_id, results, volume, wall_s)

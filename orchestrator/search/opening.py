@@ -79,6 +79,16 @@ class Opening:
             f"sampler {spec.sampler}, MLflow parent run {self.parent_run_id}",
             flush=True,
         )
+        for note in spec.network_notes():
+            print(note, flush=True)
+
+    def ended_early(self) -> bool:
+        """Whether the searcher ended the search before `configurations`: the sampler proposed only repeats."""
+        try:
+            study = optuna.load_study(study_name=self.search_id, storage=self.spec.resolved_optuna_storage())
+        except KeyError:
+            return False
+        return names.ENDED_EARLY in study.user_attrs
 
     def _reopen(self, trainable: Any) -> tune.Tuner:
         """A resumed search's Tuner, restored from its state; only then is its parent run reopened."""
@@ -133,6 +143,7 @@ class Opening:
                         spec.model_dump(mode="json")["reference_point"],
                         seeds,
                         epochs,
+                        spec.floors(),
                     ),
                     *([StoppedRuns(self.tracking_uri, self.parent_run_id, epochs)] if stopping else []),
                 ],
@@ -282,7 +293,7 @@ def start_parent_run(
         "sampler_seed": spec.sampler_seed,
         "configurations": spec.configurations,
         names.SEEDS: spec.seeds,
-        "accuracy_floor": spec.accuracy_floor,
+        names.CONSTRAINTS: json.dumps({floor.metric: floor.setting() for floor in spec.floors()}),
         names.REFERENCE_POINT: json.dumps(dump["reference_point"]),
         "fraction_range": f"[{fraction.low}, {fraction.high}]" + (" log" if fraction.log else ""),
         "placements": [placement_key(p) for p in spec.search.placements],

@@ -7,8 +7,10 @@ Both count trials the same way (`Tally`), by the searcher's and the front's rule
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ray.tune import Callback
@@ -16,6 +18,7 @@ from ray.tune.experiment import Trial
 
 from orchestrator import names
 from orchestrator.pareto import ConfigurationResult, Replicate, front_hypervolume
+from search_spaces.constraints import Floor
 from search_spaces.params import OBJECTIVES, Outcome, Params, configuration_outcome, outcome
 
 
@@ -25,7 +28,7 @@ class Tally:
     def __init__(self, seeds: int, epochs: int) -> None:
         self.seeds, self.epochs = seeds, epochs
         self.outcomes: dict[str, dict[str, Outcome]] = {}  # configuration -> trial id -> outcome
-        self.points: dict[str, dict[str, tuple[float, float]]] = {}  # configuration -> trial id -> objectives
+        self.points: dict[str, dict[str, dict[str, float]]] = {}  # configuration -> trial id -> what the front reads
         self.params: dict[str, Params] = {}
 
     def add(self, trial: Trial, error: bool = False) -> Outcome:
@@ -35,7 +38,7 @@ class Tally:
         self.outcomes.setdefault(configuration, {})[trial.trial_id] = ended
         if ended is Outcome.COMPLETE:
             self.params[configuration] = Params.from_dict(trial.config[names.PARAMS])
-            point = (trial.last_result[OBJECTIVES[0]], trial.last_result[OBJECTIVES[1]])
+            point = {m: trial.last_result.get(m, math.nan) for m in (*OBJECTIVES, names.CUE_DECISION_RATE)}
             self.points.setdefault(configuration, {})[trial.trial_id] = point
         return ended
 
@@ -58,7 +61,9 @@ class Tally:
         """Configurations whose every seed is complete, as the front reads them."""
         return [
             ConfigurationResult(
-                c, self.params[c], tuple(Replicate(t, i, *point) for i, (t, point) in enumerate(self.points[c].items()))
+                c,
+                self.params[c],
+                tuple(Replicate(t, i, **point) for i, (t, point) in enumerate(self.points[c].items())),  # type: ignore[arg-type]
             )
             for c in sorted(self.outcomes)
             if self.verdict(c) is Outcome.COMPLETE
@@ -100,8 +105,8 @@ class SearchProgress(Callback):
     def _print(self) -> None:
         points = [p for seeds in self.tally.points.values() for p in seeds.values()]
         best = " · ".join(
-            f"best {name.replace('_', ' ')} {max(p[i] for p in points):.3f}"
-            for i, name in enumerate(OBJECTIVES)
+            f"best {name.replace('_', ' ')} {max(p[name] for p in points):.3f}"
+            for name in OBJECTIVES
             if self.tally.points
         )
         elapsed = int(time.monotonic() - self.start)
@@ -177,16 +182,24 @@ class HypervolumeLog(Callback):
     """
 
     def __init__(
-        self, tracking_uri: str, parent_run_id: str, reference: str | dict[str, float], seeds: int, epochs: int
+        self,
+        tracking_uri: str,
+        parent_run_id: str,
+        reference: str | dict[str, float],
+        seeds: int,
+        epochs: int,
+        floors: Sequence[Floor] = (),
     ) -> None:
         self.tracking_uri, self.parent_run_id, self.reference = tracking_uri, parent_run_id, reference
-        self.seeds, self.epochs = seeds, epochs
+        self.seeds, self.epochs, self.floors = seeds, epochs, list(floors)
         self.tally = Tally(seeds, epochs)
         self.counted_earlier = False
         self.client: Any = None  # an MlflowClient, made at the first point
 
     def __getstate__(self) -> dict[str, Any]:  # as SearchProgress: a restored copy recounts on its first step
-        return {k: getattr(self, k) for k in ("tracking_uri", "parent_run_id", "reference", "seeds", "epochs")}
+        return {
+            k: getattr(self, k) for k in ("tracking_uri", "parent_run_id", "reference", "seeds", "epochs", "floors")
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
@@ -209,7 +222,7 @@ class HypervolumeLog(Callback):
 
     def _log(self) -> None:
         finished = self.tally.finished()
-        volume = front_hypervolume(self.tally.complete(), self.reference)
+        volume = front_hypervolume(self.tally.complete(), self.reference, self.floors)
         if volume is None:
             return
         try:

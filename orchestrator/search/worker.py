@@ -25,6 +25,7 @@ from orchestrator import names
 from orchestrator.search.outbox import Outbox
 from orchestrator.serving import log_model
 from orchestrator.tracking import replicate_runs
+from search_spaces.networks import feature_maps, kept, network
 from search_spaces.params import OBJECTIVES, Params
 from trainables.checkpoint import load_checkpoint, restore_model
 from trainables.config import TrialConfig
@@ -165,6 +166,9 @@ class MLflowTrialTracker:
         effective = replace(
             self.params, lr=training.lr, weight_decay=training.weight_decay, batch_size=training.batch_size
         )
+        # The network itself: the fraction asked for is a parameterisation, k per placement is the model.
+        topk = config.model.topk
+        maps = feature_maps(list(topk), config.data.image_size, config.model.stem, config.model.arch)
         logged = {
             **effective.to_mlflow(),
             names.SEED: str(self.seed),
@@ -173,8 +177,14 @@ class MLflowTrialTracker:
             "data": config.data.kind,
             "image_size": str(config.data.image_size),
             **{f"{names.TOPK_PREFIX}{k}": str(v) for k, v in config.model.topk.items()},
+            **{f"{names.K_PREFIX}{name}": str(k) for name, k, _ in kept(topk, maps)},
+            **{f"{names.KEPT_PREFIX}{name}": f"{k / positions:.6g}" for name, k, positions in kept(topk, maps)},
         }
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in logged.items()])
+        self.client.log_batch(
+            self.run_id,
+            params=[Param(k, v) for k, v in logged.items()],
+            tags=[RunTag(names.NETWORK, network(topk, self.params.knobs(), maps).describe())],
+        )
         # The whole trial config: enough to rebuild (or retrain) this model from MLflow alone.
         self.client.log_dict(self.run_id, config.model_dump(mode="json"), names.TRIAL_CONFIG)
         self._log_inputs(config)
