@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/scaling.py
 	$(PY) bench/sampler_efficiency.py
 	$(PY) bench/early_stopping.py
+	$(PY) bench/duplicates.py
 
 clean:
 	rm -rf $(VENV) mlflow.db optuna.db ray_results mlruns mlartifacts pareto-*.csv pareto-*.png production.yaml

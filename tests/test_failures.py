@@ -31,6 +31,7 @@ from conftest import (
     popen_search,
     search_runs,
 )
+from orchestrator.search.opening import STATE_FORMAT
 
 # --- search: settings refused before Ray starts --------------------------------------------------
 
@@ -304,10 +305,10 @@ def test_resume_refuses_state_it_cannot_read_and_a_study_elsewhere_before_readin
     experiment = client.create_experiment("sparse-shape-search-quickstart")
     search_id, marker = "quickstart-20261101-140000-eeeeee", tmp_path / "unpickled"
     hostile_state(tmp_path / "ray_results" / search_id, marker)
-    # What a start of this version records; an older version's start recorded neither.
+    # What a start of this version records; an older version recorded an older layout (the first none).
     tags = {
-        "another state layout": {},
-        "another optuna database": {"state_format": "2", "optuna_storage": "sqlite:////elsewhere/optuna.db"},
+        "another state layout": {"state_format": "2"},  # before the searcher kept its networks
+        "another optuna database": {"state_format": STATE_FORMAT, "optuna_storage": "sqlite:////elsewhere/optuna.db"},
     }[case]
     run_id = recorded_search(client, experiment, search_id, "KILLED", tmp_path / "ray_results" / search_id, **tags)
     line = assert_one_line_error(cli("resume", "--config", str(QUICKSTART), cwd=tmp_path), search_id)

@@ -146,3 +146,15 @@ def test_a_floor_relative_to_dense_is_told_once_the_dense_reference_ends(tmp_pat
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.constraints == {"cue_decision_rate_floor": pytest.approx(0.3)}
     assert trial.user_attrs["cue_decision_rate_mean"] == pytest.approx(0.5)
+
+
+def test_placement_sets_may_name_one_stage_and_its_last_block_apart():
+    # layer2 and layer2.1 are the same tensor: refused within a set, fine in different sets.
+    spec = load_spec(QUICKSTART, ["search.placements=[[layer2], [layer2.1], [layer2.0]]"])
+    assert {name: (m.height, m.width) for name, m in spec.feature_maps().items()} == {
+        "layer2": (4, 4),
+        "layer2.1": (4, 4),
+        "layer2.0": (4, 4),
+    }
+    with pytest.raises(ConfigError, match="same tensor"):
+        load_spec(QUICKSTART, ["search.placements=[[layer2, layer2.1]]"])

@@ -259,7 +259,8 @@ def feature_map_sizes(
     ValueError for a placement whose output has no spatial map (a classifier layer): Top-K has
     nothing to rank there.
     """
-    check_placements(dict.fromkeys(names, 1.0), arch)
+    for name in names:  # one by one: names from different placement sets may be one tensor (layer2, layer2.1)
+        check_placements({name: 1.0}, arch)
     sizes = {}
     for name, shape in _output_shapes(input_size, stem, arch, tuple(names)).items():
         if len(shape) != 4:

@@ -25,7 +25,7 @@ def parse_floor(text: str) -> Floor:
     try:
         return constraints.parse_floor(text)
     except ValueError as error:
-        raise SearchError(f"--floor: {error}") from None
+        raise SearchError(str(error).replace("bad floor", "bad --floor", 1)) from None
 
 
 def threshold(floor: Floor, dense: ConfigurationResult | None) -> float:

@@ -41,7 +41,7 @@ from trainables.messages import one_line, redact, redacted
 
 # The layout of a search's Ray state (the pickled searcher, scheduler and callbacks), recorded on its
 # parent run: a search whose state another layout wrote cannot be resumed, and is told so in one line.
-STATE_FORMAT = "2"
+STATE_FORMAT = "3"  # 3: the searcher keeps its networks, reuses and floors
 
 
 @dataclass
