@@ -110,6 +110,14 @@ class ConfigurationResult:
         return {c: statistics.fmean(dict(r.per_category)[c] for r in self.replicates) for c in sorted(shared)}
 
 
+def spread(result: ConfigurationResult, metric: str, digits: int = 3) -> str:
+    """'0.805 +- 0.025' (seed mean +- sample standard deviation), the mean alone for one seed, '-' if unmeasured."""
+    mean, std = result.mean(metric), result.std(metric)
+    if math.isnan(mean):
+        return "-"  # e.g. the held-out bias of a search with data.split: none
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+
 def infeasible(results: list[ConfigurationResult], floors: Sequence[Floor]) -> dict[str, dict[Floor, float]]:
     """The configurations that miss a floor, each with the floors it misses and their bounds."""
     dense = next((r for r in results if r.dense), None)

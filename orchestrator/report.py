@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator import names
 from orchestrator.errors import SearchError
 from orchestrator.labels import place_labels
-from orchestrator.pareto import ConfigurationResult, front_hypervolume, front_of, infeasible, reference_of
+from orchestrator.pareto import ConfigurationResult, front_hypervolume, front_of, infeasible, reference_of, spread
 from orchestrator.tracking import SearchRecord, child_runs, collect
 from search_spaces.constraints import Floor
 from search_spaces.params import DENSE_LABEL, OBJECTIVES
@@ -31,6 +31,8 @@ from trainables.metrics import (
     SHAPE_BIAS_HOLDOUT,
 )
 
+DPI = 120  # of every report plot
+
 
 def shown_rows(results: list[ConfigurationResult], floors: Sequence[Floor] = ()) -> list[ConfigurationResult]:
     """What the table lists: the front, the dense reference, and any infeasible configuration the floors kept off it."""
@@ -38,11 +40,7 @@ def shown_rows(results: list[ConfigurationResult], floors: Sequence[Floor] = ())
     unconstrained = front_of(results)
     excluded = infeasible(results, floors)
     kept_off = [r for r in unconstrained if r.configuration in excluded and r not in front]
-    rows = front + [r for r in results if r.dense and r not in front and r not in kept_off] + kept_off
-    return rows
-
-
-DPI = 120  # of every report plot
+    return front + [r for r in results if r.dense and r not in front and r not in kept_off] + kept_off
 
 
 def format_table(results: list[ConfigurationResult], floors: Sequence[Floor] = ()) -> str:
@@ -62,8 +60,8 @@ def format_table(results: list[ConfigurationResult], floors: Sequence[Floor] = (
         on_front = "yes" if r in front else "infeasible" if r.configuration in excluded else "no"
         lines.append(
             f"{r.configuration:<7} {placement:<24} {p.fraction_label():>8} {r.kept_label():>{width}} {p.lr:>7.4f} "
-            f"{p.weight_decay:>7.0e} {p.batch_size:>5}  {_spread(r, ACCURACY):>15}  {_spread(r, SHAPE_BIAS):>15}  "
-            f"{_spread(r, SHAPE_BIAS_HOLDOUT):>15}  {_number(r.mean(CUE_DECISION_RATE)):>8}  {on_front:<10} "
+            f"{p.weight_decay:>7.0e} {p.batch_size:>5}  {spread(r, ACCURACY):>15}  {spread(r, SHAPE_BIAS):>15}  "
+            f"{spread(r, SHAPE_BIAS_HOLDOUT):>15}  {_number(r.mean(CUE_DECISION_RATE)):>8}  {on_front:<10} "
             f"{','.join(i[:8] for i in r.run_ids)}"
         )
     seeds = max((r.seeds for r in results), default=0)
@@ -83,14 +81,6 @@ def format_table(results: list[ConfigurationResult], floors: Sequence[Floor] = (
 
 def _number(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.3f}"
-
-
-def _spread(r: ConfigurationResult, metric: str) -> str:
-    """'0.805 +- 0.025' (sample standard deviation), '0.805' for one seed, '-' where not measured."""
-    mean, std = r.mean(metric), r.std(metric)
-    if math.isnan(mean):
-        return "-"  # e.g. the held-out bias of a search with data.split: none
-    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} +- {std:.3f}"
 
 
 def _label(r: ConfigurationResult) -> str:

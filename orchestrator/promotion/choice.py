@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.errors import SearchError
-from orchestrator.pareto import ConfigurationResult, Replicate, front_of, infeasible
+from orchestrator.pareto import ConfigurationResult, Replicate, front_of, infeasible, spread
 from search_spaces import constraints
 from search_spaces.constraints import CONSTRAINABLE, Floor
 from search_spaces.params import OBJECTIVES
@@ -125,8 +125,8 @@ def describe(choice: Choice, search_id: str) -> str:
     r, rep, dense = choice.result, choice.replicate, choice.dense
 
     def line(label: str, metric: str, what: str = "") -> str:
-        text = f"  {label:<11} {_spread(r, metric)} over {r.seeds} seeds{what}"
-        return text + (f"   dense reference {_spread(dense, metric)}" if dense else "")
+        text = f"  {label:<11} {spread(r, metric, 4)} over {r.seeds} seeds{what}"
+        return text + (f"   dense reference {spread(dense, metric, 4)}" if dense else "")
 
     network = f"  network     {r.kept_label()} of each map kept per channel" if r.kept else None
     lines = [
@@ -148,9 +148,3 @@ def describe(choice: Choice, search_id: str) -> str:
         f"shape bias {rep.shape_bias:.4f}), child run {rep.run_id}",
     ]
     return "\n".join(lines)
-
-
-def _spread(r: ConfigurationResult, metric: str) -> str:
-    """'0.7317 +- 0.0024' (sample standard deviation), or the mean alone for one seed."""
-    mean, std = r.mean(metric), r.std(metric)
-    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} +- {std:.4f}"
