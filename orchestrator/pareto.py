@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from search_spaces.constraints import CONSTRAINABLE, Floor, violations
 from search_spaces.params import Params
-from trainables.metrics import ACCURACY, SHAPE_BIAS
+from trainables.metrics import ACCURACY, SHAPE_BIAS, SHAPE_BIAS_HOLDOUT
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,11 @@ class ConfigurationResult:
     @property
     def shape_bias_holdout(self) -> float:
         """Seed mean of the report set's shape bias: the number to quote (NaN without a report set)."""
-        return self.mean("shape_bias_holdout")
+        return self.mean(SHAPE_BIAS_HOLDOUT)
 
     @property
     def shape_bias_holdout_std(self) -> float:
-        return self.std("shape_bias_holdout")
+        return self.std(SHAPE_BIAS_HOLDOUT)
 
     @property
     def has_holdout(self) -> bool:
@@ -120,6 +120,8 @@ def spread(result: ConfigurationResult, metric: str, digits: int = 3) -> str:
 
 def infeasible(results: list[ConfigurationResult], floors: Sequence[Floor]) -> dict[str, dict[Floor, float]]:
     """The configurations that miss a floor, each with the floors it misses and their bounds."""
+    if not floors:
+        return {}
     dense = next((r for r in results if r.dense), None)
     dense_means = {m: dense.mean(m) for m in CONSTRAINABLE} if dense is not None else None
     missed = {}

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,14 @@ def collect(client: MlflowClient, search: SearchRecord, seeds: int | None = None
         params = Params.from_mlflow(runs[0].data.params)
         results.append(ConfigurationResult(configuration, params, replicates, kept_of(params, runs[0])))
     return results
+
+
+def kept_params(kept: Sequence[tuple[str, int, int]]) -> dict[str, str]:
+    """`k.<placement>` and `kept.<placement>` (k / positions) for (placement, k, positions): what `kept_of` reads."""
+    params = {}
+    for name, k, positions in kept:
+        params[f"{names.K_PREFIX}{name}"], params[f"{names.KEPT_PREFIX}{name}"] = str(k), f"{k / positions:.6g}"
+    return params
 
 
 def kept_of(params: Params, run: Run) -> tuple[tuple[str, int, int], ...]:

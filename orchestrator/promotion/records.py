@@ -14,7 +14,7 @@ from orchestrator import names
 from orchestrator.pareto import ConfigurationResult
 from orchestrator.promotion.choice import Choice
 from orchestrator.provenance import git_commit, package_versions
-from orchestrator.tracking import SearchRecord
+from orchestrator.tracking import SearchRecord, kept_params
 from search_spaces.params import OBJECTIVES
 from trainables.config import TrialConfig
 
@@ -87,8 +87,7 @@ def version_tags(search: SearchRecord, choice: Choice) -> dict[str, str]:
         "on_front": "yes" if choice.on_front else "no",
         names.GIT_COMMIT: git_commit(),
     }
-    for name, k, positions in r.kept:  # the network: k of the map's positions kept at each placement
-        tags[f"{names.K_PREFIX}{name}"], tags[f"{names.KEPT_PREFIX}{name}"] = str(k), f"{k / positions:.6g}"
+    tags |= kept_params(r.kept)  # the network: k of the map's positions kept at each placement
     if choice.misses:
         tags["infeasible"] = "; ".join(choice.misses)
     # The held-out shape bias (the number to quote) and the cue-decision rates, where measured.

@@ -131,7 +131,7 @@ class ReplicateSearcher(Searcher):
         configurations: int,
         make_trial: MakeTrial,
         epochs: int,
-        network_of: NetworkOf | None = None,
+        network_of: NetworkOf,
         floors: Sequence[Floor] = (),
         max_repeats: int = 500,
     ) -> None:
@@ -141,8 +141,7 @@ class ReplicateSearcher(Searcher):
         self.study, self.space = study, space
         self.seeds, self.configurations = list(seeds), configurations
         self.make_trial, self.epochs = make_trial, epochs
-        # Without a map of the feature maps, the fractions themselves tell networks apart.
-        self.network_of: NetworkOf = network_of or _by_fractions
+        self.network_of = network_of
         self.floors, self.max_repeats = list(floors), max_repeats
         self._configurations: dict[str, _Configuration] = {}
         self._networks: dict[Network, str] = {}  # each network proposed -> its configuration
@@ -330,9 +329,3 @@ def _tell_as(study: optuna.Study, trial: optuna.Trial, original: optuna.trial.Fr
     for key, value in (original.constraints or {}).items():
         trial.set_constraint(key, value)
     study.tell(trial, original.values)
-
-
-def _by_fractions(params: Params) -> Network:
-    """A network told apart by its fractions alone, for a searcher built without the spec's feature maps."""
-    sparse = tuple(sorted((name, round(fraction * 1e9), 10**9) for name, fraction in params.topk().items()))
-    return Network(sparse, tuple(sorted(params.knobs().items())))

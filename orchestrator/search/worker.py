@@ -24,7 +24,7 @@ from ray import tune
 from orchestrator import names
 from orchestrator.search.outbox import Outbox
 from orchestrator.serving import log_model
-from orchestrator.tracking import replicate_runs
+from orchestrator.tracking import kept_params, replicate_runs
 from search_spaces.networks import feature_maps, kept, network
 from search_spaces.params import OBJECTIVES, Params
 from trainables.checkpoint import load_checkpoint, restore_model
@@ -177,8 +177,7 @@ class MLflowTrialTracker:
             "data": config.data.kind,
             "image_size": str(config.data.image_size),
             **{f"{names.TOPK_PREFIX}{k}": str(v) for k, v in config.model.topk.items()},
-            **{f"{names.K_PREFIX}{name}": str(k) for name, k, _ in kept(topk, maps)},
-            **{f"{names.KEPT_PREFIX}{name}": f"{k / positions:.6g}" for name, k, positions in kept(topk, maps)},
+            **kept_params(kept(topk, maps)),
         }
         self.client.log_batch(
             self.run_id,
