@@ -33,7 +33,7 @@ def test_every_epoch_reports_all_metrics_and_the_last_is_the_result():
     # The two sets are different images: the numbers differ, and each CSV re-scores to its own.
     files = reports[-1][1]["decision_files"]
     assert (
-        set(files) == {"decisions.csv", "decisions_holdout.csv"}
+        set(files) == {"decisions.csv", "decisions_holdout.csv", "per_image.json"}
         and files["decisions.csv"] != files["decisions_holdout.csv"]
     )
     assert all("decision_files" not in state for _, state in reports[:-1])

@@ -33,6 +33,7 @@ from trainables.metrics import (
     per_category,
 )
 from trainables.models import preprocess
+from trainables.per_image import PER_IMAGE, decision_codes, encode
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,10 @@ def evaluate(
     Each measurement puts the model in eval mode meanwhile (`eval_mode`) and back as it was.
     """
     mapping = outputs.mapping if outputs.by_category else None
-    metrics = {ACCURACY: accuracy(model, data.test_images, outputs.test_targets, data.image_size, device, mapping)}
+    correct = correct_per_image(model, data.test_images, outputs.test_targets, data.image_size, device, mapping)
+    metrics = {ACCURACY: float(correct.float().mean().item())}
     decisions: dict[str, str] = {}
+    codes: dict[str, str] = {}
     sets = stimuli_sets(data)
     for suffix, stimuli in sets:
         result, decided = evaluate_shape_bias(model, stimuli, outputs.mapping, data.image_size, device)
@@ -96,12 +99,16 @@ def evaluate(
         if detailed:
             # The per-image decisions, for any model-vs-human tool to re-score.
             decisions[f"decisions{suffix}.csv"] = decisions_csv(stimuli, decided, subject=subject)
+            codes[suffix] = decision_codes(decided, stimuli.shapes, stimuli.textures, outputs.mapping.categories)
         if detailed and suffix == sets[-1][0]:
             # Categories differ (the paper's ablation): each one's own, on the report set.
             for category, value in shape_bias_per_category(
                 decided, stimuli.shapes, stimuli.textures, outputs.mapping.categories
             ).items():
                 metrics[per_category(SHAPE_BIAS + suffix, category)] = value
+    if detailed:
+        # Compact, for the report's bootstrap over images (orchestrator/intervals.py).
+        decisions[PER_IMAGE] = encode(correct.tolist(), codes)
     return Evaluation(metrics, decisions, len(outputs.test_targets) + sum(len(s) for _, s in sets))
 
 
@@ -126,13 +133,29 @@ def accuracy(
     batch_size: int = 256,
 ) -> float:
     """Top-1 accuracy on uint8 images; with `mapping`, of the category decision (labels are categories)."""
-    correct = 0
+    return float(
+        correct_per_image(model, images, labels, image_size, device, mapping, batch_size).float().mean().item()
+    )
+
+
+@torch.no_grad()
+def correct_per_image(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    image_size: int,
+    device: torch.device | str = "cpu",
+    mapping: LabelMapping | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Whether each image's top-1 decision is its label (bool per image; see `accuracy`)."""
+    correct = []
     with eval_mode(model):
         for start in range(0, len(labels), batch_size):
             logits = model(preprocess(images[start : start + batch_size].to(device), image_size)).float().cpu()
             predicted = mapping.category_scores(logits).argmax(dim=-1) if mapping else logits.argmax(dim=-1)
-            correct += int((predicted == labels[start : start + batch_size]).sum().item())
-    return correct / len(labels)
+            correct.append(predicted == labels[start : start + batch_size])
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
 
 
 @torch.no_grad()
