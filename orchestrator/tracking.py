@@ -12,6 +12,7 @@ import math
 import re
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from search_spaces.params import OBJECTIVES, Outcome, Params, configuration_outc
 from trainables.files import read_settings
 from trainables.messages import bounded, one_line, redact
 from trainables.metrics import ACCURACY, SHAPE_BIAS
+from trainables.per_image import PER_IMAGE, PerImage, decode
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -218,11 +220,24 @@ def find_searches(
     raise SearchError(f"no {wanted} in MLflow experiment {bounded(experiment_name)}; searches there: {there}")
 
 
-def collect(client: MlflowClient, search: SearchRecord, seeds: int | None = None) -> list[ConfigurationResult]:
-    """Configurations whose every seed (`seeds`, default the search's) is complete, with their replicates."""
+def collect(
+    client: MlflowClient,
+    search: SearchRecord,
+    seeds: int | None = None,
+    stage: str = names.SEARCH_STAGE,
+    only_seeds: Sequence[int] | None = None,
+) -> list[ConfigurationResult]:
+    """Configurations whose every seed (`seeds`, default the search's) is complete, with their replicates.
+
+    `stage` picks the search's own trials (default) or a confirmation's, `only_seeds` one round of those.
+    """
     seeds = seeds or len(search.seeds)
     by_configuration: dict[str, list[Run]] = {}
     for run in child_runs(client, search.experiment_id, search.run_id):
+        if run.data.tags.get(names.STAGE, names.SEARCH_STAGE) != stage:
+            continue
+        if only_seeds is not None and int(run.data.tags.get(names.SEED, -1)) not in only_seeds:
+            continue
         by_configuration.setdefault(run.data.tags.get(names.CONFIGURATION, "?"), []).append(run)
     results = []
     for configuration, runs in sorted(by_configuration.items()):
@@ -298,3 +313,20 @@ def failure_summary(client: MlflowClient, search: SearchRecord, limit: int = 3) 
     if len(grouped) > limit:
         text += f"; and {len(grouped) - limit} other reasons (see the child runs' error tags)"
     return f"{len(failed)} of {len(children)} trials failed: {text}"
+
+
+def per_image_outcomes(client: MlflowClient, results: Sequence[ConfigurationResult]) -> dict[str, PerImage]:
+    """Each replicate's `per_image.json` by run id; runs that did not log one (older runs) are left out."""
+    from mlflow.exceptions import MlflowException
+
+    def read(run_id: str) -> tuple[str, PerImage | None]:
+        with tempfile.TemporaryDirectory(prefix="per-image-") as tmp:
+            try:
+                return run_id, decode(Path(client.download_artifacts(run_id, PER_IMAGE, tmp)).read_text())
+            except (MlflowException, OSError, ValueError):
+                return run_id, None
+
+    run_ids = [rep.run_id for r in results for rep in r.replicates]
+    # One request each: against a tracking server, in parallel.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return {run_id: outcomes for run_id, outcomes in pool.map(read, run_ids) if outcomes is not None}

@@ -73,7 +73,7 @@ def test_closest_seed_is_the_replicate_nearest_the_means():
 def test_the_report_shows_held_out_shape_bias_and_plots_categories_against_dense(tmp_path):
     import csv
 
-    from orchestrator.report import format_table, plot_categories, write_csv
+    from orchestrator.front_views import format_table, plot_categories, write_csv
 
     def held_out(result, holdouts, categories):
         replicates = tuple(
@@ -87,7 +87,9 @@ def test_the_report_shows_held_out_shape_bias_and_plots_categories_against_dense
         held_out(RESULTS[2], [0.41, 0.45], {"cat": 0.6, "dog": 0.4}),
     ]
     table = format_table(results)
-    assert "held-out bias" in table.splitlines()[0] and "0.430 +- 0.028" in table and "0.260 +- 0.014" in table
+    assert (
+        "held-out bias" in table.splitlines()[0] and "0.430 [0.410, 0.450]" in table and "0.260 [0.250, 0.270]" in table
+    )
     write_csv(results, tmp_path / "front.csv")
     rows = list(csv.DictReader((tmp_path / "front.csv").open()))
     assert [round(float(r["shape_bias_holdout_mean"]), 3) for r in rows] == [0.26, 0.43]

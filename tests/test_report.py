@@ -5,9 +5,9 @@ import csv
 import pytest
 
 from orchestrator.errors import SearchError
+from orchestrator.front_views import format_table, write_csv
 from orchestrator.pareto import ConfigurationResult, Replicate, front_of, infeasible
 from orchestrator.promotion.choice import by_id, by_rule, describe
-from orchestrator.report import format_table, write_csv
 from search_spaces.constraints import floors_of, parse_floor
 from search_spaces.params import Params
 
@@ -43,11 +43,13 @@ def test_a_configuration_below_a_constraint_is_infeasible_and_never_on_the_front
 
 def test_the_table_shows_kept_shares_cue_rates_and_marks_the_infeasible(tmp_path):
     table = format_table(RESULTS, FLOORS)
-    rows = {line.split()[0]: line for line in table.splitlines()[2:] if line[:1] == "c" and "infeasible:" not in line}
+    rows = {line.split()[0]: line for line in table.splitlines()[2:] if line[:1] == "c" and ":" not in line}
     assert "infeasible" in rows["c002"] and "1.6%+6.2%" in rows["c002"] and "0.320" in rows["c002"]
     assert " yes " in rows["c001"] and "6.2%" in rows["c001"] and "0.078" in rows["c001"]
     assert "c002 is infeasible: cue_decision_rate 0.320 < 0.590 (cue_decision_rate >= dense-0.3)" in table
-    assert "sample standard deviation over 2 seeds" in table
+    assert (
+        "95% bootstrap interval of the seed mean over its 2 seeds" in table and "c001 - dense: accuracy -0.040" in table
+    )
     write_csv(RESULTS, tmp_path / "front.csv", FLOORS)
     written = {r["configuration"]: r for r in csv.DictReader((tmp_path / "front.csv").open())}
     assert written["c002"]["feasible"] == "False" and written["c002"]["on_front"] == "False"
