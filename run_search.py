@@ -3,11 +3,12 @@
     python run_search.py search --config search_spaces/quickstart.yaml [key=value ...]
     python run_search.py resume --config search_spaces/quickstart.yaml [--search ID]
     python run_search.py pareto --experiment sparse-shape-search-quickstart
+    python run_search.py confirm --experiment sparse-shape-search-quickstart --top 1 --seeds 3
     python run_search.py promote --experiment sparse-shape-search-quickstart --maximize shape_bias \\
         --floor accuracy=dense-0.05
     python run_search.py evaluate --model models:/sparse-resnet18-sparse-shape-search-quickstart@production
 
-Config errors (found before Ray starts), and what pareto / promote / evaluate cannot find or do, are
+Config errors (found before Ray starts), and what pareto / confirm / promote / evaluate cannot find or do, are
 reported in one line with exit code 2. Each command imports torch, Ray and MLflow only when it runs,
 so `--help` answers at once.
 """
@@ -41,11 +42,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: search, resume, pareto, promote, evaluate."""
+    """The command line: search, resume, pareto, confirm, promote, evaluate."""
     parser = argparse.ArgumentParser(
         prog="run_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{search,resume,pareto,promote,evaluate}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{search,resume,pareto,confirm,promote,evaluate}"
+    )
     search = commands.add_parser(
         "search",
         help="run a new search",
@@ -83,6 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path.cwd(), help="directory for pareto.csv and pareto.png (default: .)"
     )
 
+    confirm = commands.add_parser(
+        "confirm",
+        help="retrain chosen configurations and the dense reference on fresh seeds: is the gain real?",
+        description="Train the chosen configurations of a finished search (by id, or the --top M by p_front) and "
+        "its dense reference again on N seeds the search never used, as child runs of its parent run tagged "
+        "stage: confirm (Optuna never sees them), and report each one's gain over dense on the held-out stimuli "
+        "with an interval and a Holm-adjusted p-value (Welch's t-test over seeds). An interrupted confirmation "
+        "resumes when the same command is run again.",
+    )
+    confirm.add_argument("--experiment", required=True, help="MLflow experiment name")
+    confirm.add_argument("--search", help="search id (default: the newest finished search in the experiment)")
+    which = confirm.add_mutually_exclusive_group(required=True)
+    which.add_argument("--configuration", nargs="+", metavar="ID", help="configuration ids, e.g. c004 c007")
+    which.add_argument("--top", type=_at_least(1), metavar="M", help="the M most likely on the front (see --by)")
+    confirm.add_argument(
+        "--by",
+        choices=("p_front", "accuracy", "shape_bias"),
+        default="p_front",
+        help="with --top: rank feasible configurations by p_front (default) or by the seed mean of an objective",
+    )
+    confirm.add_argument(
+        "--seeds", required=True, type=_at_least(2), metavar="N", help="fresh seeds per configuration (2 or more)"
+    )
+    confirm.add_argument("--address", help="a Ray cluster to run on (default: $RAY_ADDRESS, else Ray in-process)")
+    confirm.add_argument("--tracking-uri", help=TRACKING_HELP)
+
     promote = commands.add_parser(
         "promote",
         help="register a chosen configuration's model and point an alias at it",
@@ -104,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --maximize: a seed-mean floor on accuracy, shape_bias or cue_decision_rate, absolute "
         "(accuracy=0.75) or relative to the dense reference (cue_decision_rate=dense-0.2); repeatable. The "
         "search's own constraints always apply",
+    )
+    promote.add_argument(
+        "--confirmed",
+        action="store_true",
+        help="with --maximize: apply it and --floor to the figures of the search's latest confirmation on fresh "
+        "seeds (`run_search.py confirm`), among the configurations it confirmed",
     )
     promote.add_argument("--model-name", help="registered model name (default: sparse-<model.arch>-<experiment>)")
     promote.add_argument("--alias", default="production", help="alias moved to the new version (default: production)")
@@ -141,21 +176,99 @@ def pareto_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low`, else a one-line error naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    return parse
+
+
+def confirm_command(args: argparse.Namespace) -> int:
+    """`confirm`: the chosen configurations and the dense reference on fresh seeds, and the verdict."""
+    import ray
+    from mlflow.tracking import MlflowClient
+    from pydantic import ValidationError
+
+    from orchestrator.checks import existing_store
+    from orchestrator.errors import SearchError, SearchInterrupted
+    from orchestrator.intervals import bootstrap
+    from orchestrator.rounds import check_configurations
+    from orchestrator.search.confirm import confirmation_stage
+    from orchestrator.search.ray_session import quiet, sigterm_as_ctrl_c, start_ray
+    from orchestrator.tracking import collect, find_search, per_image_outcomes
+    from search_spaces.spec import SearchSpec
+    from trainables.messages import describe
+
+    client = MlflowClient(existing_store(args.tracking_uri))
+    search = find_search(client, args.experiment, search_id=args.search, status=None if args.search else "FINISHED")
+    if search.status != "FINISHED":
+        raise SearchError(
+            f"search {search.search_id} is {search.status}, not FINISHED: finish it with `run_search.py resume` first"
+        )
+    try:
+        spec = SearchSpec.model_validate(search.saved_spec(client) | {"address": args.address})
+    except ValidationError as error:
+        raise SearchError(
+            f"the saved settings of search {search.search_id} no longer validate: {describe(error)}"
+        ) from None
+    results = collect(client, search)
+    check_configurations(results, args.configuration or (), search.search_id)  # before Ray starts
+    bounds = bootstrap(results, per_image_outcomes(client, results), search.floors) if args.top else {}
+    quiet()
+    start_ray(spec, client.tracking_uri)
+    sigterm_as_ctrl_c()
+    try:
+        confirmation_stage(
+            spec,
+            client,
+            search,
+            results,
+            bounds,
+            args.seeds,
+            args.top or 1,
+            args.by,
+            args.configuration or (),
+            data_digests=search.data_digests,
+        )
+    except (SearchInterrupted, KeyboardInterrupt):
+        print(
+            "confirmation interrupted; its finished trials are kept: run the same command again to resume it",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        ray.shutdown()
+    return 0
+
+
 def promote_command(args: argparse.Namespace) -> int:
     """`promote`: choose, show why, confirm, register, move the alias."""
     import time
+    from dataclasses import replace
 
     from mlflow.tracking import MlflowClient
 
+    from orchestrator import names
     from orchestrator.checks import existing_store
     from orchestrator.errors import SearchError
     from orchestrator.promotion import choice as choosing
     from orchestrator.promotion.promote import promote
     from orchestrator.promotion.registry import check_registry_names, default_model_name
+    from orchestrator.rounds import confirmation_of, round_results
     from orchestrator.tracking import child_runs, collect, find_search
 
     if args.floor and not args.maximize:
         raise SearchError("--floor applies to --maximize; with --configuration the choice is already made")
+    if args.confirmed and not args.maximize:
+        raise SearchError("--confirmed applies to --maximize: with --configuration the choice is already made")
     floors = [choosing.parse_floor(text) for text in args.floor]
     if args.model_name:
         check_registry_names(args.model_name, args.alias)  # before anything is read or written
@@ -174,16 +287,37 @@ def promote_command(args: argparse.Namespace) -> int:
         raise SearchError(
             f"search {search.search_id} has an empty front: no configuration finished all its {len(search.seeds)} seeds"
         )
+    confirmation = confirmation_of(client, search)
+    ids = sorted(
+        {r.data.tags.get(names.CONFIGURATION, "") for r in child_runs(client, search.experiment_id, search.run_id)}
+    )
     if args.configuration:
-        from orchestrator import names
-
-        ids = sorted(
-            {r.data.tags.get(names.CONFIGURATION, "") for r in child_runs(client, search.experiment_id, search.run_id)}
-        )
         chosen = choosing.by_id(results, args.configuration, ids, search.floors)
+    elif args.confirmed:
+        if confirmation is None:
+            raise SearchError(
+                f"search {search.search_id} has no finished confirmation: run `run_search.py confirm --experiment "
+                f"{args.experiment} --search {search.search_id} --top 1 --seeds 3` first, or drop --confirmed"
+            )
+        round_, _ = confirmation
+        fresh = [
+            r for r in round_results(client, search, round_) if r.dense or r.configuration in round_.configurations
+        ]
+        picked = choosing.by_rule(fresh, args.maximize, floors, search.floors)
+        seeds = ", ".join(map(str, round_.seeds))
+        chosen = replace(
+            choosing.by_id(results, picked.result.configuration, ids, search.floors),
+            reason=f"{picked.reason} (confirmed figures: fresh seeds {seeds})",
+        )
     else:
         chosen = choosing.by_rule(results, args.maximize, floors, search.floors)
+    if confirmation is not None:
+        found = {c.configuration: c for c in confirmation[1]}
+        chosen = replace(chosen, confirmed=found.get(chosen.result.configuration))
     print(choosing.describe(chosen, search.search_id))
+    warning = choosing.unconfirmed_warning(chosen, args.experiment, search.search_id)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"  register as {name}, alias {args.alias!r}")
     if not args.yes:
         if not sys.stdin.isatty():
@@ -237,6 +371,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pareto": pareto_command,
+    "confirm": confirm_command,
     "promote": promote_command,
     "evaluate": evaluate_command,
 }

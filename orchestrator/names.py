@@ -24,8 +24,11 @@ __all__ = [
 # --- a trial's assignment in Ray (its `trial.config`), also tags of its child run -------------
 CONFIGURATION = "configuration"  # c000 (the dense reference), c001, ...
 SEED = "seed"
+STAGE = "stage"  # which stage trained it: the search (Optuna's), or the confirmation on fresh seeds
+SEARCH_STAGE, CONFIRM_STAGE = "search", "confirm"
 PARAMS = "params"  # `Params.to_dict()`
 TRIAL = "trial"  # the trial config `trainables` validates
+ASSIGNMENT = "assignment"  # a confirmation trial's config: {"assignment": the four keys above and STAGE}
 
 # --- what a trial reports to Tune beside its metrics (`trainables.metrics`) -------------------
 TRACKING_UNSENT = "tracking_unsent"  # metric values held while the tracking server is away
@@ -41,6 +44,7 @@ VERSION_PREFIX = "version."  # version.torch, version.mlflow, ...
 FAILURE_REASON = "failure_reason"
 STATE_FORMAT = "state_format"  # the layout of the search's Ray state, which resume must be able to read
 OPTUNA_STORAGE = "optuna_storage"  # where its study is (password hidden)
+CONFIRMATION = "confirmation"  # the latest confirmation round: {configurations, seeds, path, status} (JSON)
 
 # --- parent run: params (others: the sampler's settings, see search.opening) --------------------
 SEEDS = "seeds"
@@ -56,6 +60,9 @@ STOPPED_CONFIGURATIONS = "stopped_configurations"
 EPOCHS_SAVED = "epochs_saved"
 EPOCHS_TRAINED = "epochs_trained"
 REUSED_PROPOSALS = "reused_proposals"  # proposals of a network already trained: told its results, not trained
+FRONT_PREFIX = "front."  # front.<configuration>.<name>: the report's bootstrap (p_front, *_ci_low, *_vs_dense, ...)
+CONFIRMED_PREFIX = "confirmed."  # confirmed.<configuration>.<objective>_gain, _ci_low, _ci_high, _p_adjusted
+P_FRONT = "p_front"  # the share of bootstrap resamples in which a configuration is on the feasible front
 IMPORTANCE_PREFIX = "importance."  # importance.<objective>.<parameter>
 SEARCH_SPEC = "search_spec.yaml"
 

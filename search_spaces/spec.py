@@ -58,6 +58,16 @@ class EarlyStopping(Strict):
         return rungs
 
 
+class Confirm(Strict):
+    """After the search: retrain the `top` chosen configurations and the dense reference on `seeds` fresh seeds."""
+
+    top: int = Field(1, ge=1)
+    # Welch's test needs two values a side to see any spread.
+    seeds: int = Field(3, ge=2)
+    # p_front: the likeliest on the front; accuracy / shape_bias: the highest seed mean among the feasible.
+    by: Literal["p_front", "accuracy", "shape_bias"] = "p_front"
+
+
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0)
     # Fractional GPUs are a scheduling label in Ray: several trials share one GPU's memory.
@@ -83,6 +93,8 @@ class SearchSpec(Strict):
     reference_point: Literal["dense"] | ReferencePoint = Field(default_factory=ReferencePoint)
     # Off unless set: stop configurations that fall behind at rung epochs (all their seeds at once).
     early_stopping: EarlyStopping | None = None
+    # Off unless set: test the chosen configurations' gains over dense on fresh seeds (orchestrator/confirmation.py).
+    confirm: Confirm | None = None
     # Random by default: on the quickstart's space it matched or beat TPE, NSGA-II and GP in
     # replayed searches (bench/sampler_efficiency.py); the others stay one word away.
     sampler: Literal["tpe", "nsga2", "random", "gp", "grid"] = "random"
@@ -306,6 +318,15 @@ class SearchSpec(Strict):
                 f"configurations {self.configurations} exceeds the {distinct} distinct networks the {where} "
                 f"hold{'' if self.sampler == 'grid' else 's'} (fractions that keep the same k at every placement "
                 f"are one network) plus the dense reference: set configurations: {distinct + 1} to run them all"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _confirm_fits(self) -> SearchSpec:
+        if self.confirm is not None and self.confirm.top > self.configurations - 1:
+            raise ValueError(
+                f"confirm.top {self.confirm.top} exceeds the {self.configurations - 1} configurations the sampler "
+                f"proposes (configurations {self.configurations} includes the dense reference)"
             )
         return self
 

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from orchestrator.confirmation import Confirmed
 from orchestrator.errors import SearchError
 from orchestrator.pareto import ConfigurationResult, Replicate, front_of, infeasible, spread
 from search_spaces import constraints
@@ -49,6 +50,8 @@ class Choice:
     reason: str
     # The search's own constraints this configuration misses (a choice by id may be infeasible).
     misses: tuple[str, ...] = ()
+    # Its gain over dense on fresh seeds (`run_search.py confirm`), if a confirmation tested it.
+    confirmed: Confirmed | None = None
 
 
 def dense_reference(results: list[ConfigurationResult]) -> ConfigurationResult | None:
@@ -147,4 +150,18 @@ def describe(choice: Choice, search_id: str) -> str:
         f"  promoted replicate: seed {rep.seed} (closest to the means: accuracy {rep.accuracy:.4f}, "
         f"shape bias {rep.shape_bias:.4f}), child run {rep.run_id}",
     ]
+    if choice.confirmed is not None:
+        seeds = ", ".join(map(str, choice.confirmed.seeds))
+        lines.append(f"  confirmed   on fresh seeds {seeds}: {choice.confirmed.verdict()}")
     return "\n".join(lines)
+
+
+def unconfirmed_warning(choice: Choice, experiment: str, search_id: str) -> str | None:
+    """One line when a configuration is promoted whose gain over dense no confirmation tested."""
+    if choice.confirmed is not None or choice.result.dense:
+        return None
+    return (
+        f"warning: {choice.result.configuration}'s gain over dense was never confirmed on fresh seeds: "
+        f"`run_search.py confirm --experiment {experiment} --search {search_id} "
+        f"--configuration {choice.result.configuration} --seeds 3` tests it"
+    )

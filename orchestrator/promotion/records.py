@@ -40,6 +40,22 @@ def _measured(result: ConfigurationResult) -> list[str]:
     return [*OBJECTIVES, *(m for m in extra if all(math.isfinite(getattr(r, m)) for r in result.replicates))]
 
 
+def _confirmation(choice: Choice) -> dict[str, Any] | str:
+    """The gains over dense on fresh seeds, as plain data; or why there are none."""
+    c = choice.confirmed
+    if c is None:
+        return "never confirmed on fresh seeds"
+    return {
+        "seeds": list(c.seeds),
+        "verdict": c.verdict(),
+        "shape_bias_read_on": "report set" if c.held_out else "selection set",
+        **{
+            objective: {"gain": g.gain, "ci_low": g.low, "ci_high": g.high, "p_adjusted": g.p_adjusted}
+            for objective, g in c.gains.items()
+        },
+    }
+
+
 def production_config(
     config: TrialConfig, state: dict[str, Any], search: SearchRecord, choice: Choice, checkpoint_uri: str
 ) -> dict[str, Any]:
@@ -65,6 +81,7 @@ def production_config(
             "replicate": {m: getattr(replicate, m) for m in _measured(choice.result)},
         },
         names.DENSE_REFERENCE: _summary(choice.dense),
+        "confirmation": _confirmation(choice),
         names.DATA_FINGERPRINT: data_fingerprint,
         "versions": package_versions(),
         names.GIT_COMMIT: git_commit(),
@@ -90,6 +107,15 @@ def version_tags(search: SearchRecord, choice: Choice) -> dict[str, str]:
     tags |= kept_params(r.kept)  # the network: k of the map's positions kept at each placement
     if choice.misses:
         tags["infeasible"] = "; ".join(choice.misses)
+    if choice.confirmed is None:
+        tags["confirmed"] = "no"
+    else:  # the gains over dense on fresh seeds: the figures that say whether the gain is real
+        tags["confirmed"] = "yes"
+        tags["confirmed_seeds"] = ",".join(map(str, choice.confirmed.seeds))
+        tags["confirmed_verdict"] = choice.confirmed.verdict()
+        for objective, g in choice.confirmed.gains.items():
+            values = {"gain": g.gain, "ci_low": g.low, "ci_high": g.high, "p_adjusted": g.p_adjusted}
+            tags |= {f"confirmed_{objective}_{k}": f"{v:.4f}" for k, v in values.items()}
     # The held-out shape bias (the number to quote) and the cue-decision rates, where measured.
     for m in _measured(r):
         tags[f"{m}_mean"], tags[f"{m}_std"] = f"{r.mean(m):.4f}", f"{r.std(m):.4f}"
@@ -112,7 +138,11 @@ def version_description(search: SearchRecord, choice: Choice) -> str:
         text += f" (held out: {r.shape_bias_holdout:.4f} +- {r.shape_bias_holdout_std:.4f})"
     if dense is not None:
         text += f"; dense reference {dense.accuracy:.4f} / {dense.shape_bias:.4f}"
-    return text + f". On the Pareto front: {'yes' if choice.on_front else 'no'}. Chosen by {choice.reason}."
+    text += f". On the Pareto front: {'yes' if choice.on_front else 'no'}. Chosen by {choice.reason}."
+    if choice.confirmed is None:
+        return text + " Its gain over dense was never confirmed on fresh seeds."
+    seeds = ", ".join(map(str, choice.confirmed.seeds))
+    return text + f" Confirmed on fresh seeds {seeds}: {choice.confirmed.verdict()}."
 
 
 def dump_yaml(config: dict[str, Any]) -> str:

@@ -4,9 +4,10 @@ The spec is already valid. `opening.open_search` checks what only the world can 
 services, resources) and, for a resume, finds the search and the settings it started with; the
 driver then starts or joins Ray with the tracking URI in the runtime environment, and only then
 writes the search's start, so a refused start leaves nothing behind. Tune runs the replicate
-searcher; when it returns the driver closes what dead workers left open, reports the Pareto front
-(`orchestrator.report`), and closes the parent run: FINISHED, KILLED (interrupted: resumable), or
-FAILED with the reason in its `failure_reason` tag.
+searcher; when it returns the driver reports the Pareto front (`orchestrator.report`), runs the
+confirmation stage if the spec asks for one (`orchestrator.search.confirm`), closes what dead
+workers left open, and closes the parent run: FINISHED, KILLED (interrupted: resumable), or FAILED
+with the reason in its `failure_reason` tag.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from orchestrator.errors import SearchError, SearchInterrupted
 from orchestrator.pareto import ConfigurationResult
 from orchestrator.report import report_early_stopping, report_front, report_importances, report_reuse
 from orchestrator.search import preflight
+from orchestrator.search.confirm import confirmation_stage
 from orchestrator.search.opening import Opening, open_search
 from orchestrator.search.ray_session import quiet, sigterm_as_ctrl_c, start_ray
 from orchestrator.search.worker import search_trial
@@ -70,30 +72,29 @@ def run_search(
         results = opening.tuner(_trainable(opening)).fit()
         # Tune swallows the first Ctrl+C (or SIGTERM) and returns early: then the search is unfinished.
         ended = results.num_terminated + results.num_errors
-        finished = ended >= spec.configurations * len(spec.seeds) or opening.ended_early()
-        status = "FINISHED" if finished else "KILLED"
-    except KeyboardInterrupt:
+        if ended >= spec.configurations * len(spec.seeds) or opening.ended_early():
+            outcome = _report(opening, time.monotonic() - start)
+            status = "FINISHED"
+        else:
+            status = "KILLED"
+    except (KeyboardInterrupt, SearchInterrupted):  # the confirmation stage's trials were stopped
         status = "KILLED"
     except BaseException as error:
-        reason = f"{type(error).__name__}: {one_line(error)}"
+        # The search's own errors are sentences; anything else is named by its type.
+        reason = one_line(error) if isinstance(error, SearchError) else f"{type(error).__name__}: {one_line(error)}"
         raise
     finally:
         if opening.started:
             close_open_children(client, opening.experiment, opening.parent_run_id)
-            if status != "FINISHED":
-                _end(client, opening.parent_run_id, status, reason)
+            # The parent run never stays RUNNING after the driver is gone.
+            _end(client, opening.parent_run_id, status, reason)
         if started_ray:
             ray.shutdown()
     if status == "KILLED":
         if not opening.started:
             raise SearchError("interrupted before the search started: nothing was written")
         raise SearchInterrupted(opening.search_id)
-    try:
-        return _report(opening, time.monotonic() - start)
-    except BaseException as error:  # the parent run never stays RUNNING after the driver is gone
-        what = one_line(error) if isinstance(error, SearchError) else f"{type(error).__name__}: {one_line(error)}"
-        _end(client, opening.parent_run_id, "FAILED", what)
-        raise
+    return outcome
 
 
 def _trainable(opening: Opening) -> Any:
@@ -110,12 +111,12 @@ def _trainable(opening: Opening) -> Any:
 
 
 def _report(opening: Opening, wall_s: float) -> SearchOutcome:
-    """The finished search's front, failures, early-stopping savings and importances; then FINISHED."""
-    spec, client, parent_run_id = opening.spec, opening.client, opening.parent_run_id
+    """The finished search's front, failures, early-stopping savings, importances, and its confirmation stage."""
+    spec, client = opening.spec, opening.client
     search = find_search(client, spec.mlflow_experiment, search_id=opening.search_id)
     failures = failure_summary(client, search)
     try:
-        results, volume = report_front(client, search, Path.cwd())
+        results, volume, bounds = report_front(client, search, Path.cwd())
     except SearchError as error:
         # Every configuration failed: the trials' own reasons say why better than an empty front.
         raise SearchError(f"search {search.search_id} failed: {failures or error}") from None
@@ -125,12 +126,25 @@ def _report(opening: Opening, wall_s: float) -> SearchOutcome:
         report_early_stopping(client, search, spec.training.epochs)
     report_reuse(client, search, spec.resolved_optuna_storage())
     report_importances(client, search, spec.resolved_optuna_storage())
-    client.set_terminated(parent_run_id, status="FINISHED")
-    return SearchOutcome(search.search_id, parent_run_id, results, volume, wall_s)
+    if spec.confirm is not None:
+        confirm = spec.confirm
+        confirmation_stage(
+            spec,
+            client,
+            search,
+            results,
+            bounds,
+            confirm.seeds,
+            confirm.top,
+            confirm.by,
+            data_digests=opening.data_digests,
+            after_search=True,
+        )
+    return SearchOutcome(search.search_id, opening.parent_run_id, results, volume, wall_s)
 
 
 def _end(client: MlflowClient, parent_run_id: str, status: str, reason: str | None) -> None:
-    """Close the parent run as KILLED or FAILED, with the reason in its `failure_reason` tag."""
+    """Close the parent run as FINISHED, KILLED or FAILED (with the reason in its `failure_reason` tag)."""
     if reason:
         client.set_tag(parent_run_id, names.FAILURE_REASON, redact(reason)[:5000])
     client.set_terminated(parent_run_id, status=status)

@@ -22,6 +22,12 @@ from search_spaces.constraints import Floor
 from search_spaces.params import OBJECTIVES, Outcome, Params, configuration_outcome, outcome
 
 
+def _assignment(trial: Trial) -> dict[str, Any]:
+    """What the searcher assigned a trial: its config, or for a confirmation trial the assignment inside it."""
+    config: dict[str, Any] = trial.config
+    return dict(config.get(names.ASSIGNMENT, config))
+
+
 class Tally:
     """How every trial that ended, ended, by configuration; and what the complete ones scored."""
 
@@ -37,14 +43,14 @@ class Tally:
         ended = outcome(trial.last_result, self.epochs, error)
         self.outcomes.setdefault(configuration, {})[trial.trial_id] = ended
         if ended is Outcome.COMPLETE:
-            self.params[configuration] = Params.from_dict(trial.config[names.PARAMS])
+            self.params[configuration] = Params.from_dict(_assignment(trial)[names.PARAMS])
             point = {m: trial.last_result.get(m, math.nan) for m in (*OBJECTIVES, names.CUE_DECISION_RATE)}
             self.points.setdefault(configuration, {})[trial.trial_id] = point
         return ended
 
     def configuration_of(self, trial: Trial) -> str:
         """The configuration a trial runs (its Ray trial id, for a trial the searcher did not make)."""
-        return str(trial.config.get(names.CONFIGURATION, trial.trial_id))
+        return str(_assignment(trial).get(names.CONFIGURATION, trial.trial_id))
 
     def verdict(self, configuration: str) -> Outcome | None:
         """The configuration's outcome, None while a seed has not ended."""

@@ -66,6 +66,17 @@ def search_trial(
         )
 
 
+def confirm_trial(
+    config: dict[str, Any],
+    parent_run_id: str,
+    experiment: str,
+    log_models: bool = False,
+    data_digests: dict[str, str] | None = None,
+) -> None:
+    """The Tune trainable of a confirmation: a search trial whose assignment Tune's grid search hands out."""
+    search_trial(config[names.ASSIGNMENT], parent_run_id, experiment, log_models, data_digests)
+
+
 class MLflowTrialTracker:
     """The `trainables.trial.Tracker` that logs one Ray trial as a child run of the search."""
 
@@ -81,6 +92,7 @@ class MLflowTrialTracker:
         self.parent_run_id, self.experiment, self.ray_trial_id = parent_run_id, experiment, ray_trial_id
         self.log_models, self.data_digests = log_models, data_digests
         self.configuration, self.seed = search_config[names.CONFIGURATION], search_config[names.SEED]
+        self.stage = search_config.get(names.STAGE, names.SEARCH_STAGE)
         self.params = Params.from_dict(search_config[names.PARAMS])
         # The URI the driver forwarded (Ray runtime env), even where this process has set another.
         self.client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
@@ -99,6 +111,7 @@ class MLflowTrialTracker:
         runs = replicate_runs(
             self.client, self.experiment, self.parent_run_id, self.configuration, self.seed, max_results=1
         )
+        runs = [r for r in runs if r.data.tags.get(names.STAGE, names.SEARCH_STAGE) == self.stage]
         if runs and "placement" in runs[0].data.params:  # a worker may have died before logging params
             logged = Params.from_mlflow(runs[0].data.params)
             if (logged.placement, logged.topk()) == (self.params.placement, self.params.topk()):
@@ -131,6 +144,7 @@ class MLflowTrialTracker:
             names.RAY_NODE_ID: _node_id(),
             names.CONFIGURATION: self.configuration,
             names.SEED: str(self.seed),
+            names.STAGE: self.stage,
             names.DENSE_REFERENCE: str(self.params.dense).lower(),
         }
         self.run_id = self.outbox.call(
