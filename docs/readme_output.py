@@ -2,9 +2,10 @@
 
     .venv/bin/python docs/readme_output.py [--workdir DIR]
 
-Runs the quickstart search in a fresh folder as `make search` does, promotes by the README's rule,
+Runs the quickstart search in a fresh folder as `make search` does, confirms its likeliest front
+configuration on fresh seeds, promotes by the README's rule,
 evaluates the promoted model, and writes each command's output into the README block marked
-`<!-- output: NAME -->` (quickstart, promote, evaluate); copies the front's plots to docs/. The
+`<!-- output: NAME -->` (quickstart, confirm, promote, evaluate); copies the front's plots to docs/. The
 progress lines of the search are cut in the middle. Prints each command's wall time.
 """
 
@@ -25,10 +26,11 @@ EXPERIMENT = "sparse-shape-search-quickstart"
 MODEL = f"models:/sparse-resnet18-{EXPERIMENT}@production"
 PROMOTE = ["promote", "--experiment", EXPERIMENT, "--maximize", "shape_bias", "--floor", "accuracy=dense-0.05", "--yes"]
 EVALUATE = ["evaluate", "--model", MODEL]
+CONFIRM = ["confirm", "--experiment", EXPERIMENT, "--top", "1", "--seeds", "3"]
 
 
-def run(args: list[str], workdir: Path) -> tuple[str, float]:
-    """`run_search.py ARGS` in `workdir`: its stdout (stderr too on failure) and wall seconds."""
+def run(args: list[str], workdir: Path, with_stderr: bool = False) -> tuple[str, float]:
+    """`run_search.py ARGS` in `workdir`: its stdout (and stderr: `with_stderr`, or on failure) and wall seconds."""
     start = time.monotonic()
     out = subprocess.run(
         [sys.executable, str(ROOT / "run_search.py"), *args],
@@ -40,7 +42,7 @@ def run(args: list[str], workdir: Path) -> tuple[str, float]:
     elapsed = time.monotonic() - start
     if out.returncode != 0:
         sys.exit(f"run_search.py {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
-    return out.stdout, elapsed
+    return out.stdout + (out.stderr if with_stderr else ""), elapsed
 
 
 def cut_progress(text: str, head: int = 4, tail: int = 3) -> str:
@@ -76,13 +78,19 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="quickstart-"))
     workdir.mkdir(parents=True, exist_ok=True)
     search, search_s = run(["search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml")], workdir)
-    promote, promote_s = run(PROMOTE, workdir)
+    confirm, confirm_s = run(CONFIRM, workdir)
+    # Its one-line warning (stderr) when the configuration was never confirmed is part of what it says.
+    promote, promote_s = run(PROMOTE, workdir, with_stderr=True)
     evaluate, evaluate_s = run(EVALUATE, workdir)
-    print(f"search {search_s:.0f} s, promote {promote_s:.1f} s, evaluate {evaluate_s:.1f} s (in {workdir})")
+    print(
+        f"search {search_s:.0f} s, confirm {confirm_s:.0f} s, promote {promote_s:.1f} s, evaluate {evaluate_s:.1f} s "
+        f"(in {workdir})"
+    )
 
     command = "$ .venv/bin/python run_search.py "
     readme = README.read_text()
     readme = replace_block(readme, "quickstart", cut_progress(search))
+    readme = replace_block(readme, "confirm", f"{command}{' '.join(CONFIRM)}\n{cut_progress(confirm, 2, 1)}")
     promote_line = f"{command}{' '.join(PROMOTE[:5])} \\\n      {' '.join(PROMOTE[5:])}\n"
     readme = replace_block(readme, "promote", promote_line + promote)
     readme = replace_block(readme, "evaluate", f"{command}{' '.join(EVALUATE)}\n{evaluate}")

@@ -50,6 +50,8 @@ CONFIG_ERRORS = {
     "override without =": (["epochs"], ["'epochs'", "key=value"]),
     "override duplicate key": (["search.fraction={low: 0.1, low: 0.2, high: 0.5}"], ["'low'", "twice"]),
     "unknown key": (["trainng.lr=0.1"], ["trainng", "Extra inputs"]),
+    "confirm more than proposed": (["confirm={top: 8, seeds: 3}"], ["confirm.top 8", "7 configurations"]),
+    "confirm on one seed": (["confirm={top: 1, seeds: 1}"], ["confirm.seeds", "greater than or equal to 2"]),
     "folder data missing": (
         [
             "data={kind: folder, train_dir: /nonexistent/train, test_dir: /nonexistent/test, "

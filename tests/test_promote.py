@@ -364,3 +364,42 @@ def test_every_failure_is_one_line_and_leaves_the_registry_unchanged(searched):
     failing(
         workdir, tracking, client, "--configuration", "c001", "--yes", "--model-name", "a/b", expect="model name 'a/b'"
     )
+
+
+def test_confirm_and_promote_confirmed_refuse_in_one_line_before_ray(searched):
+    workdir, tracking, client = searched
+    failing(
+        workdir,
+        tracking,
+        client,
+        "--maximize",
+        "accuracy",
+        "--confirmed",
+        "--yes",
+        expect="has no finished confirmation",
+    )
+    failing(
+        workdir,
+        tracking,
+        client,
+        "--configuration",
+        "c001",
+        "--confirmed",
+        "--yes",
+        expect="--confirmed applies to --maximize",
+    )
+    confirm = ("confirm", "--experiment", EXPERIMENT, "--tracking-uri", tracking)
+    cases = {
+        ("--configuration", "c000", "--seeds", "3"): "c000 is the dense reference",
+        ("--configuration", "c099", "--seeds", "3"): "cannot confirm 'c099'",
+        ("--top", "1", "--seeds", "1"): "argument --seeds: 1 is below 2",
+        ("--top", "1", "--seeds", "3", "--search", "nope-1"): "no search 'nope-1'",
+    }
+    for args, expect in cases.items():
+        out = run_main(*confirm, *args, cwd=workdir)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 2 and expect in lines[-1], (args, out.stderr[-2000:])
+    # Nothing was trained or recorded: no confirmation round, no child run of stage confirm.
+    parent = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.search_id != ''")[0]
+    assert "confirmation" not in parent.data.tags
+    assert all(r.data.tags.get("stage") == "search" for r in children(client))
