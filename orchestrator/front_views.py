@@ -89,8 +89,8 @@ def format_table(results: list[ConfigurationResult], floors: Sequence[Floor] = (
         "images whose decision names shape or texture"
     )
     lines.append(
-        f"intervals [low, high]: 95% bootstrap interval of the seed mean over {over}, {RESAMPLES} resamples; p_front: share "
-        "of resamples on the feasible front"
+        f"intervals [low, high]: 95% bootstrap interval of the seed mean over {over}, {RESAMPLES} resamples; "
+        "p_front: share of resamples on the feasible front"
         + ("" if images else " (no per-image outcomes logged: images not resampled)")
         + ("; few seeds make these intervals too narrow: `confirm` tests on fresh seeds" if seeds <= 3 else "")
     )

@@ -118,22 +118,20 @@ def _seed_values(
     replicate: Replicate, outcomes: PerImage | None, metric: str, weights: dict[str, np.ndarray], size: int
 ) -> np.ndarray:
     """One seed's `metric` on each resample's images; its recorded value where it logged no outcomes."""
-    recorded = getattr(replicate, metric)
+    unchanged = np.full(size, getattr(replicate, metric))
+    if outcomes is None:
+        return unchanged
+    if metric == ACCURACY:
+        w = weights.get("test")
+        correct = outcomes.test_correct
+        return unchanged if w is None or w.shape[1] != len(correct) else w @ correct / len(correct)
     suffix = HOLDOUT if metric.endswith(HOLDOUT) else ""
-    base = metric.removesuffix(HOLDOUT)
-    if (
-        outcomes is not None
-        and base == ACCURACY
-        and len(outcomes.test_correct) == weights.get("test", np.empty((0, 0))).shape[1]
-    ):
-        return weights["test"] @ outcomes.test_correct / len(outcomes.test_correct)
-    stimuli = outcomes.stimuli.get(suffix) if outcomes is not None else None
-    w = weights.get(suffix)
-    if stimuli is None or w is None or len(stimuli.scored) != w.shape[1] or base == ACCURACY:
-        return np.full(size, recorded)
+    stimuli, w = outcomes.stimuli.get(suffix), weights.get(suffix)
+    if stimuli is None or w is None or w.shape[1] != len(stimuli.scored):
+        return unchanged  # a set this seed did not log, or of another size than the others'
     cue = w @ (stimuli.shape + stimuli.texture)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if base == SHAPE_BIAS:
+    with np.errstate(invalid="ignore", divide="ignore"):  # no cue decision in a resample: NaN, as unscored
+        if metric.removesuffix(HOLDOUT) == SHAPE_BIAS:
             return (w @ stimuli.shape) / cue
         return cue / (w @ stimuli.scored)
 

@@ -44,7 +44,14 @@ class Round:
 def latest_round(search: SearchRecord) -> Round | None:
     """The search's latest confirmation round, if one was started."""
     text = search.run.data.tags.get(names.CONFIRMATION)
-    return Round(**json.loads(text)) if text else None
+    if not text:
+        return None
+    try:
+        return Round(**json.loads(text))
+    except (ValueError, TypeError):  # edited by hand: anyone who can write tags can
+        raise SearchError(
+            f"search {search.search_id}'s {names.CONFIRMATION} tag is not a confirmation round: delete it to start anew"
+        ) from None
 
 
 def fresh_seeds(client: MlflowClient, search: SearchRecord, count: int) -> list[int]:

@@ -65,7 +65,7 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
 
 def test_a_checkpoint_alone_rebuilds_its_model_and_scores(tmp_path):
     from trainables.checkpoint import load_checkpoint, mapping_of, restore_model, save_checkpoint
-    from trainables.evaluate import accuracy, evaluate_shape_bias
+    from trainables.evaluate import correct_per_image, evaluate_shape_bias
 
     config = TrialConfig.model_validate({**TINY, "training": {**TINY["training"], "epochs": 1}})
     reports = []
@@ -78,7 +78,8 @@ def test_a_checkpoint_alone_rebuilds_its_model_and_scores(tmp_path):
     data = rebuilt.data.build(16, rebuilt.seed, augment=False)
     bias, _ = evaluate_shape_bias(model, data.stimuli, mapping_of(state["labels"]), data.image_size)
     assert bias.shape_bias == reports[-1][0]["shape_bias"]
-    assert accuracy(model, data.test_images, data.test_labels, data.image_size, "cpu") == reports[-1][0]["accuracy"]
+    correct = correct_per_image(model, data.test_images, data.test_labels, data.image_size, "cpu")
+    assert correct.float().mean().item() == reports[-1][0]["accuracy"]
 
 
 def test_same_seed_same_result_other_seed_differs():

@@ -3,7 +3,8 @@
 `evaluate(model, data, outputs)` scores top-1 accuracy on the held-out test images and shape bias
 on the cue-conflict stimuli (the selection set, then the report set when the data has one), and
 with `detailed=True` adds what a trial logs at its last epoch: shape bias per category and the
-per-image decisions as model-vs-human CSV, under the metric names of `trainables.metrics`.
+per-image decisions as model-vs-human CSV and as `per_image.json` (`trainables.per_image`, with each
+test image's correctness), under the metric names of `trainables.metrics`.
 """
 
 from __future__ import annotations
@@ -123,22 +124,6 @@ def stimuli_metrics(result: ShapeBiasResult, suffix: str = "") -> dict[str, floa
 
 
 @torch.no_grad()
-def accuracy(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    image_size: int,
-    device: torch.device | str = "cpu",
-    mapping: LabelMapping | None = None,
-    batch_size: int = 256,
-) -> float:
-    """Top-1 accuracy on uint8 images; with `mapping`, of the category decision (labels are categories)."""
-    return float(
-        correct_per_image(model, images, labels, image_size, device, mapping, batch_size).float().mean().item()
-    )
-
-
-@torch.no_grad()
 def correct_per_image(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -148,7 +133,10 @@ def correct_per_image(
     mapping: LabelMapping | None = None,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Whether each image's top-1 decision is its label (bool per image; see `accuracy`)."""
+    """Whether each image's top-1 decision is its label, one bool per image (their mean is the accuracy).
+
+    With `mapping`, the decision is the category (a 1000-way ImageNet head; labels are categories).
+    """
     correct = []
     with eval_mode(model):
         for start in range(0, len(labels), batch_size):

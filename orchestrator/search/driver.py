@@ -128,18 +128,23 @@ def _report(opening: Opening, wall_s: float) -> SearchOutcome:
     report_importances(client, search, spec.resolved_optuna_storage())
     if spec.confirm is not None:
         confirm = spec.confirm
-        confirmation_stage(
-            spec,
-            client,
-            search,
-            results,
-            bounds,
-            confirm.seeds,
-            confirm.top,
-            confirm.by,
-            data_digests=opening.data_digests,
-            after_search=True,
-        )
+        try:
+            confirmation_stage(
+                spec,
+                client,
+                search,
+                results,
+                bounds,
+                confirm.seeds,
+                confirm.top,
+                confirm.by,
+                data_digests=opening.data_digests,
+                after_search=True,
+            )
+        except SearchInterrupted:
+            raise
+        except SearchError as error:  # nothing to confirm (no feasible configuration, no dense reference)
+            print(f"note: no confirmation: {error}", flush=True)
     return SearchOutcome(search.search_id, opening.parent_run_id, results, volume, wall_s)
 
 
