@@ -65,10 +65,11 @@ def cut_progress(text: str, head: int = 4, tail: int = 3) -> str:
 
 def replace_block(readme: str, name: str, text: str) -> str:
     """The README with the fenced block after `<!-- output: NAME -->` holding `text`."""
-    pattern = re.compile(rf"(<!-- output: {name} -->\n```\n)(.*?)(\n```)", re.DOTALL)
+    # The closing fence is the first line that is only ``` (an empty block included).
+    pattern = re.compile(rf"(<!-- output: {name} -->\n```\n)(.*?)(^```$)", re.DOTALL | re.MULTILINE)
     if not pattern.search(readme):
         sys.exit(f"README.md has no block marked <!-- output: {name} -->")
-    return pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + m.group(3), readme, count=1)
+    return pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(3), readme, count=1)
 
 
 def main() -> None:

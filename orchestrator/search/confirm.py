@@ -131,7 +131,11 @@ def confirmation_stage(
     same = (
         previous is not None
         and len(previous.seeds) == seeds
-        and (not configurations or sorted(configurations) == sorted(previous.configurations))
+        and (
+            sorted(configurations) == sorted(previous.configurations)
+            if configurations
+            else len(previous.configurations) <= top
+        )
     )
     if previous is not None and same and (previous.status == "RUNNING" or after_search):
         round_ = previous
