@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     front = commands.add_parser(
         "pareto",
         help="print and plot the Pareto front of a finished search",
-        description="Read a search's child runs from MLflow, print the front, write pareto.csv and pareto.png.",
+        description="Read a search's child runs from MLflow, print the front, write pareto.csv and pareto.png; "
+        "MLflow is only read unless --log.",
     )
     front.add_argument("--experiment", required=True, help="MLflow experiment name")
     front.add_argument("--search", help="search id (default: the newest search in the experiment)")
@@ -84,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     front.add_argument("--seeds", type=int, help="seeds per configuration (default: from the search's parent run)")
     front.add_argument(
         "--out", type=Path, default=Path.cwd(), help="directory for pareto.csv and pareto.png (default: .)"
+    )
+    front.add_argument(
+        "--log",
+        action="store_true",
+        help="also record the front in MLflow again (files, table, metrics, pareto_front tags); default: read only",
     )
 
     confirm = commands.add_parser(
@@ -143,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--model-name", help="registered model name (default: sparse-<model.arch>-<experiment>)")
     promote.add_argument("--alias", default="production", help="alias moved to the new version (default: production)")
     promote.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
+    promote.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="choose, rebuild the model, stage production.yaml (as production.dry-run.yaml); write nothing to MLflow",
+    )
     promote.add_argument("--tracking-uri", help=TRACKING_HELP)
     promote.add_argument("--out", type=Path, default=Path.cwd(), help="directory for production.yaml (default: .)")
 
@@ -172,7 +183,7 @@ def pareto_command(args: argparse.Namespace) -> int:
     writable_dir(args.out, "--out")
     client = MlflowClient(existing_store(args.tracking_uri))
     search = find_search(client, args.experiment, search_id=args.search)
-    report_front(client, search, args.out, args.seeds)
+    report_front(client, search, args.out, args.seeds, log=args.log)
     return 0
 
 
@@ -319,6 +330,10 @@ def promote_command(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     print(f"  register as {name}, alias {args.alias!r}")
+    if args.dry_run:
+        staged = promote(client, search, chosen, name, args.alias, args.out, dry_run=True).production_yaml
+        print(f"dry run: the model rebuilds from its checkpoint; nothing written to MLflow; staged {staged}")
+        return 0
     if not args.yes:
         if not sys.stdin.isatty():
             raise SearchError("not a terminal, so promote cannot ask: add --yes to promote without confirmation")
@@ -332,6 +347,7 @@ def promote_command(args: argparse.Namespace) -> int:
     start = time.monotonic()
     promotion = promote(client, search, chosen, name, args.alias, args.out)
     version = promotion.version
+    assert version is not None  # not a dry run
     print(
         f"registered {name} version {version.version}; alias {args.alias!r} -> version {version.version} "
         f"({time.monotonic() - start:.1f} s)"

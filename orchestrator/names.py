@@ -65,6 +65,7 @@ CONFIRMED_PREFIX = "confirmed."  # confirmed.<configuration>.<objective>_gain, _
 P_FRONT = "p_front"  # the share of bootstrap resamples in which a configuration is on the feasible front
 IMPORTANCE_PREFIX = "importance."  # importance.<objective>.<parameter>
 SEARCH_SPEC = "search_spec.yaml"
+FRONT_TABLE = "pareto_table.json"  # the front as an MLflow table (`MlflowClient.log_table`)
 
 # --- child run: tags --------------------------------------------------------------------------------
 RAY_TRIAL_ID = "ray_trial_id"
@@ -74,6 +75,7 @@ RESTARTS = "restarts"
 RESUMED_AFTER_EPOCH = "resumed_after_epoch"
 STOPPED_AT_EPOCH = "stopped_at_epoch"  # early stopping ended it there: partial, never a result
 ERROR = "error"
+PARETO_FRONT = "pareto_front"  # 'true' on the child runs of the front's configurations, else 'false'
 NETWORK = "network"  # what the trial trains, e.g. 'layer1 4/64, layer2 1/16' (k of positions), or 'dense'
 CHECKPOINT_URI = "checkpoint_uri"
 LOG_MODEL_ERROR = "log_model_error"
@@ -86,4 +88,5 @@ TRIAL_CONFIG = "trial_config.yaml"
 
 # --- Optuna: study and trial user attributes ---------------------------------------------------------
 REUSED_CONFIGURATION = "reused_configuration"  # a proposal of this configuration's network: not trained
+MLFLOW_PARENT_RUN_ID_ATTR = "mlflow_parent_run_id"  # each trial's: the search's MLflow parent run
 ENDED_EARLY = "ended_early"  # the study's: why the searcher stopped before `configurations`

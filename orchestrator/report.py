@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import shutil
 import tempfile
@@ -24,10 +25,12 @@ from trainables.messages import redact
 
 
 def report_front(
-    client: MlflowClient, search: SearchRecord, out_dir: Path, seeds: int | None = None
+    client: MlflowClient, search: SearchRecord, out_dir: Path, seeds: int | None = None, log: bool = True
 ) -> tuple[list[ConfigurationResult], float, dict[str, Uncertainty]]:
-    """Print the front, write pareto-<search id>.csv / .png to out_dir and log both to the parent run.
+    """Print the front and write pareto-<search id>.csv / .png to out_dir; with `log`, record it all in MLflow.
 
+    Logging puts the files, the front table (an MLflow table), the hypervolume, the bootstrap's
+    figures on the parent run, and `pareto_front: true|false` on the search's child runs.
     Returns the complete configurations, the hypervolume and each configuration's bootstrap.
     """
     seeds = seeds or len(search.seeds)
@@ -67,6 +70,9 @@ def report_front(
         results, categories_path, f"{search.search_id}: shape bias per category, front vs dense", floors
     ):
         written.append(categories_path)
+    if not log:
+        print(f"wrote {', '.join(str(p) for p in written)}")
+        return results, volume, bounds
     with tempfile.TemporaryDirectory() as staging:
         # In MLflow the parent run is the search already: there they keep their plain names.
         for path in written:
@@ -82,8 +88,45 @@ def report_front(
         )
     client.log_metric(search.run_id, names.FRONT_SIZE, len(front))
     log_uncertainty(client, search.run_id, bounds)
+    log_front_table(client, search.run_id, csv_path)
+    tag_front_runs(client, search, front)
     print(f"wrote {', '.join(str(p) for p in written)} (also logged to MLflow run {search.run_id})")
     return results, volume, bounds
+
+
+def log_front_table(client: MlflowClient, run_id: str, csv_path: Path) -> None:
+    """The CSV's table as an MLflow table artifact (`pareto_table.json`), replaced on every report.
+
+    `MlflowClient.log_table` would append to a table already logged (a second `pareto --log`
+    would double every row), so the file is written in its format (pandas' `split` JSON) and
+    registered under the run tag MLflow's own `log_table` sets, which the UI reads.
+    """
+    import pandas as pd
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    with tempfile.TemporaryDirectory() as staging:
+        path = Path(staging) / names.FRONT_TABLE
+        pd.read_csv(csv_path).to_json(path, orient="split", index=False)
+        client.log_artifact(run_id, str(path))
+    logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": names.FRONT_TABLE, "type": "table"}
+    if entry not in logged:
+        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
+
+
+def tag_front_runs(client: MlflowClient, search: SearchRecord, front: list[ConfigurationResult]) -> None:
+    """`pareto_front: true` on the child runs of the front's configurations, `false` on the search's others.
+
+    So `tags.pareto_front = 'true'` in the runs table shows the front; a later report (a resumed
+    search) takes the tag off a configuration no longer on it.
+    """
+    on = {run_id for r in front for run_id in r.run_ids}
+    for run in child_runs(client, search.experiment_id, search.run_id):
+        if run.data.tags.get(names.STAGE, names.SEARCH_STAGE) != names.SEARCH_STAGE:
+            continue  # the confirmation's runs are not the front's
+        value = "true" if run.info.run_id in on else "false"
+        if run.data.tags.get(names.PARETO_FRONT) != value:
+            client.set_tag(run.info.run_id, names.PARETO_FRONT, value)
 
 
 def log_uncertainty(client: MlflowClient, run_id: str, bounds: dict[str, Uncertainty]) -> None:

@@ -1,11 +1,13 @@
 """The confirmation stage end to end (real Ray, Optuna, MLflow): fresh seeds, its verdict, promote, a resume."""
 
 import csv
+import json
 import math
 import signal
 import time
 
 import optuna
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -128,3 +130,38 @@ def test_a_confirmation_stopped_by_sigterm_resumes_with_its_own_seeds(tmp_path):
     assert len(keys) == 4 and len(set(keys)) == 4 and {s for _, s in keys} == {"1", "2"}, keys
     assert {c.info.status for c in confirmed} == {"FINISHED"}
     assert any(k.startswith("confirmed.") and k.endswith(".shape_bias_gain") for k in parent.data.metrics)
+
+
+def test_the_front_is_found_in_mlflow_and_pareto_reads_only_unless_asked(confirmed_search):
+    folder, _ = confirmed_search
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    (parent,), children = search_runs(client)
+    search_id = parent.data.tags["search_id"]
+    rows = list(csv.DictReader((folder / f"pareto-{search_id}.csv").open()))
+    front_runs = {run_id for r in rows if r["on_front"] == "True" for run_id in r["child_run_ids"].split()}
+    tagged = client.search_runs([parent.info.experiment_id], filter_string="tags.pareto_front = 'true'")
+    assert {r.info.run_id for r in tagged} == front_runs and front_runs
+
+    # The front as an MLflow table, beside the CSV and the plots.
+    def table():
+        return pd.read_json(
+            client.download_artifacts(parent.info.run_id, "pareto_table.json", str(folder)), orient="split"
+        )
+
+    assert sorted(table()["configuration"]) == sorted(r["configuration"] for r in rows)
+    assert {"path": "pareto_table.json", "type": "table"} in json.loads(parent.data.tags["mlflow.loggedArtifacts"])
+    # optuna-dashboard and MLflow side by side: each trained proposal names its configuration and parent run.
+    study = optuna.load_study(study_name=search_id, storage=f"sqlite:///{folder / 'optuna.db'}")
+    trained = [t for t in study.trials if "reused_configuration" not in t.user_attrs]
+    assert {t.user_attrs["configuration"] for t in trained} == {"c001", "c002"}
+    assert {t.user_attrs["mlflow_parent_run_id"] for t in study.trials} == {parent.info.run_id}
+    # `pareto` only reads MLflow unless --log: a tag taken off stays off, then --log puts it back.
+    some = next(iter(front_runs))
+    client.delete_tag(some, "pareto_front")
+    args = ["pareto", "--experiment", "sparse-shape-search-quickstart", "--out", str(folder / "again")]
+    assert cli(*args, cwd=folder, timeout=300).returncode == 0
+    assert "pareto_front" not in client.get_run(some).data.tags
+    assert cli(*args, "--log", cwd=folder, timeout=300).returncode == 0
+    assert client.get_run(some).data.tags["pareto_front"] == "true"
+    assert len(table()) == len(rows)  # replaced, not appended to
+    assert {c.data.tags.get("pareto_front") for c in children if c.data.tags["stage"] == "confirm"} == {None}

@@ -117,7 +117,7 @@ def test_command_line_exit_code_and_no_ray_started(tmp_path):
     assert "search.fraction.high" in out.stderr and not (tmp_path / "mlflow.db").exists()
 
 
-COMMANDS = ("search", "resume", "pareto", "promote", "evaluate")
+COMMANDS = ("search", "resume", "pareto", "confirm", "promote", "evaluate")
 # What --help must not wait for: each of these takes seconds to import.
 HEAVY = ("torch", "torchvision", "ray", "mlflow", "optuna", "pydantic")
 HELP = """

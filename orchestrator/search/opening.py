@@ -115,7 +115,7 @@ class Opening:
             return self._reopen(trainable)
         spec = self.spec
         assert self._study is not None, "start() first"
-        searcher = ReplicateSearcher.for_spec(spec, self._study)
+        searcher = ReplicateSearcher.for_spec(spec, self._study, self.parent_run_id)
         stopping = spec.early_stopping
         epochs, seeds = spec.training.epochs, len(spec.seeds)
         return tune.Tuner(

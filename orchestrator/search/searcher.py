@@ -134,6 +134,7 @@ class ReplicateSearcher(Searcher):
         network_of: NetworkOf,
         floors: Sequence[Floor] = (),
         max_repeats: int = 500,
+        parent_run_id: str = "",
     ) -> None:
         # Tune checks that every result reports each of these (its annotation says one, but lists
         # are how multi-objective searchers such as its own OptunaSearch name several).
@@ -143,6 +144,7 @@ class ReplicateSearcher(Searcher):
         self.make_trial, self.epochs = make_trial, epochs
         self.network_of = network_of
         self.floors, self.max_repeats = list(floors), max_repeats
+        self.parent_run_id = parent_run_id  # recorded on every Optuna trial: MLflow and the study side by side
         self._configurations: dict[str, _Configuration] = {}
         self._networks: dict[Network, str] = {}  # each network proposed -> its configuration
         self._trial_to_configuration: dict[str, tuple[str, int]] = {}  # Ray trial id -> (configuration, seed)
@@ -151,8 +153,8 @@ class ReplicateSearcher(Searcher):
         self._restored = False
 
     @classmethod
-    def for_spec(cls, spec: SearchSpec, study: optuna.Study) -> ReplicateSearcher:
-        """The searcher of a search described by `spec`, driving `study` (see `make_study`)."""
+    def for_spec(cls, spec: SearchSpec, study: optuna.Study, parent_run_id: str = "") -> ReplicateSearcher:
+        """The searcher of a search described by `spec`, driving `study` (see `make_study`), under that parent run."""
         return cls(
             study=study,
             space=spec.search,
@@ -162,6 +164,7 @@ class ReplicateSearcher(Searcher):
             epochs=spec.training.epochs,
             network_of=spec.network_of,
             floors=spec.floors(),
+            parent_run_id=parent_run_id,
         )
 
     # Searcher.FINISHED is a string, which Ray's own annotation of `suggest` leaves out.
@@ -178,6 +181,8 @@ class ReplicateSearcher(Searcher):
                 if proposal is None:
                     return Searcher.FINISHED
                 params, optuna_trial = proposal
+                # optuna-dashboard shows user attributes: the child runs to look for in MLflow.
+                optuna_trial.set_user_attr(names.CONFIGURATION, configuration)
             self._configurations[configuration] = _Configuration(params, list(self.seeds), optuna_trial)
             self._networks[self.network_of(params)] = configuration
             self._current = configuration
@@ -195,6 +200,9 @@ class ReplicateSearcher(Searcher):
         """The study's next proposal of a network not yet proposed; None once it proposes only repeats."""
         for _ in range(self.max_repeats):
             trial = self.study.ask()
+            # A searcher restored from a search started before this was recorded has no parent run id.
+            if getattr(self, "parent_run_id", ""):
+                trial.set_user_attr(names.MLFLOW_PARENT_RUN_ID_ATTR, self.parent_run_id)
             params = self.space.suggest(trial)
             original = self._networks.get(self.network_of(params))
             if original is None:
