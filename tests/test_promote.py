@@ -103,6 +103,20 @@ def test_promote_by_rule_registers_the_closest_seed_and_pyfunc_predicts(searched
         "git_commit",
     } <= set(tags)
     assert f"configuration {tags['configuration']}" in version.description
+    # One paragraph that reads: how it was chosen, and that no confirmation tested it.
+    assert "Chosen as the highest mean shape_bias with" in version.description
+    if tags["configuration"] != "c000":  # the dense reference has no gain over itself to confirm
+        assert version.description.endswith("Its gain over dense was never confirmed on fresh seeds.")
+        assert "never confirmed on fresh seeds" in out.stderr  # the one-line warning
+    # The logged model is named after what it is, and names the version it became.
+    logged = client.get_logged_model(version.model_id or version.source.removeprefix("models:/"))
+    assert logged.name == f"{tags['configuration']}-seed{tags['seed']}"
+    assert logged.tags["registered_model"] == MODEL and logged.tags["registered_version"] == str(version.version)
+    registered = client.get_registered_model(MODEL)
+    assert registered.tags["experiment"] == EXPERIMENT and registered.tags["arch"] == "resnet18"
+    assert (
+        registered.tags["objectives"] == "accuracy,shape_bias" and registered.tags["latest_search"] == tags["search_id"]
+    )
 
     # The promoted seed is the one closest to its configuration's means.
     runs = [r for r in children(client) if r.data.tags["configuration"] == tags["configuration"]]
@@ -403,3 +417,15 @@ def test_confirm_and_promote_confirmed_refuse_in_one_line_before_ray(searched):
     parent = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.search_id != ''")[0]
     assert "confirmation" not in parent.data.tags
     assert all(r.data.tags.get("stage") == "search" for r in children(client))
+
+
+def test_a_dry_run_stages_production_yaml_and_writes_nothing_to_mlflow(searched):
+    workdir, tracking, client = searched
+    before = registry_state(client)
+    out_dir = workdir / "dry"
+    out = promote(workdir, tracking, "--configuration", "c001", "--dry-run", "--out", str(out_dir), fresh=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "dry run: the model rebuilds from its checkpoint; nothing written to MLflow" in out.stdout
+    staged = yaml.safe_load((out_dir / "production.dry-run.yaml").read_text())
+    assert staged["provenance"]["configuration"] == "c001" and not (out_dir / "production.yaml").exists()
+    assert registry_state(client) == before

@@ -26,9 +26,11 @@ from orchestrator import names
 from orchestrator.errors import SearchError
 from orchestrator.promotion.choice import Choice
 from orchestrator.promotion.records import (
+    DRY_RUN_YAML,
     PRODUCTION_YAML,
     dump_yaml,
     production_config,
+    registered_model_tags,
     version_description,
     version_tags,
 )
@@ -39,22 +41,30 @@ from trainables.checkpoint import CheckpointError, load_checkpoint, restore_mode
 from trainables.config import TrialConfig
 from trainables.messages import one_line
 
-PROMOTED_MODEL = "promoted-model"  # the logged model's name in the source run's Models tab
-
 
 @dataclass(frozen=True)
 class Promotion:
     """A registered version, the URI that loads it, and the local `production.yaml`."""
 
-    version: ModelVersion
+    version: ModelVersion | None  # None for a dry run
     model_uri: str
     production_yaml: Path
 
 
 def promote(
-    client: MlflowClient, search: SearchRecord, choice: Choice, model_name: str, alias: str, out_dir: Path
+    client: MlflowClient,
+    search: SearchRecord,
+    choice: Choice,
+    model_name: str,
+    alias: str,
+    out_dir: Path,
+    dry_run: bool = False,
 ) -> Promotion:
-    """Register the chosen replicate's model as a new version of `model_name` and point `alias` at it."""
+    """Register the chosen replicate's model as a new version of `model_name` and point `alias` at it.
+
+    `dry_run` does everything before the registry (rebuild the model, stage `production.yaml`, kept
+    as `production.dry-run.yaml`) and writes nothing to MLflow.
+    """
     replicate = choice.replicate
     checkpoint_uri, state, model, config = _read_checkpoint(client, replicate.run_id)
     production = production_config(config, state, search, choice, checkpoint_uri)
@@ -66,6 +76,10 @@ def promote(
     except OSError as error:
         raise SearchError(f"cannot write production.yaml in {out_dir}: {error.strerror or error}") from None
     previous = alias_version(client, model_name, alias)
+    if dry_run:
+        kept = out_dir / DRY_RUN_YAML
+        os.replace(staged, kept)
+        return Promotion(None, f"models:/{model_name}@{alias}", kept)
 
     written: dict[str, Any] = {}
     try:
@@ -80,7 +94,8 @@ def promote(
                 replicate.run_id,
                 search.experiment_id,
                 extra_files=[packaged],
-                name=PROMOTED_MODEL,
+                # The source run's Models tab lists it by what it is, not as one more "promoted-model".
+                name=f"{choice.result.configuration}-seed{replicate.seed}",
             )
         written["logged_model"] = info.model_id
         try:
@@ -103,6 +118,12 @@ def promote(
             description=version_description(search, choice),
         )
         written["version"] = version.version
+        # The logged model names the version it became (the version already names the model).
+        client.set_logged_model_tags(
+            info.model_id, {"registered_model": model_name, "registered_version": version.version}
+        )
+        for key, value in registered_model_tags(search).items():
+            client.set_registered_model_tag(model_name, key, value)
         client.set_registered_model_alias(model_name, alias, version.version)  # the last step
     except BaseException as error:  # Ctrl+C included: never leave a version the alias skipped
         left = _undo(client, model_name, alias, previous, written)

@@ -19,6 +19,7 @@ from search_spaces.params import OBJECTIVES
 from trainables.config import TrialConfig
 
 PRODUCTION_YAML = "production.yaml"
+DRY_RUN_YAML = "production.dry-run.yaml"  # what `promote --dry-run` stages, never moved into place
 
 
 def _summary(result: ConfigurationResult | None) -> dict[str, Any] | None:
@@ -126,23 +127,42 @@ def version_tags(search: SearchRecord, choice: Choice) -> dict[str, str]:
 
 
 def version_description(search: SearchRecord, choice: Choice) -> str:
-    """The version's description: what the network is, where it came from, how it scored."""
+    """The version's description, one paragraph: what the network is, where it came from, how it scored."""
     r, dense = choice.result, choice.dense
     text = (
         f"{search.arch}, {r.params.describe()}: configuration {r.configuration} of search {search.search_id}, "
-        f"seed {choice.replicate.seed} "
-        f"(child run {choice.replicate.run_id}). Accuracy {r.accuracy:.4f} +- {r.accuracy_std:.4f}, shape bias "
-        f"{r.shape_bias:.4f} +- {r.shape_bias_std:.4f} over {r.seeds} seeds"
+        f"seed {choice.replicate.seed} (child run {choice.replicate.run_id}). Accuracy {r.accuracy:.4f} +- "
+        f"{r.accuracy_std:.4f}, shape bias {r.shape_bias:.4f} +- {r.shape_bias_std:.4f} (mean +- sample standard "
+        f"deviation over {r.seeds} seeds)"
     )
     if r.has_holdout:
-        text += f" (held out: {r.shape_bias_holdout:.4f} +- {r.shape_bias_holdout_std:.4f})"
+        text += f", held out {r.shape_bias_holdout:.4f} +- {r.shape_bias_holdout_std:.4f}"
     if dense is not None:
-        text += f"; dense reference {dense.accuracy:.4f} / {dense.shape_bias:.4f}"
-    text += f". On the Pareto front: {'yes' if choice.on_front else 'no'}. Chosen by {choice.reason}."
+        text += f"; the dense reference {dense.accuracy:.4f} and {dense.shape_bias:.4f}"
+    text += f". {'On' if choice.on_front else 'Not on'} the Pareto front. {_chosen(choice.reason)}."
+    if r.dense:
+        return text  # the reference itself: no gain over dense to confirm
     if choice.confirmed is None:
         return text + " Its gain over dense was never confirmed on fresh seeds."
     seeds = ", ".join(map(str, choice.confirmed.seeds))
     return text + f" Confirmed on fresh seeds {seeds}: {choice.confirmed.verdict()}."
+
+
+def _chosen(reason: str) -> str:
+    """'Chosen by id' or 'Chosen as the highest mean ...' from a choice's reason."""
+    if reason.endswith("chosen by id"):
+        return "Chosen by id"
+    return f"Chosen as the {reason}"
+
+
+def registered_model_tags(search: SearchRecord) -> dict[str, str]:
+    """Tags of the registered model itself: what it models, and the search its latest version came from."""
+    return {
+        "experiment": search.experiment_name,
+        "arch": search.arch,
+        "objectives": ",".join(OBJECTIVES),
+        "latest_search": search.search_id,
+    }
 
 
 def dump_yaml(config: dict[str, Any]) -> str:
