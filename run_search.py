@@ -361,9 +361,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     from orchestrator.checks import existing_store
-    from orchestrator.promotion.evaluate import evaluate
+    from orchestrator.promotion.evaluate import evaluate, log_evaluation
 
-    result = evaluate(MlflowClient(existing_store(args.tracking_uri)), args.model, args.stimuli, args.data)
+    client = MlflowClient(existing_store(args.tracking_uri))
+    result = evaluate(client, args.model, args.stimuli, args.data)
     from orchestrator import names
 
     source = result.provenance
@@ -382,6 +383,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
             continue
         change = "same" if value == recorded[name] else f"{value - recorded[name]:+.4f}"
         print(f"{name:<25} {recorded[name]:>12.4f} {value:>10.4f}  {change}")
+    run_id = log_evaluation(client, result, args.model, args.stimuli, args.data)
+    print(f"logged as MLflow run {run_id} in experiment {result.version.name}-evaluations")
     return 0
 
 

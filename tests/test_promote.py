@@ -168,6 +168,14 @@ def test_evaluate_reproduces_the_recorded_metrics_exactly(searched):
     }
     for name in ("accuracy", "shape_bias", "shape_bias_holdout"):
         assert rows[name][1] == rows[name][2] and rows[name][3] == "same", out.stdout
+    # The evaluation is a run of its own, linked to the version it scored, both ways.
+    client = MlflowClient(tracking)
+    version = client.get_model_version_by_alias(MODEL, "production")
+    run = client.get_run(version.tags["last_evaluation_run_id"])
+    assert f"logged as MLflow run {run.info.run_id} in experiment {MODEL}-evaluations" in out.stdout
+    assert run.info.status == "FINISHED" and run.data.tags["registered_version"] == str(version.version)
+    assert run.data.metrics["shape_bias_holdout"] == run.data.metrics["recorded.shape_bias_holdout"]
+    assert "cue_decision_rate" in run.data.metrics
     # The synthetic benchmark is generated from its settings: it has no folders to swap.
     for option in ("--data", "--stimuli"):
         refused = run_main(

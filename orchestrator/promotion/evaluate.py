@@ -1,5 +1,8 @@
 """Re-evaluating a registered model: its objectives now, beside those recorded when it was promoted.
 
+Each evaluation is itself an MLflow run (`log_evaluation`), in the experiment `<model name>-evaluations`,
+tagged with the version it scored, so a model's evaluations over time sit in one runs table.
+
 The model is loaded from the registry, its data rebuilt from its `production.yaml` (or other
 folders), and scored by the one evaluation a trial uses (`trainables.evaluate`), whatever the model's
 head. For a model trained and evaluated on the CPU the numbers agree exactly where nothing changed;
@@ -8,7 +11,9 @@ a GPU trial's evaluation ran other kernels (and AMP), so its numbers may differ 
 
 from __future__ import annotations
 
+import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,3 +92,40 @@ def _production_yaml(client: MlflowClient, version: ModelVersion, model_uri: str
                 "registered by `run_search.py promote`"
             ) from None
         return read_settings(Path(path))
+
+
+def log_evaluation(
+    client: MlflowClient, result: Evaluation, model_uri: str, stimuli_dir: Path | None, data_dir: Path | None
+) -> str:
+    """Record an evaluation as a run of `<model name>-evaluations`, linked to its version both ways; its run id."""
+    from mlflow.entities import Metric, Param
+
+    from orchestrator import names
+    from orchestrator.tracking import experiment_id
+
+    version = result.version
+    experiment = experiment_id(client, f"{version.name}-evaluations")
+    tags = {
+        names.MLFLOW_RUN_NAME: f"v{version.version}-evaluation",
+        "registered_model": version.name,
+        "registered_version": str(version.version),
+        "model_uri": model_uri,
+        "source_run_id": str(result.provenance.get("source_run_id", "")),
+    }
+    run = client.create_run(experiment, tags=tags)
+    now = int(time.time() * 1000)
+    recorded = result.recorded
+    metrics = [Metric(k, v, now, 0) for k, v in result.now.items() if math.isfinite(v)]
+    metrics += [Metric(f"recorded.{k}", float(v), now, 0) for k, v in recorded.items() if math.isfinite(float(v))]
+    params = [
+        Param("stimuli", str(stimuli_dir) if stimuli_dir else "as trained"),
+        Param("data", str(data_dir) if data_dir else "as trained"),
+    ]
+    try:
+        client.log_batch(run.info.run_id, metrics=metrics[:1000], params=params)
+        client.set_model_version_tag(version.name, str(version.version), "last_evaluation_run_id", run.info.run_id)
+    except MlflowException:
+        client.set_terminated(run.info.run_id, status="FAILED")  # never left RUNNING
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return str(run.info.run_id)
