@@ -348,6 +348,15 @@ def promote_command(args: argparse.Namespace) -> int:
     promotion = promote(client, search, chosen, name, args.alias, args.out)
     version = promotion.version
     assert version is not None  # not a dry run
+    if promotion.already:
+        where = (
+            f"alias {args.alias!r} already on it"
+            if promotion.moved_from is None
+            else f"alias {args.alias!r} -> version {version.version} (from {promotion.moved_from or 'unset'})"
+        )
+        print(f"already version {version.version} of {name} (the same checkpoint): nothing registered; {where}")
+        print(f"wrote {promotion.production_yaml}")
+        return 0
     print(
         f"registered {name} version {version.version}; alias {args.alias!r} -> version {version.version} "
         f"({time.monotonic() - start:.1f} s)"

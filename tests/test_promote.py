@@ -260,6 +260,17 @@ def test_second_promotion_moves_the_alias_and_keeps_the_first_version(searched):
     # Rollback is moving the alias back.
     client.set_registered_model_alias(MODEL, "production", first.version)
     assert client.get_model_version_by_alias(MODEL, "production").version == first.version
+    # The first configuration again: its checkpoint is version `first` already, so nothing is registered.
+    versions = len(client.search_model_versions(f"name = '{MODEL}'"))
+    out = promote(workdir, tracking, "--configuration", first.tags["configuration"], "--yes")
+    assert out.returncode == 0 and f"already version {first.version} of {MODEL}" in out.stdout, out.stdout + out.stderr
+    assert "alias 'production' already on it" in out.stdout
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions
+    client.set_registered_model_alias(MODEL, "production", second.version)  # elsewhere: then it moves back
+    out = promote(workdir, tracking, "--configuration", first.tags["configuration"], "--yes")
+    assert f"alias 'production' -> version {first.version} (from {second.version})" in out.stdout, out.stdout
+    assert client.get_model_version_by_alias(MODEL, "production").version == first.version
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions
 
 
 class RefusingAlias(MlflowClient):
@@ -278,7 +289,10 @@ def test_a_failure_after_the_version_was_registered_takes_everything_back(search
 
     workdir, tracking, client = searched
     search = lookup.find_search(client, EXPERIMENT, status="FINISHED")
-    chosen = choice.by_id(lookup.collect(client, search), "c002", ["c000", "c001", "c002"])
+    # One no version holds yet: promoting a registered checkpoint again registers nothing (tested below).
+    registered = {v.tags["configuration"] for v in client.search_model_versions(f"name = '{MODEL}'")}
+    target = next(c for c in ("c002", "c001", "c000") if c not in registered)
+    chosen = choice.by_id(lookup.collect(client, search), target, ["c000", "c001", "c002"])
     before = registry_state(client)
     models_before = {m.model_id for m in client.search_logged_models([search.experiment_id])}
     refusing = RefusingAlias(tracking)

@@ -49,6 +49,10 @@ class Promotion:
     version: ModelVersion | None  # None for a dry run
     model_uri: str
     production_yaml: Path
+    # Set when a version of this name already held the checkpoint: nothing was registered, and the
+    # alias moved from this version ("" if it was unset; None if it already pointed there).
+    already: bool = False
+    moved_from: str | None = None
 
 
 def promote(
@@ -76,6 +80,14 @@ def promote(
     except OSError as error:
         raise SearchError(f"cannot write production.yaml in {out_dir}: {error.strerror or error}") from None
     previous = alias_version(client, model_name, alias)
+    holding = version_holding(client, model_name, replicate.run_id)
+    if holding is not None and not dry_run:
+        # The same checkpoint again: register nothing new; move the alias only if it points elsewhere.
+        moved_from = None if previous == str(holding.version) else (previous or "")
+        if moved_from is not None:
+            client.set_registered_model_alias(model_name, alias, holding.version)
+        os.replace(staged, local)
+        return Promotion(holding, f"models:/{model_name}@{alias}", local, already=True, moved_from=moved_from)
     if dry_run:
         kept = out_dir / DRY_RUN_YAML
         os.replace(staged, kept)
@@ -138,6 +150,15 @@ def promote(
         raise SearchError(f"promotion failed, {state_now}: {type(error).__name__}: {one_line(error)[:400]}") from None
     os.replace(staged, local)  # never a half-written production.yaml
     return Promotion(version, f"models:/{model_name}@{alias}", local)
+
+
+def version_holding(client: MlflowClient, model_name: str, source_run_id: str) -> ModelVersion | None:
+    """The version of `model_name` registered from this child run's checkpoint, if one is (a run has one)."""
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException:
+        return None  # no such model yet
+    return next((v for v in versions if v.tags.get("source_run_id") == source_run_id), None)
 
 
 def _read_checkpoint(client: MlflowClient, run_id: str) -> tuple[str, dict[str, Any], Any, TrialConfig]:
