@@ -19,7 +19,7 @@ from orchestrator.errors import SearchError
 from orchestrator.front_views import format_table, plot, plot_categories, write_csv
 from orchestrator.intervals import Uncertainty, bootstrap
 from orchestrator.pareto import ConfigurationResult, front_hypervolume, front_of, reference_of
-from orchestrator.tracking import SearchRecord, child_runs, collect, per_image_outcomes
+from orchestrator.tracking import SearchRecord, child_runs, collect, log_metrics, per_image_outcomes
 from search_spaces.params import OBJECTIVES
 from trainables.messages import redact
 
@@ -140,10 +140,7 @@ def log_uncertainty(client: MlflowClient, run_id: str, bounds: dict[str, Uncerta
         for m, (diff, low, high) in b.vs_dense.items():
             metrics[f"{prefix}{m}_vs_dense"] = diff
             metrics[f"{prefix}{m}_vs_dense_ci_low"], metrics[f"{prefix}{m}_vs_dense_ci_high"] = low, high
-    now = int(time.time() * 1000)
-    finite = [Metric(k, v, now, 0) for k, v in metrics.items() if math.isfinite(v)]
-    for start in range(0, len(finite), 1000):  # MLflow takes at most 1000 metrics a batch
-        client.log_batch(run_id, metrics=finite[start : start + 1000])
+    log_metrics(client, run_id, metrics)
 
 
 def report_reuse(client: MlflowClient, search: SearchRecord, optuna_storage: str) -> int:

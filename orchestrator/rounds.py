@@ -9,12 +9,9 @@ own confirmation stage, and `promote`; nothing here needs Ray.
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from orchestrator import names
@@ -22,7 +19,7 @@ from orchestrator.confirmation import OBJECTIVES, Confirmed, confirm
 from orchestrator.errors import SearchError
 from orchestrator.intervals import Uncertainty
 from orchestrator.pareto import ConfigurationResult, infeasible
-from orchestrator.tracking import SearchRecord, child_runs, collect
+from orchestrator.tracking import SearchRecord, child_runs, collect, log_metrics
 from trainables.metrics import SHAPE_BIAS, SHAPE_BIAS_HOLDOUT
 
 DENSE = "c000"  # the searcher's id for the dense reference
@@ -136,17 +133,15 @@ def report_round(client: MlflowClient, search: SearchRecord, round_: Round) -> l
         print(f"  {c.configuration}: {c.verdict()}")
     for configuration in untested:
         print(f"  {configuration}: not confirmed (a fresh seed of it or of the dense reference did not finish)")
-    now = int(time.time() * 1000)
-    metrics = []
+    metrics: dict[str, float] = {}
     for c in found:
         prefix = f"{names.CONFIRMED_PREFIX}{c.configuration}."
         for objective in OBJECTIVES:
             g = c.gains[objective]
             values = {"gain": g.gain, "ci_low": g.low, "ci_high": g.high, "p_adjusted": g.p_adjusted}
-            metrics += [Metric(f"{prefix}{objective}_{k}", v, now, 0) for k, v in values.items() if math.isfinite(v)]
-        metrics.append(Metric(f"{prefix}seeds", float(len(c.seeds)), now, 0))
-    if metrics:
-        client.log_batch(search.run_id, metrics=metrics)
+            metrics |= {f"{prefix}{objective}_{k}": v for k, v in values.items()}
+        metrics[f"{prefix}seeds"] = float(len(c.seeds))
+    log_metrics(client, search.run_id, metrics)
     return found
 
 

@@ -11,9 +11,7 @@ a GPU trial's evaluation ran other kernels (and AMP), so its numbers may differ 
 
 from __future__ import annotations
 
-import math
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,10 +96,10 @@ def log_evaluation(
     client: MlflowClient, result: Evaluation, model_uri: str, stimuli_dir: Path | None, data_dir: Path | None
 ) -> str:
     """Record an evaluation as a run of `<model name>-evaluations`, linked to its version both ways; its run id."""
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
 
     from orchestrator import names
-    from orchestrator.tracking import experiment_id
+    from orchestrator.tracking import experiment_id, log_metrics
 
     version = result.version
     experiment = experiment_id(client, f"{version.name}-evaluations")
@@ -113,16 +111,14 @@ def log_evaluation(
         "source_run_id": str(result.provenance.get("source_run_id", "")),
     }
     run = client.create_run(experiment, tags=tags)
-    now = int(time.time() * 1000)
-    recorded = result.recorded
-    metrics = [Metric(k, v, now, 0) for k, v in result.now.items() if math.isfinite(v)]
-    metrics += [Metric(f"recorded.{k}", float(v), now, 0) for k, v in recorded.items() if math.isfinite(float(v))]
+    metrics = {**result.now, **{f"recorded.{k}": float(v) for k, v in result.recorded.items()}}
     params = [
         Param("stimuli", str(stimuli_dir) if stimuli_dir else "as trained"),
         Param("data", str(data_dir) if data_dir else "as trained"),
     ]
     try:
-        client.log_batch(run.info.run_id, metrics=metrics[:1000], params=params)
+        client.log_batch(run.info.run_id, params=params)
+        log_metrics(client, run.info.run_id, metrics)
         client.set_model_version_tag(version.name, str(version.version), "last_evaluation_run_id", run.info.run_id)
     except MlflowException:
         client.set_terminated(run.info.run_id, status="FAILED")  # never left RUNNING
