@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator.serving import output_columns, predict_images, to_images
 from trainables.label_spaces import CIFAR10_CLASSES, cifar10_mapping
 from trainables.models import build_model
+from trainables.predict import output_columns, predict_images, to_images
 
 
 def labels_for(mapping, class_names):
