@@ -19,9 +19,10 @@ from orchestrator.errors import SearchError
 from orchestrator.front_views import format_table, plot, plot_categories, write_csv
 from orchestrator.intervals import Uncertainty, bootstrap
 from orchestrator.pareto import ConfigurationResult, front_hypervolume, front_of, reference_of
-from orchestrator.tracking import SearchRecord, child_runs, collect, log_metrics, per_image_outcomes
+from orchestrator.tracking import SearchRecord, child_runs, collect, per_image_outcomes
 from search_spaces.params import OBJECTIVES
 from trainables.messages import redact
+from trainables.tracking import log_metrics
 
 
 def report_front(

@@ -19,8 +19,9 @@ from orchestrator.confirmation import OBJECTIVES, Confirmed, confirm
 from orchestrator.errors import SearchError
 from orchestrator.intervals import Uncertainty
 from orchestrator.pareto import ConfigurationResult, infeasible
-from orchestrator.tracking import SearchRecord, child_runs, collect, log_metrics
+from orchestrator.tracking import SearchRecord, child_runs, collect
 from trainables.metrics import SHAPE_BIAS, SHAPE_BIAS_HOLDOUT
+from trainables.tracking import log_metrics
 
 DENSE = "c000"  # the searcher's id for the dense reference
 

@@ -315,18 +315,6 @@ def failure_summary(client: MlflowClient, search: SearchRecord, limit: int = 3) 
     return f"{len(failed)} of {len(children)} trials failed: {text}"
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float]) -> None:
-    """Log a run's summary metrics at step 0, one timestamp, the finite ones, in batches MLflow accepts."""
-    import time
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    finite = [Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(v)]
-    for start in range(0, len(finite), 1000):  # MLflow takes at most 1000 metrics a batch
-        client.log_batch(run_id, metrics=finite[start : start + 1000])
-
-
 def per_image_outcomes(client: MlflowClient, results: Sequence[ConfigurationResult]) -> dict[str, PerImage]:
     """Each replicate's `per_image.json` by run id; runs that did not log one (older runs) are left out."""
     from mlflow.exceptions import MlflowException

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,9 +28,10 @@ from search_spaces.locations import (
 from search_spaces.networks import FeatureMap, Network, count_networks, feature_maps, fixed_placements, network_of
 from search_spaces.params import OBJECTIVES, Params, placement_key
 from search_spaces.space import FloatRange, SearchSpace
+from trainables import files
 from trainables.config import ModelConfig, TrainingConfig, check_sections
 from trainables.data import DataSettings
-from trainables.files import YamlError, parse_yaml, read_yaml
+from trainables.files import YamlError, read_yaml
 from trainables.messages import bounded, describe, redact
 from trainables.models import ARCHITECTURES, check_placements, expand_preset
 from trainables.schema import Strict
@@ -372,31 +372,12 @@ class ConfigError(ValueError):
     """A bad experiment file or override, as one line naming the key and what is valid."""
 
 
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Set a dotted key in the parsed YAML: `search.fraction.high=0.3`, `seeds=[0,1,2]`."""
-    if "=" not in assignment:
-        raise ConfigError(f"override {bounded(assignment)} is not key=value")
-    key, text = assignment.split("=", 1)
     try:
-        value = parse_yaml(text)
-    except YamlError as error:
-        raise ConfigError(f"override {key}: cannot read value {bounded(text)}: {error}") from None
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        # YAML 1.1 reads '1e-2' as a string; a user typing it on a command line means a number.
-        value = float(value)
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {part} is not a mapping")
-        node = child
-    node[parts[-1]] = value
+        files.apply_override(raw, assignment)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 # What a resumed search takes from the config file it is resumed with: where things are, and the

@@ -8,6 +8,7 @@ its real name: it is written beside it and renamed into place.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -102,3 +103,30 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
 def write_text_atomically(path: Path, text: str) -> Path:
     """Write `text` to `path` atomically."""
     return write_atomically(path, lambda tmp: tmp.write_text(text, newline=""))
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Set a dotted key in the parsed YAML: `search.fraction.high=0.3`, `seeds=[0,1,2]`."""
+    if "=" not in assignment:
+        raise ValueError(f"override {bounded(assignment)} is not key=value")
+    key, text = assignment.split("=", 1)
+    try:
+        value = parse_yaml(text)
+    except YamlError as error:
+        raise ValueError(f"override {key}: cannot read value {bounded(text)}: {error}") from None
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        # YAML 1.1 reads '1e-2' as a string; a user typing it on a command line means a number.
+        value = float(value)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"override {key}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value

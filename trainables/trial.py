@@ -5,7 +5,11 @@ restarted, and every epoch calls `ray.tune.report(metrics, checkpoint=...)`. A `
 orchestrator's MLflow logger, say) can ride along: the checkpoint's free `tracking` slot carries
 whatever it needs to reattach after a restart. Without Ray:
 
-    python -m trainables.trial --config trial.yaml [--checkpoint-dir DIR]
+    python -m trainables.trial --config trial.yaml [key=value ...] [--checkpoint-dir DIR] [--track]
+
+`key=value` overrides any field of the trial YAML as the search's do (`training.epochs=2`), and
+`--track` logs the run to MLflow (`trainables.tracking`): a retrain from a promoted model's
+`production.yaml` is then recorded beside the run it retrains.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, temporary_checkpoint
-from trainables.config import TrialConfig, load_trial_config
-from trainables.files import write_text_atomically
+from trainables.config import TrialConfig
+from trainables.files import apply_override, read_settings, write_text_atomically
 from trainables.messages import one_line
 from trainables.train import NonFiniteLossError, train_and_evaluate
 
@@ -102,22 +106,48 @@ def check_checkpoint_dir(directory: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: train one trial without Ray, printing each epoch."""
+    """Command line: train one trial without Ray, printing each epoch (and logging it with --track)."""
     parser = argparse.ArgumentParser(description="Train and evaluate one sparse ResNet-18, without Ray.")
     parser.add_argument("--config", required=True, help="trial YAML: data, model, training, seed")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override any field, dotted: training.epochs=2 seed=3"
+    )
     parser.add_argument("--checkpoint-dir", type=Path, help="save state.pt here every epoch and resume from it")
+    parser.add_argument("--track", action="store_true", help="log the run to MLflow (params, each epoch, provenance)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="with --track: MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--experiment", help="with --track: MLflow experiment (default: <provenance experiment>-retrains, else trials)"
+    )
     args = parser.parse_args(argv)
+    from mlflow.exceptions import MlflowException
+
     try:
-        return _train(args.config, args.checkpoint_dir)
-    except (ValidationError, ValueError, OSError, NonFiniteLossError) as error:
-        # Config, data, checkpoint and numerical failures: one line, exit 2 (CheckpointError and
-        # YamlError are ValueErrors).
+        trial = _load(args.config, args.overrides)
+        tracker = None
+        if args.track:
+            from trainables.tracking import RunTracker, tracking_uri
+
+            tracker = RunTracker(tracking_uri(args.tracking_uri), args.experiment, None)
+        return _train(trial, args.checkpoint_dir, tracker)
+    except (ValidationError, ValueError, OSError, NonFiniteLossError, MlflowException) as error:
+        # Config, data, checkpoint, numerical and tracking failures: one line, exit 2 (CheckpointError
+        # and YamlError are ValueErrors).
         print(f"error: {one_line(error)[:1000]}", file=sys.stderr)
         return 2
 
 
-def _train(config_path: str, checkpoint_dir: Path | None) -> int:
-    trial = load_trial_config(config_path)
+def _load(config_path: str, overrides: list[str]) -> TrialConfig:
+    """The trial YAML with the command line's overrides applied, validated."""
+    raw = read_settings(Path(config_path))
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return TrialConfig.model_validate(raw)
+
+
+def _train(trial: TrialConfig, checkpoint_dir: Path | None, tracker: Tracker | None = None) -> int:
     resume = None
     if checkpoint_dir:
         check_checkpoint_dir(checkpoint_dir)
@@ -125,6 +155,7 @@ def _train(config_path: str, checkpoint_dir: Path | None) -> int:
             resume = load_checkpoint(checkpoint_dir)
             print(f"resuming from {checkpoint_dir} after epoch {resume['epoch']}")
     start = time.perf_counter()
+    final: dict[str, float] = {}
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
         decision_files = state.pop("decision_files", {})
@@ -132,6 +163,9 @@ def _train(config_path: str, checkpoint_dir: Path | None) -> int:
             save_checkpoint(state, checkpoint_dir)
             for name, text in decision_files.items():
                 write_text_atomically(checkpoint_dir / name, text)
+        if tracker:
+            tracker.log_epoch(metrics, decision_files)
+        final.update(metrics)
         print(
             (
                 f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.3f}  "
@@ -149,8 +183,31 @@ def _train(config_path: str, checkpoint_dir: Path | None) -> int:
     if resume is not None and resume["epoch"] >= trial.training.epochs:
         print(f"all {trial.training.epochs} epochs are already trained; final metrics: {resume['metrics']}")
         return 0
-    train_and_evaluate(trial, report, resume=resume)
+    if tracker:
+        tracker.start(trial, {})
+    try:
+        train_and_evaluate(trial, report, resume=resume)
+    except BaseException as error:
+        if tracker:
+            tracker.finish(error)
+        raise
+    if tracker:
+        tracker.finish(None, str(checkpoint_dir) if checkpoint_dir else None)
+        print(f"logged as MLflow run {getattr(tracker, 'run_id', '')}")
+    _compare_with_provenance(trial.provenance, final)
     return 0
+
+
+def _compare_with_provenance(provenance: dict[str, Any], final: dict[str, float]) -> None:
+    """A retrain of a promoted model: its last epoch beside the figures recorded at promotion."""
+    recorded = (provenance.get("metrics") or {}).get("replicate") or {}
+    if not recorded or not final:
+        return
+    print(f"{'':<25} {'at promotion':>12} {'retrained':>10}")
+    for name, value in recorded.items():
+        if name in final:
+            change = "same" if final[name] == value else f"{final[name] - value:+.4f}"
+            print(f"{name:<25} {value:>12.4f} {final[name]:>10.4f}  {change}")
 
 
 if __name__ == "__main__":
