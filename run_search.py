@@ -7,8 +7,10 @@
     python run_search.py promote --experiment sparse-shape-search-quickstart --maximize shape_bias \\
         --floor accuracy=dense-0.05
     python run_search.py evaluate --model models:/sparse-resnet18-sparse-shape-search-quickstart@production
+    python run_search.py history --model-name sparse-resnet18-sparse-shape-search-quickstart
+    python run_search.py rollback --model-name sparse-resnet18-sparse-shape-search-quickstart --reason "..."
 
-Config errors (found before Ray starts), and what pareto / confirm / promote / evaluate cannot find or do, are
+Config errors (found before Ray starts), and what the other commands cannot find or do, are
 reported in one line with exit code 2. Each command imports torch, Ray and MLflow only when it runs,
 so `--help` answers at once.
 """
@@ -42,12 +44,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: search, resume, pareto, confirm, promote, evaluate."""
+    """The command line: search, resume, pareto, confirm, promote, evaluate, history, rollback."""
     parser = argparse.ArgumentParser(
         prog="run_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{search,resume,pareto,confirm,promote,evaluate}"
+        dest="command", required=True, metavar="{search,resume,pareto,confirm,promote,evaluate,history,rollback}"
     )
     search = commands.add_parser(
         "search",
@@ -121,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     promote = commands.add_parser(
         "promote",
         help="register a chosen configuration's model and point an alias at it",
-        description="Choose a configuration of a finished search (by id, or the highest seed "
-        "mean of one objective above floors), register its most representative seed's model "
-        "in the MLflow Model Registry, and move the alias (default: production) to the new "
-        "version.",
+        description="Choose a configuration of a finished search (by id, or the highest seed mean of one objective "
+        "above floors), gate it against the version the alias holds (both scored now on the challenger's held-out "
+        "data), register its most representative seed's model in the MLflow Model Registry, record the move in "
+        "the audit trail (`history`), and move the alias (default: production) to the new version.",
     )
     promote.add_argument("--experiment", required=True, help="MLflow experiment name")
     promote.add_argument("--search", help="search id (default: the newest finished search in the experiment)")
@@ -148,11 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promote.add_argument("--model-name", help="registered model name (default: sparse-<model.arch>-<experiment>)")
     promote.add_argument("--alias", default="production", help="alias moved to the new version (default: production)")
+    promote.add_argument(
+        "--gate",
+        action="append",
+        default=[],
+        metavar="METRIC=MARGIN",
+        help="how far below the champion the challenger may be, absolute, on accuracy (test set), shape_bias or "
+        "cue_decision_rate (report half of the stimuli); repeatable; default accuracy=-0.02 shape_bias=-0.01",
+    )
+    promote.add_argument(
+        "--force", action="store_true", help="skip the gate (recorded in the version's tags and the audit trail)"
+    )
+    promote.add_argument("--reason", help="why, in words: recorded with the move in the audit trail")
     promote.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
     promote.add_argument(
         "--dry-run",
         action="store_true",
-        help="choose, rebuild the model, stage production.yaml (as production.dry-run.yaml); write nothing to MLflow",
+        help="choose, rebuild the model, run the gate, stage production.yaml (as production.dry-run.yaml); write "
+        "nothing to MLflow",
     )
     promote.add_argument("--tracking-uri", help=TRACKING_HELP)
     promote.add_argument("--out", type=Path, default=Path.cwd(), help="directory for production.yaml (default: .)")
@@ -169,6 +184,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, help="labelled test folder, one sub-folder per class (folder-trained models)"
     )
     evaluate.add_argument("--tracking-uri", help=TRACKING_HELP)
+
+    history = commands.add_parser(
+        "history",
+        help="every recorded alias move of a registered model: who, when, from, to, why, gate",
+        description="Print the audit trail of a registered model's aliases (runs of the MLflow experiment "
+        "registry-audit), oldest first, and say where an alias was moved outside run_search.py.",
+    )
+    history.add_argument("--model-name", required=True, help="registered model name")
+    history.add_argument("--alias", help="only this alias's moves (default: every alias)")
+    history.add_argument("--tracking-uri", help=TRACKING_HELP)
+
+    rollback = commands.add_parser(
+        "rollback",
+        help="point the alias back at the version it held before (or --to VERSION), recorded",
+        description="Move the alias back to the version the audit trail says it held before the current one (or "
+        "to --to VERSION), without a gate, and record the move. A second rollback undoes the first.",
+    )
+    rollback.add_argument("--model-name", required=True, help="registered model name")
+    rollback.add_argument("--alias", default="production", help="the alias to move (default: production)")
+    rollback.add_argument("--to", type=_at_least(1), metavar="VERSION", help="the version to point it at")
+    rollback.add_argument("--reason", help="why, in words: recorded with the move")
+    rollback.add_argument("--tracking-uri", help=TRACKING_HELP)
     return parser
 
 
@@ -260,148 +297,21 @@ def confirm_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def promote_command(args: argparse.Namespace) -> int:
-    """`promote`: choose, show why, confirm, register, move the alias."""
-    import time
-    from dataclasses import replace
+def _registry_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """A command of `orchestrator.promotion.commands`, imported when it runs (`--help` stays instant)."""
 
-    from mlflow.tracking import MlflowClient
+    def run(args: argparse.Namespace) -> int:
+        from orchestrator.promotion import commands
 
-    from orchestrator import names
-    from orchestrator.checks import existing_store
-    from orchestrator.errors import SearchError
-    from orchestrator.promotion import choice as choosing
-    from orchestrator.promotion.promote import promote
-    from orchestrator.promotion.registry import check_registry_names, default_model_name
-    from orchestrator.rounds import confirmation_of, round_results
-    from orchestrator.tracking import child_runs, collect, find_search
+        return int(getattr(commands, f"{name}_command")(args))
 
-    if args.floor and not args.maximize:
-        raise SearchError("--floor applies to --maximize; with --configuration the choice is already made")
-    if args.confirmed and not args.maximize:
-        raise SearchError("--confirmed applies to --maximize: with --configuration the choice is already made")
-    floors = [choosing.parse_floor(text) for text in args.floor]
-    if args.model_name:
-        check_registry_names(args.model_name, args.alias)  # before anything is read or written
-    client = MlflowClient(existing_store(args.tracking_uri))
-    search = find_search(client, args.experiment, search_id=args.search, status=None if args.search else "FINISHED")
-    name = args.model_name or default_model_name(args.experiment, search.arch)
-    if not args.model_name:
-        check_registry_names(name, args.alias)  # the default follows the search's arch: known only now
-    if search.status != "FINISHED":
-        raise SearchError(
-            f"search {search.search_id} is {search.status}, not FINISHED: wait for it to end, or finish it "
-            "with `run_search.py resume`"
-        )
-    results = collect(client, search)
-    if not results:
-        raise SearchError(
-            f"search {search.search_id} has an empty front: no configuration finished all its {len(search.seeds)} seeds"
-        )
-    confirmation = confirmation_of(client, search)
-    ids = sorted(
-        {r.data.tags.get(names.CONFIGURATION, "") for r in child_runs(client, search.experiment_id, search.run_id)}
-    )
-    if args.configuration:
-        chosen = choosing.by_id(results, args.configuration, ids, search.floors)
-    elif args.confirmed:
-        if confirmation is None:
-            raise SearchError(
-                f"search {search.search_id} has no finished confirmation: run `run_search.py confirm --experiment "
-                f"{args.experiment} --search {search.search_id} --top 1 --seeds 3` first, or drop --confirmed"
-            )
-        round_, _ = confirmation
-        fresh = [
-            r for r in round_results(client, search, round_) if r.dense or r.configuration in round_.configurations
-        ]
-        picked = choosing.by_rule(fresh, args.maximize, floors, search.floors)
-        seeds = ", ".join(map(str, round_.seeds))
-        chosen = replace(
-            choosing.by_id(results, picked.result.configuration, ids, search.floors),
-            reason=f"{picked.reason} (confirmed figures: fresh seeds {seeds})",
-        )
-    else:
-        chosen = choosing.by_rule(results, args.maximize, floors, search.floors)
-    if confirmation is not None:
-        found = {c.configuration: c for c in confirmation[1]}
-        chosen = replace(chosen, confirmed=found.get(chosen.result.configuration))
-    print(choosing.describe(chosen, search.search_id))
-    warning = choosing.unconfirmed_warning(chosen, args.experiment, search.search_id)
-    if warning:
-        print(warning, file=sys.stderr)
-    print(f"  register as {name}, alias {args.alias!r}")
-    if args.dry_run:
-        staged = promote(client, search, chosen, name, args.alias, args.out, dry_run=True).production_yaml
-        print(f"dry run: the model rebuilds from its checkpoint; nothing written to MLflow; staged {staged}")
-        return 0
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise SearchError("not a terminal, so promote cannot ask: add --yes to promote without confirmation")
-        try:
-            answer = input("promote? [y/N] ")
-        except EOFError:
-            answer = ""
-        if answer.strip().lower() not in ("y", "yes"):
-            print("not promoted")
-            return 1
-    start = time.monotonic()
-    promotion = promote(client, search, chosen, name, args.alias, args.out)
-    version = promotion.version
-    assert version is not None  # not a dry run
-    if promotion.already:
-        where = (
-            f"alias {args.alias!r} already on it"
-            if promotion.moved_from is None
-            else f"alias {args.alias!r} -> version {version.version} (from {promotion.moved_from or 'unset'})"
-        )
-        print(f"already version {version.version} of {name} (the same checkpoint): nothing registered; {where}")
-        print(f"wrote {promotion.production_yaml}")
-        return 0
-    print(
-        f"registered {name} version {version.version}; alias {args.alias!r} -> version {version.version} "
-        f"({time.monotonic() - start:.1f} s)"
-    )
-    print(f"wrote {promotion.production_yaml}; load it with mlflow.pyfunc.load_model({promotion.model_uri!r})")
-    return 0
-
-
-def evaluate_command(args: argparse.Namespace) -> int:
-    """`evaluate`: a registered model's objectives now, beside those recorded at promotion."""
-    from mlflow.tracking import MlflowClient
-
-    from orchestrator.checks import existing_store
-    from orchestrator.promotion.evaluate import evaluate, log_evaluation
-
-    client = MlflowClient(existing_store(args.tracking_uri))
-    result = evaluate(client, args.model, args.stimuli, args.data)
-    from orchestrator import names
-
-    source = result.provenance
-    print(
-        f"{args.model} = version {result.version.version}: configuration {source[names.CONFIGURATION]} "
-        f"seed {source[names.SEED]} of search {source[names.SEARCH_ID]}"
-    )
-    print(f"{'':<25} {'at promotion':>12} {'now':>10}")
-    recorded = result.recorded
-    # The validity of each shape bias beside it; a model promoted before the rate was kept shows it now only.
-    shown = [m for m in (*recorded, names.CUE_DECISION_RATE, names.CUE_DECISION_RATE_HOLDOUT) if m in result.now]
-    for name in dict.fromkeys(shown):
-        value = result.now[name]
-        if name not in recorded:
-            print(f"{name:<25} {'-':>12} {value:>10.4f}  (not recorded at promotion)")
-            continue
-        change = "same" if value == recorded[name] else f"{value - recorded[name]:+.4f}"
-        print(f"{name:<25} {recorded[name]:>12.4f} {value:>10.4f}  {change}")
-    run_id = log_evaluation(client, result, args.model, args.stimuli, args.data)
-    print(f"logged as MLflow run {run_id} in experiment {result.version.name}-evaluations")
-    return 0
+    return run
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pareto": pareto_command,
     "confirm": confirm_command,
-    "promote": promote_command,
-    "evaluate": evaluate_command,
+    **{name: _registry_command(name) for name in ("promote", "evaluate", "history", "rollback")},
 }
 
 

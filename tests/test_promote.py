@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import QUICKSTART, REDUCED, free_port, run_main, run_search, wait_for_http
+from conftest import QUICKSTART, REDUCED, cli, free_port, run_main, run_search, wait_for_http
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "promote-e2e"
@@ -240,37 +241,86 @@ def test_serving_over_http_answers_like_the_in_process_model(searched, shared_da
         as_array = invoke({"inputs": images.tolist()})
         encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
         as_bytes = invoke({"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}})
-        for answer in (as_array, as_bytes):
+        # TensorFlow Serving's forms: a list of images, or of {"image": base64} records.
+        as_instances = invoke({"instances": images.tolist()})
+        as_records = invoke({"instances": [{"image": e} for e in encoded]})
+        for answer in (as_array, as_bytes, as_instances, as_records):
             assert answer["label"].tolist() == expected["label"].tolist()
             assert np.allclose(answer["probability"], expected["probability"], atol=1e-6)
+        # What the model cannot use reaches the client as the model's own message, a 400, no traceback.
+        for payload, message in {
+            json.dumps({"inputs": images[:, :, :, :2].tolist()}): "expected RGB images as a uint8 array (N, H, W, 3)",
+            json.dumps({"instances": [{"image": encoded[0]}, {"image": "not base64!"}]}): "row 1: the image is text",
+        }.items():
+            request = urllib.request.Request(
+                f"{url}/invocations", data=payload.encode(), headers={"Content-Type": "application/json"}
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=60)
+            body = json.loads(refused.value.read())
+            assert refused.value.code == 400 and message in body["message"], body
+            assert "stack_trace" not in body and "Traceback" not in body["message"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 
-def test_second_promotion_moves_the_alias_and_keeps_the_first_version(searched):
+def test_the_model_loads_and_predicts_where_the_project_is_not_importable(searched, shared_data, tmp_path):
+    workdir, tracking, _ = searched
+    model_dir = mlflow.artifacts.download_artifacts(f"models:/{MODEL}@production", dst_path=str(tmp_path / "model"))
+    image = shared_data / "cue-conflict" / "airplane" / "airplane1-bicycle2.png"
+    if not image.is_file():
+        image = sorted((shared_data / "cue-conflict").glob("*/*.png"))[0]
+    expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@production").predict(
+        pd.DataFrame({"image": [image.read_bytes()]})
+    )
+    # A fresh interpreter, started elsewhere, with this project's import paths and editable finder
+    # taken away: only the code bundled with the model can provide `trainables`.
+    script = f"""
+import sys
+root = {str(Path(__file__).resolve().parents[1])!r}
+sys.path = [p for p in sys.path if p not in ("", ".", root)]
+sys.meta_path = [f for f in sys.meta_path if "editable" not in str(getattr(f, "__module__", "")).lower()]
+sys.path_hooks = [h for h in sys.path_hooks if "editable" not in str(getattr(h, "__module__", "")).lower()]
+import importlib.util
+for name in ("trainables", "orchestrator", "search_spaces"):
+    assert importlib.util.find_spec(name) is None, name + " is importable before the model loads"
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model({model_dir!r})
+answer = model.predict(pd.DataFrame({{"image": [open({str(image)!r}, "rb").read()]}}))
+import trainables
+assert trainables.__file__.startswith({model_dir!r}), trainables.__file__
+assert importlib.util.find_spec("orchestrator") is None
+module = mlflow.pytorch.load_model({model_dir!r})
+print(answer["label"][0], repr(float(answer["probability"][0])), type(module).__name__)
+"""
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    label, probability, _ = out.stdout.split()
+    assert label == expected["label"][0] and float(probability) == pytest.approx(expected["probability"][0], abs=1e-6)
+
+
+def test_a_retrain_from_production_yaml_is_tracked_beside_its_provenance(searched):
     workdir, tracking, client = searched
-    first = client.get_model_version_by_alias(MODEL, "production")
-    other = next(c for c in ("c000", "c001", "c002") if c != first.tags["configuration"])
-    out = promote(workdir, tracking, "--configuration", other, "--yes")
+    production = workdir / "production.yaml"
+    source = yaml.safe_load(production.read_text())["provenance"]
+    trial = ("--config", str(production), "--track", "--tracking-uri", tracking)
+    out = cli(*trial, "training.epochs=1", cwd=workdir, module="trainables.trial")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    second = client.get_model_version_by_alias(MODEL, "production")
-    assert int(second.version) == int(first.version) + 1 and second.tags["configuration"] == other
-    assert client.get_model_version(MODEL, first.version).tags["configuration"] == first.tags["configuration"]
-    # Rollback is moving the alias back.
-    client.set_registered_model_alias(MODEL, "production", first.version)
-    assert client.get_model_version_by_alias(MODEL, "production").version == first.version
-    # The first configuration again: its checkpoint is version `first` already, so nothing is registered.
-    versions = len(client.search_model_versions(f"name = '{MODEL}'"))
-    out = promote(workdir, tracking, "--configuration", first.tags["configuration"], "--yes")
-    assert out.returncode == 0 and f"already version {first.version} of {MODEL}" in out.stdout, out.stdout + out.stderr
-    assert "alias 'production' already on it" in out.stdout
-    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions
-    client.set_registered_model_alias(MODEL, "production", second.version)  # elsewhere: then it moves back
-    out = promote(workdir, tracking, "--configuration", first.tags["configuration"], "--yes")
-    assert f"alias 'production' -> version {first.version} (from {second.version})" in out.stdout, out.stdout
-    assert client.get_model_version_by_alias(MODEL, "production").version == first.version
-    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions
+    assert "at promotion" in out.stdout and "retrained" in out.stdout
+    run = client.get_run(out.stdout.split("logged as MLflow run ")[1].split()[0])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == f"{EXPERIMENT}-retrains"
+    assert run.data.tags["retrain_of.source_run_id"] == source["source_run_id"]
+    assert run.data.tags["retrain_of.registered_version"] == source["registered_version"]
+    assert run.data.params["training.epochs"] == "1" and "accuracy" in run.data.metrics
+    # An override of a field that does not exist is one line, exit 2, and no run is created.
+    runs = len(client.search_runs([run.info.experiment_id]))
+    bad = cli(*trial, "training.epoch=1", cwd=workdir, module="trainables.trial")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "epoch" in bad.stderr, bad.stderr
+    assert len(client.search_runs([run.info.experiment_id])) == runs
 
 
 class RefusingAlias(MlflowClient):
@@ -297,11 +347,155 @@ def test_a_failure_after_the_version_was_registered_takes_everything_back(search
     models_before = {m.model_id for m in client.search_logged_models([search.experiment_id])}
     refusing = RefusingAlias(tracking)
     refusing.allowed = before[1]["production"]  # putting the alias back is allowed
+    records = len(audit_runs(client))
+    staged = promote.stage(refusing, search, chosen, MODEL, "production", workdir / "refused")
     with pytest.raises(SearchError, match=r"promotion failed, registry left as it was \(alias 'production' on version"):
-        promote.promote(refusing, search, chosen, MODEL, "production", workdir / "refused")
-    assert registry_state(client) == before
+        promote.promote(refusing, staged, "test", "none")
+    assert registry_state(client) == before and len(audit_runs(client)) == records
     assert {m.model_id for m in client.search_logged_models([search.experiment_id])} == models_before
-    assert not list((workdir / "refused").glob("production.yaml*"))
+    assert not list((workdir / "refused").iterdir())
+
+
+def gate_rows(stdout):
+    """The gate's evidence from promote's output: {metric: (champion, challenger, change)}."""
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 6 and parts[-1] in ("ok", "WORSE"):
+            rows[parts[0]] = tuple(float(p) for p in parts[1:4])
+    return rows
+
+
+def audit_runs(client):
+    experiment = client.get_experiment_by_name("registry-audit")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id], "tags.registered_model != ''")
+
+
+def test_the_gate_refuses_a_worse_challenger_and_passes_one_within_the_margin(searched):
+    workdir, tracking, client = searched
+    first = client.get_model_version_by_alias(MODEL, "production")
+    other = next(c for c in ("c000", "c001", "c002") if c != first.tags["configuration"])
+    loose = ["--gate", "accuracy=-1"]
+    # A dry run runs the gate too: the evidence, both models scored now on the challenger's held-out data.
+    out = promote(workdir, tracking, "--configuration", other, "--dry-run", *loose, "--gate", "shape_bias=-1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"gate against version {first.version}" in out.stdout
+    rows = gate_rows(out.stdout)
+    assert set(rows) == {"accuracy", "shape_bias_holdout"}, out.stdout
+    # The champion measured now is the champion as recorded (same data, same CPU, same threads).
+    assert rows["shape_bias_holdout"][0] == pytest.approx(float(first.tags["shape_bias_holdout_replicate"]), abs=1e-4)
+    assert rows["accuracy"][0] == pytest.approx(float(first.tags["accuracy_replicate"]), abs=1e-4)
+    change = rows["shape_bias_holdout"][2]
+
+    # Worse than the champion beyond the margin: refused in one line, the evidence printed, nothing written.
+    before, records = registry_state(client), len(audit_runs(client))
+    refused = promote(
+        workdir, tracking, "--configuration", other, "--yes", *loose, "--gate", f"shape_bias={change + 0.001:.4f}"
+    )
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert refused.stderr.count("\n") == 1 and refused.stderr.startswith(
+        f"error: gate: the challenger is worse than version {first.version} beyond the margin on shape_bias_holdout"
+    ), refused.stderr
+    assert "WORSE" in refused.stdout and "--force skips the gate" in refused.stderr
+    assert registry_state(client) == before and len(audit_runs(client)) == records
+    assert not list(workdir.glob(".production-*"))
+
+    # Within the margin: promoted, the gate's result on the version and in the trail.
+    reason = "beats the champion on held-out data"
+    out = promote(
+        workdir,
+        tracking,
+        "--configuration",
+        other,
+        "--yes",
+        *loose,
+        "--gate",
+        f"shape_bias={change - 0.001:.4f}",
+        "--reason",
+        reason,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    second = client.get_model_version_by_alias(MODEL, "production")
+    assert int(second.version) > int(first.version) and second.tags["configuration"] == other
+    assert second.tags["gate"].startswith(f"passed against version {first.version}: accuracy")
+    assert client.get_model_version(MODEL, first.version).tags["configuration"] == first.tags["configuration"]
+    recorded = audit_runs(client)[0]  # newest first
+    assert recorded.data.tags["to_version"] == str(second.version) and reason in recorded.data.tags["reason"]
+    assert recorded.data.tags["from_version"] == str(first.version) and recorded.data.tags["mlflow.user"]
+    # production.yaml names the version, locally and in the registry, and is another model's guard.
+    local = yaml.safe_load((workdir / "production.yaml").read_text())["provenance"]
+    assert (local["registered_model"], local["registered_version"]) == (MODEL, str(second.version))
+    logged = mlflow.artifacts.download_artifacts(
+        f"models:/{MODEL}@production/production.yaml", dst_path=str(workdir / "dl2")
+    )
+    assert yaml.safe_load(Path(logged).read_text())["provenance"]["registered_version"] == str(second.version)
+
+
+def history(workdir, tracking, *args):
+    out = run_main("history", "--model-name", MODEL, "--tracking-uri", tracking, *args, cwd=workdir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def rollback(workdir, tracking, *args):
+    return run_main("rollback", "--model-name", MODEL, "--tracking-uri", tracking, *args, cwd=workdir)
+
+
+def test_a_forced_promotion_and_a_rollback_are_recorded_and_restore_the_version(searched):
+    workdir, tracking, client = searched
+    second = client.get_model_version_by_alias(MODEL, "production")
+    registered = {v.tags["configuration"] for v in client.search_model_versions(f"name = '{MODEL}'")}
+    third_config = next(c for c in ("c000", "c001", "c002") if c not in registered)
+    out = promote(workdir, tracking, "--configuration", third_config, "--yes", "--force", "--reason", "hotfix, forced")
+    assert out.returncode == 0 and "gate skipped (--force)" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    third = client.get_model_version_by_alias(MODEL, "production")
+    assert third.tags["gate"] == f"forced: not compared with version {second.version}"
+
+    out = rollback(workdir, tracking, "--reason", "canary failed")
+    assert out.returncode == 0, out.stderr
+    assert (
+        f"rolled back: alias 'production' of {MODEL} -> version {second.version} (from {third.version})" in out.stdout
+    )
+    assert client.get_model_version_by_alias(MODEL, "production").version == second.version
+
+    lines = history(workdir, tracking).splitlines()
+    rows = [line for line in lines[1:] if not line.startswith("note:")]
+    assert [r.split()[3] for r in rows] == ["promote", "promote", "promote", "rollback"], lines
+    assert "beats the champion on held-out data" in rows[1] and "gate passed against version" in rows[1]
+    assert "hotfix, forced" in rows[2] and "gate forced" in rows[2]
+    assert "canary failed" in rows[3] and f"{third.version} -> {second.version}" in rows[3]
+    assert not any(line.startswith("note:") for line in lines)
+
+    # Moved outside the commands: history says so; a rollback needs to be told where.
+    client.set_registered_model_alias(MODEL, "production", third.version)
+    assert "it was moved outside run_search.py" in history(workdir, tracking, "--alias", "production")
+    out = rollback(workdir, tracking, "--to", str(second.version))
+    assert out.returncode == 0 and client.get_model_version_by_alias(MODEL, "production").version == second.version
+    for args, expect in {("--to", "999"): "no version 999 of", ("--alias", "canary"): "alias 'canary' of"}.items():
+        out = rollback(workdir, tracking, *args)
+        assert out.returncode == 2 and expect in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_promoting_a_registered_checkpoint_again_registers_nothing(searched):
+    workdir, tracking, client = searched
+    current = client.get_model_version_by_alias(MODEL, "production")
+    versions = len(client.search_model_versions(f"name = '{MODEL}'"))
+    out = promote(workdir, tracking, "--configuration", current.tags["configuration"], "--yes")
+    assert out.returncode == 0 and f"already version {current.version} of {MODEL}" in out.stdout, (
+        out.stdout + out.stderr
+    )
+    assert "alias 'production' already on it" in out.stdout
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions
+    # Pointing elsewhere: the alias moves back, through the gate, and the move is recorded.
+    elsewhere = next(v for v in client.search_model_versions(f"name = '{MODEL}'") if v.version != current.version)
+    assert rollback(workdir, tracking, "--to", str(elsewhere.version)).returncode == 0
+    loose = ["--gate", "accuracy=-1", "--gate", "shape_bias=-1"]
+    out = promote(workdir, tracking, "--configuration", current.tags["configuration"], "--yes", *loose)
+    assert f"alias 'production' -> version {current.version} (from {elsewhere.version})" in out.stdout, out.stdout
+    assert client.get_model_version_by_alias(MODEL, "production").version == current.version
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions
+    last = history(workdir, tracking).splitlines()[-1].split()
+    assert last[3] == "move" and last[5:8] == [str(elsewhere.version), "->", str(current.version)], last
 
 
 def failing(workdir, tracking, client, *args, expect, fresh=False):
@@ -353,7 +547,14 @@ def test_every_failure_is_one_line_and_leaves_the_registry_unchanged(searched):
         expect="cannot reach the MLflow tracking store",
     )
     # Without a terminal and without --yes, promote refuses rather than guess.
-    failing(workdir, tracking, client, "--maximize", "shape_bias", expect="add --yes")
+    failing(workdir, tracking, client, "--maximize", "shape_bias", "--force", expect="add --yes")
+    failing(workdir, tracking, client, *rule, "--gate", "loss=0", expect="bad --gate 'loss=0'")
+    # Another model's production.yaml in --out is never overwritten.
+    foreign = workdir / "foreign"
+    foreign.mkdir(exist_ok=True)
+    (foreign / "production.yaml").write_text("provenance: {registered_model: another-model}\n")
+    failing(workdir, tracking, client, *rule, "--force", "--out", str(foreign), expect="records model 'another-model'")
+    assert "another-model" in (foreign / "production.yaml").read_text()
 
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
     parent = client.search_runs([experiment], filter_string="tags.search_id != ''")[0]
@@ -445,7 +646,9 @@ def test_a_dry_run_stages_production_yaml_and_writes_nothing_to_mlflow(searched)
     workdir, tracking, client = searched
     before = registry_state(client)
     out_dir = workdir / "dry"
-    out = promote(workdir, tracking, "--configuration", "c001", "--dry-run", "--out", str(out_dir), fresh=False)
+    out = promote(
+        workdir, tracking, "--configuration", "c001", "--dry-run", "--force", "--out", str(out_dir), fresh=False
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "dry run: the model rebuilds from its checkpoint; nothing written to MLflow" in out.stdout
     staged = yaml.safe_load((out_dir / "production.dry-run.yaml").read_text())

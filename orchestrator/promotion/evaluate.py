@@ -53,7 +53,7 @@ def evaluate(
     from trainables.evaluate import model_outputs
 
     version = resolve_version(client, model_uri)
-    raw = _production_yaml(client, version, model_uri)
+    raw = production_settings(client, version, model_uri)
     config = TrialConfig.model_validate(raw, context={"check_paths": False})
     try:
         data = config.data.for_evaluation(stimuli_dir=stimuli_dir, test_dir=data_dir)
@@ -76,7 +76,7 @@ def evaluate(
     return Evaluation(version, raw["provenance"], evaluation.metrics)
 
 
-def _production_yaml(client: MlflowClient, version: ModelVersion, model_uri: str) -> dict[str, Any]:
+def production_settings(client: MlflowClient, version: ModelVersion, model_uri: str) -> dict[str, Any]:
     """The version's `production.yaml` as plain settings; SearchError if it has none."""
     mlflow.set_tracking_uri(client.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
@@ -99,7 +99,8 @@ def log_evaluation(
     from mlflow.entities import Param
 
     from orchestrator import names
-    from orchestrator.tracking import experiment_id, log_metrics
+    from orchestrator.tracking import experiment_id
+    from trainables.tracking import log_metrics
 
     version = result.version
     experiment = experiment_id(client, f"{version.name}-evaluations")

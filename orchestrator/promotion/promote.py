@@ -1,16 +1,17 @@
 """Promotion to the MLflow Model Registry: one chosen replicate's model, a new version, the alias moved.
 
-`promote` takes a chosen configuration (`orchestrator.promotion.choice`), rebuilds its
-representative replicate from the checkpoint its child run points at, logs it as a model of that
-run with a `production.yaml` beside it (`orchestrator.promotion.records`), registers a new version,
-and moves the alias to it last. Names are checked and the local file is staged before anything is
-written; a failure after that undoes what was written (the version, the alias's old place, a
-registered model it created, the logged model) and says if it could not.
+Two steps, so the command can gate and ask between them. `stage` reads everything a promotion
+needs and checks what can be checked without writing: the chosen replicate's checkpoint (rebuilt
+into its model), its `production.yaml` (`orchestrator.promotion.records`), that the output folder
+is writable and holds no other model's file, and where the alias points now. `promote` then logs
+the model to its source run, registers a new version (or finds the version that already holds
+this checkpoint), records the move in the audit trail (`orchestrator.promotion.audit`) and moves
+the alias last. A failure on the way undoes what was written (the record, the version, the
+alias's old place, a registered model it created, the logged model) and says if it could not.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import names
 from orchestrator.errors import SearchError
+from orchestrator.promotion.audit import MOVE, PROMOTE, delete_record, record_move
 from orchestrator.promotion.choice import Choice
 from orchestrator.promotion.records import (
     DRY_RUN_YAML,
@@ -39,14 +41,32 @@ from orchestrator.serving import log_model
 from orchestrator.tracking import SearchRecord
 from trainables.checkpoint import CheckpointError, load_checkpoint, restore_model
 from trainables.config import TrialConfig
+from trainables.files import read_settings, write_atomically
 from trainables.messages import one_line
+
+
+@dataclass(frozen=True)
+class Staged:
+    """Everything a promotion reads and checks before its first registry write."""
+
+    search: SearchRecord
+    choice: Choice
+    model_name: str
+    alias: str
+    model: Any  # the torch module rebuilt from the checkpoint
+    config: TrialConfig
+    production: dict[str, Any]  # production.yaml's settings
+    local: Path  # where production.yaml goes
+    previous: str | None  # the version the alias points at now
+    holding: ModelVersion | None  # the version that already holds this checkpoint, if one does
+    labels: dict[str, list]  # the model's classes and their categories, as its checkpoint records them
 
 
 @dataclass(frozen=True)
 class Promotion:
     """A registered version, the URI that loads it, and the local `production.yaml`."""
 
-    version: ModelVersion | None  # None for a dry run
+    version: ModelVersion
     model_uri: str
     production_yaml: Path
     # Set when a version of this name already held the checkpoint: nothing was registered, and the
@@ -55,91 +75,108 @@ class Promotion:
     moved_from: str | None = None
 
 
-def promote(
-    client: MlflowClient,
-    search: SearchRecord,
-    choice: Choice,
-    model_name: str,
-    alias: str,
-    out_dir: Path,
-    dry_run: bool = False,
-) -> Promotion:
-    """Register the chosen replicate's model as a new version of `model_name` and point `alias` at it.
-
-    `dry_run` does everything before the registry (rebuild the model, stage `production.yaml`, kept
-    as `production.dry-run.yaml`) and writes nothing to MLflow.
-    """
+def stage(
+    client: MlflowClient, search: SearchRecord, choice: Choice, model_name: str, alias: str, out_dir: Path
+) -> Staged:
+    """Read the chosen replicate's checkpoint, rebuild its model, and check that production.yaml can be written."""
     replicate = choice.replicate
     checkpoint_uri, state, model, config = _read_checkpoint(client, replicate.run_id)
     production = production_config(config, state, search, choice, checkpoint_uri)
+    production["provenance"]["registered_model"] = model_name
     local = out_dir / PRODUCTION_YAML
-    staged = local.with_suffix(".yaml.tmp")
-    try:  # the local file is staged first: an unwritable --out fails before the registry is touched
+    _check_local(local, model_name)
+    try:  # an unwritable --out fails here, before the registry is touched
         out_dir.mkdir(parents=True, exist_ok=True)
-        staged.write_text(dump_yaml(production))
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".production-", suffix=".tmp"):
+            pass
     except OSError as error:
         raise SearchError(f"cannot write production.yaml in {out_dir}: {error.strerror or error}") from None
     previous = alias_version(client, model_name, alias)
     holding = version_holding(client, model_name, replicate.run_id)
-    if holding is not None and not dry_run:
-        # The same checkpoint again: register nothing new; move the alias only if it points elsewhere.
-        moved_from = None if previous == str(holding.version) else (previous or "")
+    labels = state["labels"]
+    return Staged(search, choice, model_name, alias, model, config, production, local, previous, holding, labels)
+
+
+def dry_run(staged: Staged) -> Path:
+    """Write what the promotion would register as `production.dry-run.yaml`; nothing goes to MLflow."""
+    settings = _with_version(staged.production, "not registered (dry run)")
+    kept = staged.local.with_name(DRY_RUN_YAML)
+    text = dump_yaml(settings)
+    write_atomically(kept, lambda tmp: tmp.write_text(text))
+    return kept
+
+
+def promote(client: MlflowClient, staged: Staged, reason: str, gate: str) -> Promotion:
+    """Register the staged model as a new version and point the alias at it, recording the move.
+
+    When a version already holds this checkpoint, nothing is registered and the alias moves to it
+    only if it points elsewhere. The move is recorded in the audit trail before the alias moves;
+    a failure on the way takes back everything written, the record included.
+    """
+    name, alias, previous = staged.model_name, staged.alias, staged.previous
+    uri = f"models:/{name}@{alias}"
+    if staged.holding is not None:
+        version = staged.holding
+        moved_from = None if previous == str(version.version) else (previous or "")
         if moved_from is not None:
-            client.set_registered_model_alias(model_name, alias, holding.version)
-        os.replace(staged, local)
-        return Promotion(holding, f"models:/{model_name}@{alias}", local, already=True, moved_from=moved_from)
-    if dry_run:
-        kept = out_dir / DRY_RUN_YAML
-        os.replace(staged, kept)
-        return Promotion(None, f"models:/{model_name}@{alias}", kept)
+            record = record_move(client, name, alias, MOVE, previous, str(version.version), reason, gate)
+            try:
+                client.set_registered_model_alias(name, alias, version.version)
+            except BaseException:
+                delete_record(client, record)
+                raise
+        local = _write_local(staged, str(version.version))
+        return Promotion(version, uri, local, already=True, moved_from=moved_from)
 
     written: dict[str, Any] = {}
     try:
         mlflow.set_tracking_uri(client.tracking_uri)  # Model.log writes through the fluent API
-        with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
-            packaged = Path(tmp) / PRODUCTION_YAML  # the model's copy, under its final name
-            packaged.write_text(staged.read_text())
-            info = log_model(
-                model,
-                state["labels"],
-                config.data.image_size,
-                replicate.run_id,
-                search.experiment_id,
-                extra_files=[packaged],
-                # The source run's Models tab lists it by what it is, not as one more "promoted-model".
-                name=f"{choice.result.configuration}-seed{replicate.seed}",
-            )
+        replicate = staged.choice.replicate
+        info = log_model(
+            staged.model,
+            staged.labels,
+            staged.config.data.image_size,
+            replicate.run_id,
+            staged.search.experiment_id,
+            # The source run's Models tab lists it by what it is, not as one more "promoted-model".
+            name=f"{staged.choice.result.configuration}-seed{replicate.seed}",
+        )
         written["logged_model"] = info.model_id
         try:
             client.create_registered_model(
-                model_name,
+                name,
                 description=(
-                    f"Sparse {search.arch} promoted from sparse-shape-search experiment {search.experiment_name!r}."
+                    f"Sparse {staged.search.arch} promoted from sparse-shape-search experiment "
+                    f"{staged.search.experiment_name!r}."
                 ),
             )
-            written["registered_model"] = model_name
+            written["registered_model"] = name
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":  # another promotion may have made it
                 raise
+        tags = version_tags(staged.search, staged.choice) | {"gate": gate[:4000]}
         version = client.create_model_version(
-            model_name,
+            name,
             source=f"models:/{info.model_id}",
             run_id=replicate.run_id,
             model_id=info.model_id,
-            tags=version_tags(search, choice),
-            description=version_description(search, choice),
+            tags=tags,
+            description=version_description(staged.search, staged.choice),
         )
         written["version"] = version.version
+        with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
+            # The model's own copy names the version it became, so a downloaded copy still says so.
+            packaged = Path(tmp) / PRODUCTION_YAML
+            packaged.write_text(dump_yaml(_with_version(staged.production, str(version.version))))
+            client.log_model_artifact(info.model_id, str(packaged))
         # The logged model names the version it became (the version already names the model).
-        client.set_logged_model_tags(
-            info.model_id, {"registered_model": model_name, "registered_version": version.version}
-        )
-        for key, value in registered_model_tags(search).items():
-            client.set_registered_model_tag(model_name, key, value)
-        client.set_registered_model_alias(model_name, alias, version.version)  # the last step
+        client.set_logged_model_tags(info.model_id, {"registered_model": name, "registered_version": version.version})
+        for key, value in registered_model_tags(staged.search).items():
+            client.set_registered_model_tag(name, key, value)
+        written["record"] = record_move(client, name, alias, PROMOTE, previous, str(version.version), reason, gate)
+        client.set_registered_model_alias(name, alias, version.version)  # the last registry step
     except BaseException as error:  # Ctrl+C included: never leave a version the alias skipped
-        left = _undo(client, model_name, alias, previous, written)
-        staged.unlink(missing_ok=True)
+        left = _undo(client, name, alias, previous, written)
         if not isinstance(error, Exception):
             raise
         state_now = (
@@ -148,8 +185,36 @@ def promote(
             else f"could not undo {', '.join(left)}: check the registry"
         )
         raise SearchError(f"promotion failed, {state_now}: {type(error).__name__}: {one_line(error)[:400]}") from None
-    os.replace(staged, local)  # never a half-written production.yaml
-    return Promotion(version, f"models:/{model_name}@{alias}", local)
+    local = _write_local(staged, str(version.version))
+    return Promotion(version, uri, local)
+
+
+def _with_version(production: dict[str, Any], version: str) -> dict[str, Any]:
+    """production.yaml's settings naming the registered version."""
+    return production | {"provenance": production["provenance"] | {"registered_version": version}}
+
+
+def _write_local(staged: Staged, version: str) -> Path:
+    """production.yaml in --out, written whole (never half a file)."""
+    text = dump_yaml(_with_version(staged.production, version))
+    write_atomically(staged.local, lambda tmp: tmp.write_text(text))
+    return staged.local
+
+
+def _check_local(local: Path, model_name: str) -> None:
+    """Refuse to overwrite a production.yaml of another registered model (or one this tool did not write)."""
+    if not local.exists():
+        return
+    try:
+        owner = (read_settings(local).get("provenance") or {}).get("registered_model")
+    except Exception:  # unreadable YAML: not one of ours either
+        owner = None
+    if owner != model_name:
+        held = f"model {owner!r}" if owner else "no registered model"
+        raise SearchError(
+            f"{local} records {held}, not {model_name!r}: promoting would overwrite it; pass --out DIR for "
+            "another folder, or move that file away"
+        )
 
 
 def version_holding(client: MlflowClient, model_name: str, source_run_id: str) -> ModelVersion | None:
@@ -194,6 +259,8 @@ def _undo(
         except Exception:  # the failure may be the server itself
             left.append(what)
 
+    if "record" in written:
+        attempt(f"audit record {written['record']}", lambda: delete_record(client, written["record"]))
     if "version" in written:
         # Deleting the version also drops the alias if it had moved there.
         attempt(f"version {written['version']}", lambda: client.delete_model_version(model_name, written["version"]))
