@@ -3,6 +3,7 @@ search (parent run tags) and every promoted model (its `production.yaml`)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -11,8 +12,11 @@ from pathlib import Path
 PACKAGES = ("torch", "torchvision", "ray", "optuna", "mlflow", "sparse-shape-search")
 
 
+GIT_COMMIT_ENV = "SPARSE_SHAPE_SEARCH_GIT_COMMIT"  # set in the image, which has no .git
+
+
 def git_commit() -> str:
-    """The checkout's commit (with '-dirty' for uncommitted changes), or 'unknown'."""
+    """The checkout's commit (with '-dirty' for uncommitted changes), the image's, or 'unknown'."""
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
@@ -21,8 +25,10 @@ def git_commit() -> str:
     try:
         commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+        commit, dirty = "", ""
+    if not commit:
+        return os.environ.get(GIT_COMMIT_ENV) or "unknown"
+    return commit + ("-dirty" if dirty else "")
 
 
 def package_versions() -> dict[str, str]:
