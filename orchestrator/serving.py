@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import types
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +56,13 @@ def log_model(
     image_size: int,
     run_id: str,
     experiment_id: str,
-    extra_files: Sequence[Path] = (),
     name: str = MODEL_NAME,
 ) -> ModelInfo:
     """Log `model` as an MLflow model of run `run_id` (its Models tab), with both flavors."""
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         meta = Path(tmp) / "labels.json"
         meta.write_text(json.dumps({"labels": labels, "image_size": image_size}))
-        flavor = _flavor(model, meta, list(extra_files))
+        flavor = _flavor(model, meta)
         # Created here, in the run's experiment: Model.log alone would file it under the current
         # experiment of the process (or of MLFLOW_EXPERIMENT_ID / _NAME), not the run's.
         logged = MlflowClient(mlflow.get_tracking_uri()).create_logged_model(
@@ -83,7 +80,7 @@ def log_model(
         )
 
 
-def _flavor(model: torch.nn.Module, meta: Path, extra_files: list[Path]) -> types.SimpleNamespace:
+def _flavor(model: torch.nn.Module, meta: Path) -> types.SimpleNamespace:
     """What `Model.log(flavor=...)` calls: writes the pyfunc, adds the pytorch flavor beside it."""
 
     def save_model(path: str, mlflow_model: Model, **kwargs: Any) -> None:
@@ -109,8 +106,6 @@ def _flavor(model: torch.nn.Module, meta: Path, extra_files: list[Path]) -> type
             code="code",  # the pyfunc's bundled code: mlflow.pytorch.load_model puts it on sys.path too
         )
         mlflow_model.save(os.path.join(path, "MLmodel"))
-        for extra in extra_files:
-            shutil.copy(extra, path)
 
     return types.SimpleNamespace(__name__="pytorch", save_model=save_model)
 

@@ -69,15 +69,20 @@ def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
         if tracker:
             tracker.finish(None, checkpoint_uri(checkpoint))
         return
+    _train_telling(tracker, trial, report, resume)
+    if tracker:
+        tracker.finish(None, checkpoint_uri(tune.get_checkpoint()))
+    # Nothing is returned: Ray would record a returned dict as one more, checkpoint-less result.
+
+
+def _train_telling(tracker: Tracker | None, trial: TrialConfig, report: Any, resume: dict[str, Any] | None) -> None:
+    """`train_and_evaluate`, telling the tracker of a failure (Ctrl+C included) before it propagates."""
     try:
         train_and_evaluate(trial, report, resume=resume)
     except BaseException as error:
         if tracker:
             tracker.finish(error)
         raise
-    if tracker:
-        tracker.finish(None, checkpoint_uri(tune.get_checkpoint()))
-    # Nothing is returned: Ray would record a returned dict as one more, checkpoint-less result.
 
 
 def checkpoint_uri(checkpoint: Any) -> str:
@@ -185,12 +190,7 @@ def _train(trial: TrialConfig, checkpoint_dir: Path | None, tracker: Tracker | N
         return 0
     if tracker:
         tracker.start(trial, {})
-    try:
-        train_and_evaluate(trial, report, resume=resume)
-    except BaseException as error:
-        if tracker:
-            tracker.finish(error)
-        raise
+    _train_telling(tracker, trial, report, resume)
     if tracker:
         tracker.finish(None, str(checkpoint_dir) if checkpoint_dir else None)
         print(f"logged as MLflow run {getattr(tracker, 'run_id', '')}")

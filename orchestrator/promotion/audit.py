@@ -140,7 +140,7 @@ def rollback_target(moves: list[Move], current: str | None, model_name: str, ali
 
 def format_history(moves: list[Move], current: dict[str, str]) -> str:
     """The trail as a table, oldest first, with a note where an alias is not where the trail left it."""
-    lines = [f"{'when (UTC)':<20} {'user':<12} {'action':<9} {'alias':<12} {'from':>4} -> {'to':<4} reason; gate"]
+    lines = [f"{'when (UTC)':<19} {'user':<12} {'action':<9} {'alias':<12} {'from':>4} -> {'to':<4} reason; gate"]
     for m in moves:
         lines.append(
             f"{m.when:%Y-%m-%d %H:%M:%S} {m.user[:12]:<12} {m.action:<9} {m.alias[:12]:<12} "
