@@ -3,9 +3,10 @@
     .venv/bin/python docs/readme_output.py [--workdir DIR]
 
 Runs the quickstart search in a fresh folder as `make search` does, confirms its likeliest front
-configuration on fresh seeds, promotes by the README's rule,
-evaluates the promoted model, and writes each command's output into the README block marked
-`<!-- output: NAME -->` (quickstart, confirm, promote, evaluate); copies the front's plots to docs/. The
+configuration on fresh seeds, promotes by the README's rule, evaluates the promoted model, tries a
+second promotion through the gate (forcing it where the gate refuses), rolls it back, prints the history, and writes
+each command's output into the README block marked `<!-- output: NAME -->` (quickstart, confirm,
+promote, evaluate, challenger, history); copies the front's plots to docs/. The
 progress lines of the search are cut in the middle. Prints each command's wall time.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,9 +29,14 @@ MODEL = f"models:/sparse-resnet18-{EXPERIMENT}@production"
 PROMOTE = ["promote", "--experiment", EXPERIMENT, "--maximize", "shape_bias", "--floor", "accuracy=dense-0.05", "--yes"]
 EVALUATE = ["evaluate", "--model", MODEL]
 CONFIRM = ["confirm", "--experiment", EXPERIMENT, "--top", "1", "--seeds", "3"]
+NAME = f"sparse-resnet18-{EXPERIMENT}"
+CHALLENGER = ["promote", "--experiment", EXPERIMENT, "--maximize", "accuracy", "--yes", "--reason", "more accurate"]
+FORCED = [*CHALLENGER[:-1], "accuracy matters more here", "--force"]
+ROLLBACK = ["rollback", "--model-name", NAME, "--reason", "canary answered worse"]
+HISTORY = ["history", "--model-name", NAME]
 
 
-def run(args: list[str], workdir: Path, with_stderr: bool = False) -> tuple[str, float]:
+def run(args: list[str], workdir: Path, with_stderr: bool = False, refusal_ok: bool = False) -> tuple[str, float]:
     """`run_search.py ARGS` in `workdir`: its stdout (and stderr: `with_stderr`, or on failure) and wall seconds."""
     start = time.monotonic()
     out = subprocess.run(
@@ -40,7 +47,7 @@ def run(args: list[str], workdir: Path, with_stderr: bool = False) -> tuple[str,
         stdin=subprocess.DEVNULL,
     )
     elapsed = time.monotonic() - start
-    if out.returncode != 0:
+    if out.returncode != 0 and not (refusal_ok and out.returncode == 2):
         sys.exit(f"run_search.py {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
     return out.stdout + (out.stderr if with_stderr else ""), elapsed
 
@@ -83,9 +90,24 @@ def main() -> None:
     # Its one-line warning (stderr) when the configuration was never confirmed is part of what it says.
     promote, promote_s = run(PROMOTE, workdir, with_stderr=True)
     evaluate, evaluate_s = run(EVALUATE, workdir)
+    # The gate decides: a refusal (exit 2, one line) is as much the README's output as a promotion.
+    challenger, challenger_s = run(CHALLENGER, workdir, with_stderr=True, refusal_ok=True)
+    if "registered " not in challenger:  # refused: then forced past the gate, as a team may decide to
+        forced, _ = run(FORCED, workdir)
+        challenger += (
+            f"$ .venv/bin/python run_search.py {shlex.join(FORCED)}\n"
+            + "\n".join(
+                line
+                for line in forced.splitlines()
+                if not line.startswith("  ") or "gate skipped" in line  # the choice: printed above
+            )
+            + "\n"
+        )
+    rolled = "$ .venv/bin/python run_search.py " + shlex.join(ROLLBACK) + "\n" + run(ROLLBACK, workdir)[0]
+    history, _ = run(HISTORY, workdir)
     print(
-        f"search {search_s:.0f} s, confirm {confirm_s:.0f} s, promote {promote_s:.1f} s, evaluate {evaluate_s:.1f} s "
-        f"(in {workdir})"
+        f"search {search_s:.0f} s, confirm {confirm_s:.0f} s, promote {promote_s:.1f} s, evaluate {evaluate_s:.1f} s, "
+        f"gated promote {challenger_s:.1f} s (in {workdir})"
     )
 
     command = "$ .venv/bin/python run_search.py "
@@ -95,6 +117,8 @@ def main() -> None:
     promote_line = f"{command}{' '.join(PROMOTE[:5])} \\\n      {' '.join(PROMOTE[5:])}\n"
     readme = replace_block(readme, "promote", promote_line + promote)
     readme = replace_block(readme, "evaluate", f"{command}{' '.join(EVALUATE)}\n{evaluate}")
+    readme = replace_block(readme, "challenger", f"{command}{shlex.join(CHALLENGER)}\n{challenger}{rolled}")
+    readme = replace_block(readme, "history", f"{command}{' '.join(HISTORY)}\n{history}")
     README.write_text(readme)
     search_id = re.search(r"^search (\S+):", search, re.MULTILINE)
     if search_id:
