@@ -78,6 +78,10 @@ ERROR = "error"
 PARETO_FRONT = "pareto_front"  # 'true' on the child runs of the front's configurations, else 'false'
 NETWORK = "network"  # what the trial trains, e.g. 'layer1 4/64, layer2 1/16' (k of positions), or 'dense'
 CHECKPOINT_URI = "checkpoint_uri"
+# The SHA-256 of the final state.pt, recorded as the trial ends: promote refuses a file that differs.
+CHECKPOINT_SHA256 = "checkpoint_sha256"
+# On a model version: the SHA-256 of its weights (`weights_digest`), checked when it is evaluated or gated.
+WEIGHTS_SHA256 = "weights_sha256"
 LOG_MODEL_ERROR = "log_model_error"
 
 # --- child run: params and artifacts ------------------------------------------------------------

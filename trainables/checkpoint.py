@@ -9,6 +9,7 @@ categories).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tempfile
 from collections.abc import Sequence
@@ -38,18 +39,15 @@ RESUME_KEYS = {"model", "optimizer", "scheduler", "epoch", "metrics", "rng"}
 
 def load_checkpoint(location: str | Path) -> dict[str, Any]:
     """Read <location>/state.pt, a directory or a URI (s3://...), with weights_only=True (no pickled code runs)."""
-    location = str(location)
-    try:
-        if "://" not in location:
-            state = torch.load(Path(location) / "state.pt", map_location="cpu", weights_only=True)
-        else:
-            import pyarrow.fs  # Ray's own storage layer: the same schemes trial storage accepts
+    return read_checkpoint(location)[0]
 
-            filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
-            with filesystem.open_input_file(f"{path.rstrip('/')}/state.pt") as handle:
-                state = torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {location}: state.pt is missing") from None
+
+def read_checkpoint(location: str | Path) -> tuple[dict[str, Any], str]:
+    """The checkpoint at `location` and the SHA-256 of its state.pt (what the run recorded at its end)."""
+    location = str(location)
+    raw = _state_bytes(location)
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as error:
         # torch's own message for a foreign file suggests weights_only=False, which would run
         # whatever code the file holds: never pass that advice on.
@@ -62,7 +60,37 @@ def load_checkpoint(location: str | Path) -> dict[str, Any]:
             f"{location}/state.pt is not a trial checkpoint (it lacks "
             f"{sorted(RESUME_KEYS - set(state)) if isinstance(state, dict) else 'a mapping'})"
         )
-    return state
+    return state, hashlib.sha256(raw).hexdigest()
+
+
+def checkpoint_digest(location: str | Path) -> str:
+    """The SHA-256 of <location>/state.pt: recorded by a finished trial, checked by promote."""
+    return hashlib.sha256(_state_bytes(str(location))).hexdigest()
+
+
+def _state_bytes(location: str) -> bytes:
+    """<location>/state.pt as bytes, from a local folder or any URI Ray's storage layer (pyarrow) reads."""
+    try:
+        if "://" not in location:
+            return (Path(location) / "state.pt").read_bytes()
+        import pyarrow.fs  # Ray's own storage layer: the same schemes trial storage accepts
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+        with filesystem.open_input_file(f"{path.rstrip('/')}/state.pt") as handle:
+            return bytes(handle.read())
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {location}: state.pt is missing") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {location}/state.pt: {error.strerror or error}") from None
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A SHA-256 of a module's weights (names, dtypes and bytes): the same network gives the same digest."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def temporary_checkpoint(state: dict[str, Any]) -> tempfile.TemporaryDirectory:

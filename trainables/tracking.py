@@ -96,7 +96,13 @@ class RunTracker:
             return
         if error is None:
             if checkpoint_uri:
-                self.client.set_tag(self.run_id, "checkpoint_uri", checkpoint_uri)
+                from trainables.checkpoint import checkpoint_digest
+
+                tags = [
+                    RunTag("checkpoint_uri", checkpoint_uri),
+                    RunTag("checkpoint_sha256", checkpoint_digest(checkpoint_uri)),
+                ]
+                self.client.log_batch(self.run_id, tags=tags)
             self.client.set_terminated(self.run_id, status="FINISHED")
             return
         if isinstance(error, KeyboardInterrupt):

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import SearchError
 from orchestrator.promotion.records import PRODUCTION_YAML
-from orchestrator.promotion.registry import resolve_version
+from orchestrator.promotion.registry import load_version_module, resolve_version
 from trainables.config import TrialConfig
 from trainables.files import read_settings
 from trainables.messages import one_line
@@ -64,7 +64,7 @@ def evaluate(
 
     if config.training.threads > 0:
         torch.set_num_threads(config.training.threads)  # the trial's own count: results depend on it
-    model = mlflow.pytorch.load_model(f"models:/{version.name}/{version.version}", map_location="cpu").eval()
+    model = load_version_module(version)
     trial_data = config.data.build(config.training.batch_size, config.seed, augment=False)
     outputs = model_outputs(config.model.head, trial_data)
     recorded_classes = raw["provenance"].get("class_names")

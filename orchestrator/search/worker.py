@@ -27,7 +27,7 @@ from orchestrator.serving import log_model
 from orchestrator.tracking import kept_params, replicate_runs
 from search_spaces.networks import feature_maps, kept, network
 from search_spaces.params import OBJECTIVES, Params
-from trainables.checkpoint import load_checkpoint, restore_model
+from trainables.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint, restore_model
 from trainables.config import TrialConfig
 from trainables.data import DataInput
 from trainables.messages import one_line
@@ -245,9 +245,12 @@ class MLflowTrialTracker:
             return
         if error is None and checkpoint_uri is not None:
             # Any finished trial can be loaded later without Ray (`promote` reads it from here).
-            self.outbox.call(
-                "tag its checkpoint", self.client.set_tag, self.run_id, names.CHECKPOINT_URI, checkpoint_uri
-            )
+            tags = [RunTag(names.CHECKPOINT_URI, checkpoint_uri)]
+            try:  # its identity: a file swapped or replaced later is refused by promote
+                tags.append(RunTag(names.CHECKPOINT_SHA256, checkpoint_digest(checkpoint_uri)))
+            except CheckpointError as error:
+                print(f"cannot record the digest of its checkpoint: {error}", flush=True)
+            self.outbox.call("tag its checkpoint", self.client.log_batch, self.run_id, tags=tags)
             if self.log_models:
                 self._log_model(checkpoint_uri)
         if error is not None:
