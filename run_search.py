@@ -18,7 +18,6 @@ so `--help` answers at once.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -315,25 +314,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _quiet_mlflow() -> None:
-    """The commands print their own lines: no MLflow progress bars, serialisation notices or hints."""
-    import logging
-    import warnings
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # its links carry the URI's password
-    import mlflow  # noqa: F401  (it sets its loggers' levels on import; ours must come after)
-
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="mlflow")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; its exit code."""
     args = build_parser().parse_args(argv)
     if args.command in COMMANDS:
-        _quiet_mlflow()
-        return _one_line_errors(COMMANDS[args.command], args)
+        from orchestrator.console import quiet_libraries
+        from orchestrator.errors import sigterm_as_keyboard_interrupt
+
+        log = quiet_libraries(args.command)
+        sigterm_as_keyboard_interrupt()  # a registry command stopped by `kill` undoes what it wrote, as on Ctrl+C
+        return _one_line_errors(COMMANDS[args.command], args, log)
     from search_spaces.spec import ConfigError, load_spec
 
     try:
@@ -378,24 +368,37 @@ def _location_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if may_change_on_resume(o)]
 
 
-def _one_line_errors(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command; what it cannot find or do is one line on stderr and exit code 2."""
-    from orchestrator.errors import SearchError
+def _one_line_errors(
+    command: Callable[[argparse.Namespace], int], args: argparse.Namespace, log: Path | None = None
+) -> int:
+    """Run a command; what it cannot find or do is one line on stderr and exit code 2 (130 if interrupted)."""
+    from orchestrator.console import library_log_note, server_failure
+    from orchestrator.errors import CommandInterrupted, SearchError
     from trainables.messages import one_line
 
     try:
         return command(args)
+    except CommandInterrupted as error:
+        print(f"interrupted: {one_line(error)[:2000]}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     except SearchError as error:
-        print(f"error: {one_line(error)[:2000]}", file=sys.stderr)
+        print(f"error: {one_line(error)[:2000]}{library_log_note(log)}", file=sys.stderr)
     except Exception as error:
         from mlflow.exceptions import MlflowException
         from optuna.exceptions import OptunaError
         from sqlalchemy.exc import SQLAlchemyError
 
+        from search_spaces.locations import resolve_tracking_uri
+
         if not isinstance(error, (MlflowException, OptunaError, SQLAlchemyError, OSError, ValueError)):
             raise  # a bug: its traceback is what a report needs
         # A store that refuses a query, a file that cannot be read, data that does not fit.
-        print(f"error: {type(error).__name__}: {one_line(error)[:500]}", file=sys.stderr)
+        line = server_failure(error, resolve_tracking_uri(getattr(args, "tracking_uri", None)))
+        line = line or f"{type(error).__name__}: {one_line(error)[:500]}"
+        print(f"error: {line}{library_log_note(log)}", file=sys.stderr)
     return 2
 
 

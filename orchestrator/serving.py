@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,6 @@ from mlflow.types.schema import ColSpec, Schema
 import trainables
 from trainables.predict import ImageClassifier, output_columns
 
-MODEL_NAME = "model"  # the logged model's name in a run's Models tab
 # The code a logged model needs, bundled with it (`code_paths`): the `trainables` package.
 CODE = str(Path(trainables.__file__).parent)
 
@@ -57,8 +57,13 @@ def log_model(
     run_id: str,
     experiment_id: str,
     name: str = MODEL_NAME,
+    created: Callable[[str], None] | None = None,
 ) -> ModelInfo:
-    """Log `model` as an MLflow model of run `run_id` (its Models tab), with both flavors."""
+    """Log `model` as an MLflow model of run `run_id` (its Models tab), with both flavors.
+
+    `created` is told the logged model's id as soon as it exists, before its upload: a caller
+    that is interrupted during the upload can delete it.
+    """
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         meta = Path(tmp) / "labels.json"
         meta.write_text(json.dumps({"labels": labels, "image_size": image_size}))
@@ -68,6 +73,8 @@ def log_model(
         logged = MlflowClient(mlflow.get_tracking_uri()).create_logged_model(
             experiment_id=experiment_id, name=name, source_run_id=run_id
         )
+        if created is not None:
+            created(logged.model_id)
         return Model.log(
             artifact_path=None,
             name=name,

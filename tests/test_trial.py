@@ -234,3 +234,31 @@ def test_imagenet_folders_are_reduced_to_the_16_categories(shared_data, tmp_path
     # n01440764 (tench) is not one of the 16 categories: left out.
     assert data.train_size == 6
     assert sorted(set(data.test_labels.tolist())) == [CATEGORIES.index("airplane"), CATEGORIES.index("bear")]
+
+
+def test_the_data_fingerprint_follows_symlinked_class_folders(shared_data, tmp_path):
+    """Class folders that are links are read by training, so a change under them changes the fingerprint."""
+    import shutil
+
+    train = tmp_path / "train"
+    train.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    for name in ("cat", "dog"):
+        shutil.copytree(shared_data / "cifar10" / "train" / name, elsewhere / name)
+        (train / name).symlink_to(elsewhere / name, target_is_directory=True)
+    (elsewhere / "cat" / "loop").symlink_to(train, target_is_directory=True)  # a link up the tree ends the walk
+    config = TrialConfig.model_validate(
+        {
+            "data": {
+                "kind": "folder",
+                "train_dir": str(train),
+                "test_dir": str(shared_data / "cifar10" / "test"),
+                "stimuli_dir": str(shared_data / "cue-conflict"),
+                "label_space": "cifar10",
+            },
+        }
+    )
+    before = config.data.fingerprint()["train"]
+    assert config.data.fingerprint()["train"] == before  # stable
+    next(iter(sorted((elsewhere / "dog").iterdir()))).unlink()
+    assert config.data.fingerprint()["train"] != before

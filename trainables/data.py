@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -259,10 +260,27 @@ DataSettings = Annotated[SyntheticData | FolderData, Field(discriminator="kind")
 
 
 def _listing_digest(root: Path) -> str:
+    """The relative path and size of every file under `root`, symlinked folders followed as training follows them."""
     if not root.is_dir():
         raise FileNotFoundError(f"data directory not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return _sha256("\n".join(f"{p.relative_to(root).as_posix()}\t{p.stat().st_size}" for p in files))
+    return _sha256("\n".join(f"{path}\t{size}" for path, size in sorted(_listing(root))))
+
+
+def _listing(root: Path) -> list[tuple[str, int]]:
+    """(path relative to `root`, size) of each file, through symlinked folders (a link to a folder above stops)."""
+    found = []
+    # Path.rglob does not enter symlinked folders before Python 3.13; training reads through them.
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        above = {os.path.realpath(root / part) for part in here.relative_to(root).parents}
+        if os.path.realpath(here) in above:  # a link back up the tree would be walked for ever
+            subfolders.clear()
+            continue
+        for name in files:
+            path = here / name
+            if path.is_file():  # a dangling link is no file training could read
+                found.append((path.relative_to(root).as_posix(), path.stat().st_size))
+    return found
 
 
 def _sha256(text: str) -> str:

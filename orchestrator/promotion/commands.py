@@ -30,6 +30,7 @@ def promote_command(args: argparse.Namespace) -> int:
     from orchestrator.promotion import choice as choosing
     from orchestrator.promotion.gate import parse_margins
     from orchestrator.promotion.promote import dry_run, promote, stage
+    from orchestrator.promotion.records import PRODUCTION_YAML
     from orchestrator.promotion.registry import check_registry_names, default_model_name
     from orchestrator.rounds import confirmation_of, round_results
     from orchestrator.tracking import child_runs, collect, find_search
@@ -116,23 +117,29 @@ def promote_command(args: argparse.Namespace) -> int:
             else f"alias {args.alias!r} -> version {version.version} (from {promotion.moved_from or 'unset'})"
         )
         print(f"already version {version.version} of {name} (the same checkpoint): nothing registered; {where}")
-        print(f"wrote {promotion.production_yaml}")
-        return 0
-    print(
-        f"registered {name} version {version.version}; alias {args.alias!r} -> version {version.version} "
-        f"({time.monotonic() - start:.1f} s)"
-    )
-    print(f"wrote {promotion.production_yaml}; load it with mlflow.pyfunc.load_model({promotion.model_uri!r})")
+    else:
+        print(
+            f"registered {name} version {version.version}; alias {args.alias!r} -> version {version.version} "
+            f"({time.monotonic() - start:.1f} s)"
+        )
+    load = f"load it with mlflow.pyfunc.load_model({promotion.model_uri!r})"
+    if promotion.local_error:  # the promotion is complete: the file is a copy of the registry's
+        print(
+            f"warning: {promotion.local_error}; the registry has it: {promotion.model_uri}/{PRODUCTION_YAML}",
+            file=sys.stderr,
+        )
+        print(load)
+    else:
+        print(f"wrote {promotion.production_yaml}; {load}")
     return 0
 
 
 def gate_result(client: MlflowClient, staged: Staged, margins: dict[str, float], force: bool) -> str:
     """Compare the challenger with the version the alias holds, print the evidence; SearchError if it is worse."""
-    import mlflow
-
     from orchestrator.errors import SearchError
     from orchestrator.promotion.evaluate import production_settings
     from orchestrator.promotion.gate import run_gate
+    from orchestrator.promotion.registry import load_version_module
 
     name, alias, champion = staged.model_name, staged.alias, staged.previous
     if champion is None:
@@ -144,7 +151,7 @@ def gate_result(client: MlflowClient, staged: Staged, margins: dict[str, float],
         return f"forced: not compared with version {champion}"
     version = client.get_model_version(name, champion)
     settings = production_settings(client, version, f"models:/{name}@{alias}")
-    module = mlflow.pytorch.load_model(f"models:/{name}/{champion}", map_location="cpu")
+    module = load_version_module(version)
     result = run_gate(module, settings, champion, staged.model, staged.config, margins)
     print(result.table())
     if not result.passed:
