@@ -158,7 +158,7 @@ class SearchProgress(Callback):
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         name = f"{self.tally.configuration_of(trial)}-seed{trial.config.get(names.SEED, '?')}"
         self._warn(
-            f"trial {name} lost its worker (failure {trial.num_failures}); Ray restarts it from its last checkpoint"
+            f"trial {name} {failure_of(trial)} (failure {trial.num_failures}); Ray restarts it from its last checkpoint"
         )
 
     def _warn(self, message: str) -> None:
@@ -243,3 +243,21 @@ class HypervolumeLog(Callback):
                 f"({type(error).__name__}); the search goes on",
                 flush=True,
             )
+
+
+# What Ray raises when a trial's process or node is gone, rather than the trial itself failing.
+_LOST_WORKER = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
+
+
+def failure_of(trial: Trial) -> str:
+    """What a retried trial's failure was, from the error Ray recorded: 'lost its worker', or its own last line."""
+    try:
+        text = str(trial.get_error() or "")
+    except Exception:  # the error file is where the trial's storage is: it may be what failed
+        text = ""
+    if any(kind in text for kind in _LOST_WORKER) or "actor died" in text.lower():
+        return "lost its worker"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "failed, and Ray could not record why (is storage_path writable?)"
+    return f"failed ({lines[-1][:200]})"
