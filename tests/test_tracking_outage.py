@@ -136,9 +136,10 @@ def test_a_trial_costs_the_tracking_server_one_request_per_epoch_and_a_few_aroun
     tracker.finish(None, checkpoint_uri=str(tmp_path / "checkpoint"))
     server.stop()  # flushes the access log
     requests = _requests(server)[len(served) :]
-    assert sum("/runs/log-batch" in r for r in requests) == 1 + 5, requests  # the parameters, then one per epoch
+    # The parameters, one per epoch, and the checkpoint's URI and digest as one batch of tags.
+    assert sum("/runs/log-batch" in r for r in requests) == 1 + 5 + 1, requests
     # Around the epochs: search for an earlier attempt's run, create, parameters, trial_config.yaml
-    # (a run lookup and an upload), inputs, the checkpoint tag, and closing (a lookup and an update).
+    # (a run lookup and an upload), inputs, the checkpoint tags, and closing (a lookup and an update).
     assert len(requests) <= 5 + 9, requests
     server.start()
 

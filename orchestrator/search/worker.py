@@ -248,8 +248,8 @@ class MLflowTrialTracker:
             tags = [RunTag(names.CHECKPOINT_URI, checkpoint_uri)]
             try:  # its identity: a file swapped or replaced later is refused by promote
                 tags.append(RunTag(names.CHECKPOINT_SHA256, checkpoint_digest(checkpoint_uri)))
-            except CheckpointError as error:
-                print(f"cannot record the digest of its checkpoint: {error}", flush=True)
+            except CheckpointError as unread:  # not `error`: that names the trial's own failure
+                print(f"cannot record the digest of its checkpoint: {unread}", flush=True)
             self.outbox.call("tag its checkpoint", self.client.log_batch, self.run_id, tags=tags)
             if self.log_models:
                 self._log_model(checkpoint_uri)
