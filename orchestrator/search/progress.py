@@ -250,14 +250,13 @@ _LOST_WORKER = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "NodeDi
 
 
 def failure_of(trial: Trial) -> str:
-    """What a retried trial's failure was, from the error Ray recorded: 'lost its worker', or its own last line."""
+    """What a retried trial's failure was, from the error Ray recorded: its own last line, else 'lost its worker'."""
     try:
         text = str(trial.get_error() or "")
     except Exception:  # the error file is where the trial's storage is: it may be what failed
         text = ""
-    if any(kind in text for kind in _LOST_WORKER) or "actor died" in text.lower():
-        return "lost its worker"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return "failed, and Ray could not record why (is storage_path writable?)"
+    # No recorded error is what a lost node leaves (its error file was never written there).
+    if not lines or any(kind in text for kind in _LOST_WORKER) or "actor died" in text.lower():
+        return "lost its worker"
     return f"failed ({lines[-1][:200]})"
