@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from collections.abc import Iterator
 from types import FrameType
 
@@ -24,13 +25,42 @@ class CommandInterrupted(SearchError):
     """Ctrl+C or SIGTERM during a registry command, after its undo: one line and exit code 130."""
 
 
+_interrupted: list[int] = []  # the signals received since the last `raise_if_interrupted`
+
+
 def sigterm_as_keyboard_interrupt() -> None:
-    """SIGTERM (a scheduler, `kill`, a container stop) raises KeyboardInterrupt, as Ctrl+C does."""
+    """SIGTERM (a scheduler, `kill`, a container stop) and Ctrl+C raise KeyboardInterrupt, and are remembered.
+
+    Remembered because Python runs a handler wherever the main thread is, a garbage collector's
+    callback included, where the exception is printed and dropped: `raise_if_interrupted` raises it
+    again at the next step that checks.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        _interrupted.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    default = sys.unraisablehook
+
+    def drop_swallowed_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):  # one is raised again at the next check
+            default(unraisable)
+
+    sys.unraisablehook = drop_swallowed_interrupt
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if a signal arrived whose exception something swallowed."""
+    if _interrupted:
+        _interrupted.clear()
+        raise KeyboardInterrupt
+
+
+def forget_interrupts() -> None:
+    """The signals so far are handled (their KeyboardInterrupt was caught)."""
+    _interrupted.clear()
 
 
 @contextlib.contextmanager

@@ -25,7 +25,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator import names
-from orchestrator.errors import CommandInterrupted, SearchError, held_signals
+from orchestrator.errors import (
+    CommandInterrupted,
+    SearchError,
+    forget_interrupts,
+    held_signals,
+    raise_if_interrupted,
+)
 from orchestrator.promotion.audit import MOVE, PROMOTE, delete_record, record_move
 from orchestrator.promotion.choice import Choice
 from orchestrator.promotion.lock import promotion_lock
@@ -125,6 +131,7 @@ def promote(client: MlflowClient, staged: Staged, reason: str, gate: str) -> Pro
         try:
             return _promote_locked(client, staged, reason, gate, written)
         except BaseException as error:  # Ctrl+C and SIGTERM included: never leave a version the alias skipped
+            forget_interrupts()  # this one is being handled
             with held_signals():  # a second Ctrl+C must not cut the undo short
                 left = _undo(client, staged, written)
             if isinstance(error, SearchError) and not written:
@@ -176,6 +183,7 @@ def _promote_locked(client: MlflowClient, staged: Staged, reason: str, gate: str
         name=_logged_name(staged),
         created=lambda model_id: written.__setitem__("logged_model", model_id),  # undone from its creation
     )
+    raise_if_interrupted()  # a signal whose exception the upload's code swallowed
     try:
         client.create_registered_model(
             name,
@@ -199,6 +207,7 @@ def _promote_locked(client: MlflowClient, staged: Staged, reason: str, gate: str
         description=version_description(staged.search, staged.choice),
     )
     written["version"] = version.version
+    raise_if_interrupted()
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
         # The model's own copy names the version it became, so a downloaded copy still says so.
         packaged = Path(tmp) / PRODUCTION_YAML
@@ -209,6 +218,7 @@ def _promote_locked(client: MlflowClient, staged: Staged, reason: str, gate: str
     for key, value in registered_model_tags(staged.search).items():
         client.set_registered_model_tag(name, key, value)
     written["staging"] = _stage_local(staged, str(version.version))
+    raise_if_interrupted()  # the last chance: after the alias moves, the promotion is done
     written["record"] = record_move(client, name, alias, PROMOTE, previous, str(version.version), reason, gate)
     client.set_registered_model_alias(name, alias, version.version)  # the last registry step
     local, failed = _commit_local(staged, written)
