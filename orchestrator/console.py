@@ -1,7 +1,7 @@
 """What a command's console shows: its own lines only, and a sick tracking server as one line, soon.
 
 MLflow logs its own tracebacks (a locked store, a refused write) before it raises; the command
-then prints one line of its own. Those logs go to a file instead (`library_log`), which the error
+then prints one line of its own. Those logs go to a file instead (`quiet_libraries`), which the error
 line names. MLflow's HTTP client retries a failing server for about four minutes by default;
 the registry commands give up within `HTTP_BOUND_S` (fewer retries, a shorter read timeout:
 MLflow's own settings, which a user's environment still overrides) and say which server
