@@ -506,6 +506,39 @@ def test_reattached_child_run_logs_each_step_once_and_drops_a_stale_error(tmp_pa
     assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2, 3]
 
 
+def test_a_run_whose_worker_died_before_describing_it_is_taken_over_not_duplicated(tmp_path, monkeypatch):
+    from orchestrator.search.worker import MLflowTrialTracker
+    from search_spaces.params import Params
+    from trainables.config import TrialConfig
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("tracker")
+    parent = client.create_run(experiment).info.run_id
+    search_config = {"configuration": "c001", "seed": 0, "params": Params("layer1", 0.1, 0.02, 5e-4, 16).to_dict()}
+    config = TrialConfig.model_validate({"data": {"kind": "synthetic", "train_size": 32, "test_size": 12}})
+
+    # The first attempt created its run, then its worker was killed with the driver: tags only.
+    first = MLflowTrialTracker(parent, experiment, "t1", search_config)
+    first.outbox.call = lambda what, call, *args, **kwargs: (
+        call(*args, **kwargs) if what == "create its MLflow run" else None
+    )
+    orphan = first.start(config, {})["mlflow_run_id"]
+    assert not client.get_run(orphan).data.params
+
+    # The resumed search reruns it under a new Ray trial id, with no checkpoint to name the run.
+    again = MLflowTrialTracker(parent, experiment, "t2", search_config)
+    assert again.start(config, {})["mlflow_run_id"] == orphan
+    again.log_epoch({"epoch": 1, "accuracy": 0.5})
+    again.finish(None)
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert [c.info.run_id for c in children] == [orphan]
+    run = client.get_run(orphan)
+    assert run.info.status == "FINISHED" and run.data.params["placement"] == "layer1"
+    assert run.data.tags["ray_trial_id"] == "t2" and run.inputs.dataset_inputs
+
+
 # --- slow: real searches ------------------------------------------------------------------------
 
 

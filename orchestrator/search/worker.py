@@ -112,11 +112,16 @@ class MLflowTrialTracker:
             self.client, self.experiment, self.parent_run_id, self.configuration, self.seed, max_results=1
         )
         runs = [r for r in runs if r.data.tags.get(names.STAGE, names.SEARCH_STAGE) == self.stage]
-        if runs and "placement" in runs[0].data.params:  # a worker may have died before logging params
-            logged = Params.from_mlflow(runs[0].data.params)
-            if (logged.placement, logged.topk()) == (self.params.placement, self.params.topk()):
-                return runs[0].info.run_id
-        return None  # none yet, or the configuration id was reused for different parameters
+        if not runs:
+            return None
+        if "placement" not in runs[0].data.params:
+            # Created, then its worker died before describing it (a killed driver takes its
+            # workers down mid-start): it holds tags only, so this attempt describes it.
+            return runs[0].info.run_id
+        logged = Params.from_mlflow(runs[0].data.params)
+        if (logged.placement, logged.topk()) == (self.params.placement, self.params.topk()):
+            return runs[0].info.run_id
+        return None  # the configuration id was reused for different parameters
 
     def start(self, config: TrialConfig, saved: dict[str, Any]) -> dict[str, Any]:
         # Queued metrics an earlier attempt could not send travel in its checkpoint.
@@ -167,7 +172,9 @@ class MLflowTrialTracker:
         self.logged_steps |= {m.step for m in self.client.get_metric_history(self.run_id, names.EPOCH)}
         if names.ERROR in run.data.tags:
             self.client.delete_tag(self.run_id, names.ERROR)  # the failure this attempt retries
-        if run.inputs is None or not run.inputs.dataset_inputs:
+        if "placement" not in run.data.params:
+            self._describe(config)  # the attempt that created the run died before describing it
+        elif run.inputs is None or not run.inputs.dataset_inputs:
             self._log_inputs(config)  # the attempt that created the run died before logging them
         self.client.set_tag(self.run_id, names.RAY_TRIAL_ID, self.ray_trial_id)
         self.client.set_tag(self.run_id, names.RAY_NODE_ID, _node_id())  # where this attempt runs
