@@ -318,10 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; its exit code."""
     args = build_parser().parse_args(argv)
     if args.command in COMMANDS:
-        from orchestrator.console import quiet_libraries
+        from orchestrator.console import LIBRARY_LOGGERS, WITH_RAY, bound_http_retries, quiet_libraries
         from orchestrator.errors import sigterm_as_keyboard_interrupt
 
-        log = quiet_libraries(args.command)
+        bound_http_retries()  # a search rides out an outage instead: its workers hold their metrics
+        log = quiet_libraries(args.command, WITH_RAY if args.command == "confirm" else LIBRARY_LOGGERS)
         sigterm_as_keyboard_interrupt()  # a registry command stopped by `kill` undoes what it wrote, as on Ctrl+C
         return _one_line_errors(COMMANDS[args.command], args, log)
     from search_spaces.spec import ConfigError, load_spec
@@ -331,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return _one_line_errors(lambda args: search_command(spec, args), args)
+    from orchestrator.console import WITH_RAY, quiet_libraries
+
+    return _one_line_errors(lambda args: search_command(spec, args), args, quiet_libraries(args.command, WITH_RAY))
 
 
 def search_command(spec: SearchSpec, args: argparse.Namespace) -> int:
@@ -373,7 +376,7 @@ def _one_line_errors(
 ) -> int:
     """Run a command; what it cannot find or do is one line on stderr and exit code 2 (130 if interrupted)."""
     from orchestrator.console import library_log_note, server_failure
-    from orchestrator.errors import CommandInterrupted, SearchError
+    from orchestrator.errors import CommandInterrupted, SearchError, own_error
     from trainables.messages import one_line
 
     try:
@@ -384,20 +387,22 @@ def _one_line_errors(
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
-    except SearchError as error:
-        print(f"error: {one_line(error)[:2000]}{library_log_note(log)}", file=sys.stderr)
-    except Exception as error:
+    except Exception as raised:
+        failure = own_error(raised)  # a search callback's, which Tune re-raised as its traceback
+        if isinstance(failure, SearchError):
+            print(f"error: {one_line(failure)[:2000]}{library_log_note(log)}", file=sys.stderr)
+            return 2
         from mlflow.exceptions import MlflowException
         from optuna.exceptions import OptunaError
         from sqlalchemy.exc import SQLAlchemyError
 
         from search_spaces.locations import resolve_tracking_uri
 
-        if not isinstance(error, (MlflowException, OptunaError, SQLAlchemyError, OSError, ValueError)):
+        if not isinstance(failure, (MlflowException, OptunaError, SQLAlchemyError, OSError, ValueError)):
             raise  # a bug: its traceback is what a report needs
         # A store that refuses a query, a file that cannot be read, data that does not fit.
-        line = server_failure(error, resolve_tracking_uri(getattr(args, "tracking_uri", None)))
-        line = line or f"{type(error).__name__}: {one_line(error)[:500]}"
+        line = server_failure(failure, resolve_tracking_uri(getattr(args, "tracking_uri", None)))
+        line = line or f"{type(failure).__name__}: {one_line(failure)[:500]}"
         print(f"error: {line}{library_log_note(log)}", file=sys.stderr)
     return 2
 

@@ -1,11 +1,12 @@
 """What a command's console shows: its own lines only, and a sick tracking server as one line, soon.
 
-MLflow logs its own tracebacks (a locked store, a refused write) before it raises; the command
-then prints one line of its own. Those logs go to a file instead (`quiet_libraries`), which the error
-line names. MLflow's HTTP client retries a failing server for about four minutes by default;
-the registry commands give up within `HTTP_BOUND_S` (fewer retries, a shorter read timeout:
-MLflow's own settings, which a user's environment still overrides) and say which server
-answered what.
+MLflow logs its own tracebacks (a locked store, a refused write) before it raises, and Ray Tune
+logs every failed trial's and every failed sync's; the command prints one line of its own. Those
+logs go to a file instead (`quiet_libraries`), which the error line names.
+
+MLflow's HTTP client retries a failing server for about four minutes by default; the registry
+commands give up within `HTTP_BOUND_S` (fewer retries, a shorter read timeout: MLflow's own
+settings, which a user's environment still overrides) and say which server answered what.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from trainables.messages import redact
@@ -29,34 +31,44 @@ HTTP_SETTINGS = {
 }
 HTTP_BOUND_S = 60
 LIBRARY_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "urllib3")
+# Ray Tune logs every failed trial's traceback, and every failed sync of its state, as it goes.
+WITH_RAY = (*LIBRARY_LOGGERS, "ray")
 
 
-def quiet_libraries(command: str) -> Path:
-    """Route MLflow's (and its stores') log lines to a file, bound its HTTP retries; the file's path.
+def bound_http_retries() -> None:
+    """MLflow's HTTP client gives up on a failing or silent server within `HTTP_BOUND_S` (the environment may say)."""
+    for key, value in HTTP_SETTINGS.items():
+        os.environ.setdefault(key, value)
+
+
+def quiet_libraries(command: str, loggers: Sequence[str] = LIBRARY_LOGGERS) -> Path:
+    """Route the libraries' log lines (MLflow's and its stores', Ray's if named) to a file; the file's path.
 
     The file is created only when something is logged. No progress bars, no "View run at <URI>"
     lines (they carry the URI's password).
     """
-    for key, value in HTTP_SETTINGS.items():
-        os.environ.setdefault(key, value)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    import mlflow  # noqa: F401  (it sets up its loggers on import; ours must come after)
+    # Both set up their loggers on import: ours must come after.
+    import mlflow  # noqa: F401
+
+    if "ray" in loggers:
+        import ray  # noqa: F401
 
     folder = Path(tempfile.gettempdir()) / "sparse-shape-search"
     folder.mkdir(exist_ok=True)
     log = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     handler = logging.FileHandler(log, delay=True)  # delay: no file unless something is logged
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in LIBRARY_LOGGERS:
+    for name in (*loggers, "py.warnings"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.propagate = False
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.captureWarnings(True)  # MLflow's warnings too: they are log lines, not the command's
-    logging.getLogger("py.warnings").handlers = [handler]
-    logging.getLogger("py.warnings").propagate = False
+    logging.captureWarnings(True)  # the libraries' warnings too: they are log lines, not the command's
     warnings.simplefilter("default")
+    # Files a library left open when an error cut it short: reported at exit, past our handler.
+    warnings.simplefilter("ignore", ResourceWarning)
     return log
 
 

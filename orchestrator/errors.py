@@ -21,8 +21,22 @@ class SearchInterrupted(SearchError):
         self.search_id = search_id
 
 
+class StorageLost(SearchError):
+    """The search's folder in the trial storage cannot hold checkpoints: every trial would fail there."""
+
+
 class CommandInterrupted(SearchError):
     """Ctrl+C or SIGTERM during a registry command, after its undo: one line and exit code 130."""
+
+
+def own_error(error: BaseException) -> BaseException:
+    """The SearchError behind `error` (Tune re-raises a callback's as a TuneError of its traceback), else `error`."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, SearchError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return error
 
 
 _interrupted: list[int] = []  # the signals received since the last `raise_if_interrupted`

@@ -5,6 +5,7 @@ The fast cases never reach Ray; the slow group at the end runs real searches (tw
 failing trials, SIGTERM then resume, a cluster too small for a trial).
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -651,6 +652,49 @@ def test_sigterm_stops_like_ctrl_c_and_resume_counts_what_was_done(tmp_path):
     # The overrides the search started with may be given again: they change nothing.
     out = cli("resume", *args, "--search", search_id, cwd=tmp_path, timeout=900, fresh=True)
     assert_resumed_to_the_end(tmp_path, out, done_before, configurations=3, seeds=2)
+
+
+@pytest.mark.slow
+def test_a_trial_storage_lost_mid_search_stops_it_in_one_line_and_it_resumes_once_back(tmp_path):
+    # Root ignores permissions (CI runs as root): a file in the folder's place breaks it for anyone.
+    args = ["--config", str(QUICKSTART), *TINY, "configurations=3", "seeds=[0, 1]", "max_failures=2"]
+    driver = popen_search("search", *args, cwd=tmp_path)
+    deadline = time.monotonic() + 600
+    while driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):  # the store may not exist yet
+            if any(c.info.status == "FINISHED" for c in store_runs(tmp_path)[2]):
+                break
+    assert driver.poll() is None, driver.communicate()[0][-3000:]
+    (folder,) = (tmp_path / "ray_results").iterdir()
+    folder.rename(tmp_path / "away")
+    folder.write_text("not a folder")
+    stdout, stderr = driver.communicate(timeout=600)
+
+    assert driver.returncode == 2, stdout[-2000:] + stderr[-3000:]
+    line = assert_one_line_error(
+        subprocess.CompletedProcess([], 2, stdout, stderr),
+        f"the trial storage {folder} cannot hold checkpoints (a file replaced the folder)",
+        "the search stopped",
+        f"--search {folder.name}",
+    )
+    assert len(stderr) < 1500, stderr  # no Ray tracebacks: they are in the log file the line names
+    log = Path(line.split("the libraries' own log: ")[1].rstrip(")"))
+    assert "Trial task failed" in log.read_text()
+    assert "lost its worker" not in stdout, stdout[-3000:]
+    _, parents, children = store_runs(tmp_path)
+    assert parents[0].info.status == "FAILED" and "cannot hold checkpoints" in parents[0].data.tags["failure_reason"]
+    assert "RUNNING" not in {c.info.status for c in children}
+    finished = {c.info.run_id: c.info.end_time for c in children if c.info.status == "FINISHED"}
+
+    folder.unlink()
+    (tmp_path / "away").rename(folder)
+    out = cli("resume", *args, "--search", folder.name, cwd=tmp_path, timeout=900, fresh=True)
+    # Tune's state in the folder may predate the trials that finished last: those start again,
+    # find their complete runs and end at once, untouched (`assert_resumed_to_the_end` counts epochs).
+    assert_resumed_to_the_end(tmp_path, out, 0, configurations=3, seeds=2)
+    again = {c.info.run_id: c.info.end_time for c in store_runs(tmp_path)[2]}
+    assert all(again[run] == end for run, end in finished.items()), "a finished trial was trained again"
 
 
 @pytest.mark.slow

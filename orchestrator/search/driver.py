@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from orchestrator import names
-from orchestrator.errors import SearchError, SearchInterrupted
+from orchestrator.errors import SearchError, SearchInterrupted, StorageLost, own_error
 from orchestrator.pareto import ConfigurationResult
 from orchestrator.report import report_early_stopping, report_front, report_importances, report_reuse
 from orchestrator.search import preflight
@@ -79,10 +79,15 @@ def run_search(
             status = "KILLED"
     except (KeyboardInterrupt, SearchInterrupted):  # the confirmation stage's trials were stopped
         status = "KILLED"
-    except BaseException as error:
+    except BaseException as raised:
+        error = own_error(raised)  # a callback's, which Tune re-raised as its traceback
+        if isinstance(error, StorageLost) and opening.started:
+            error = StorageLost(f"{error} (`run_search.py resume --config <its config> --search {opening.search_id}`)")
         # The search's own errors are sentences; anything else is named by its type.
         reason = one_line(error) if isinstance(error, SearchError) else f"{type(error).__name__}: {one_line(error)}"
-        raise
+        if error is raised:
+            raise
+        raise error from None
     finally:
         if opening.started:
             close_open_children(client, opening.experiment, opening.parent_run_id)

@@ -8,18 +8,27 @@ Both count trials the same way (`Tally`), by the searcher's and the front's rule
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
+from pyarrow.fs import FileType
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from orchestrator import names
+from orchestrator.errors import StorageLost
 from orchestrator.pareto import ConfigurationResult, Replicate, front_hypervolume
 from search_spaces.constraints import Floor
 from search_spaces.params import OBJECTIVES, Outcome, Params, configuration_outcome, outcome
+from trainables.messages import one_line, redact
+
+# The file Ray writes in an experiment's folder when it starts, and looks for before each checkpoint.
+_RAY_MARKER = ".validate_storage_marker"
 
 
 def _assignment(trial: Trial) -> dict[str, Any]:
@@ -156,6 +165,7 @@ class SearchProgress(Callback):
                 self._warn("the MLflow tracking server answers again: the metrics trials held are written")
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._stop_if_storage_lost(trial)
         name = f"{self.tally.configuration_of(trial)}-seed{trial.config.get(names.SEED, '?')}"
         self._warn(
             f"trial {name} {failure_of(trial)} (failure {trial.num_failures}); Ray restarts it from its last checkpoint"
@@ -174,6 +184,17 @@ class SearchProgress(Callback):
         self.running.discard(trial.trial_id)
         self.tally.add(trial, error=True)
         self._print()
+        self._stop_if_storage_lost(trial)
+
+    def _stop_if_storage_lost(self, trial: Trial) -> None:
+        """Stop the search (StorageLost, out of Tune's loop) when a trial failed because no checkpoint can be saved."""
+        # Every later trial and retry would fail the same way, each after its first epoch.
+        fault = storage_fault(trial)
+        if fault:
+            raise StorageLost(
+                f"{fault}: every trial would fail there, so the search stopped; the trials finished so far "
+                "are kept, and once the folder is back and writable it resumes from them"
+            )
 
 
 class HypervolumeLog(Callback):
@@ -247,16 +268,53 @@ class HypervolumeLog(Callback):
 
 # What Ray raises when a trial's process or node is gone, rather than the trial itself failing.
 _LOST_WORKER = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
+# What Ray raises in a trial when the experiment's folder in the trial storage is gone or unusable.
+_STORAGE_LOST = "Unable to set up cluster storage"
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b(\(\w+\))?: ")
 
 
 def failure_of(trial: Trial) -> str:
-    """What a retried trial's failure was, from the error Ray recorded: its own last line, else 'lost its worker'."""
-    try:
-        text = str(trial.get_error() or "")
-    except Exception:  # the error file is where the trial's storage is: it may be what failed
-        text = ""
+    """What a trial's latest failure was, from the error Ray recorded: its exception's line, or 'lost its worker'."""
+    text = _latest_error(trial)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     # No recorded error is what a lost node leaves (its error file was never written there).
     if not lines or any(kind in text for kind in _LOST_WORKER) or "actor died" in text.lower():
         return "lost its worker"
-    return f"failed ({lines[-1][:200]})"
+    if _STORAGE_LOST in text:
+        return "could not save its checkpoint in the trial storage"
+    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return f"failed ({(raised or lines)[-1][:200]})"
+
+
+def _latest_error(trial: Trial) -> str:
+    """The text of the trial's latest failure, from the error file Tune writes on the driver before callbacks run."""
+    # Tune also copies the file to the trial storage (`trial.get_error()` reads it there), but
+    # only later, and never when the storage is what failed.
+    try:
+        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+    except OSError:
+        return ""
+    return re.split(r"^Failure # \d+ \(occurred at [^)]*\)$", text, flags=re.MULTILINE)[-1]
+
+
+def storage_fault(trial: Trial) -> str | None:
+    """Why the trial storage of `trial`'s experiment cannot hold checkpoints now, as a clause; None when it can."""
+    storage = trial.storage
+    if storage is None:
+        return None
+    fs, folder = storage.storage_filesystem, storage.experiment_fs_path
+    probe = f"{folder}/.write-check-{uuid.uuid4().hex}"
+    cannot = f"the trial storage {redact(folder)} cannot hold checkpoints"
+    try:
+        found = fs.get_file_info(folder).type
+        if found != FileType.Directory:
+            return f"{cannot} ({'the folder is gone' if found == FileType.NotFound else 'a file replaced the folder'})"
+        # Ray checks its marker before every checkpoint: without it, a writable folder still fails.
+        if fs.get_file_info(f"{folder}/{_RAY_MARKER}").type != FileType.File:
+            return f"{cannot} (Ray's marker file {_RAY_MARKER} is gone from it: emptied, replaced or remounted)"
+        with fs.open_output_stream(probe) as stream:
+            stream.write(b"ok")
+        fs.delete_file(probe)
+    except OSError as error:  # pyarrow raises OSError subclasses for every file system
+        return f"{cannot} ({type(error).__name__}: {one_line(error)[:300]})"
+    return None
