@@ -19,7 +19,7 @@ import pytest
 import torch
 from test_promote import EXPERIMENT, MODEL, children, failing, promote, registry_state, searched  # noqa: F401
 
-from conftest import popen_search, run_search
+from conftest import cli, popen_search, run_search
 
 pytestmark = pytest.mark.slow
 
@@ -258,3 +258,45 @@ def test_a_sick_tracking_server_is_answered_in_one_line_within_the_bound(tmp_pat
     finally:
         server.shutdown()
     assert not os.listdir(tmp_path)  # nothing half-written
+
+
+class SilentServer(SickServer):
+    """A tracking server whose health check answers and whose API never does: a stuck worker behind it."""
+
+    def answer(self):
+        if self.path.startswith("/health"):
+            super().answer()
+        else:
+            time.sleep(120)  # longer than any read timeout a command should wait
+
+    do_GET = do_POST = do_PATCH = do_DELETE = answer
+
+
+def test_a_silent_tracking_server_is_given_up_on_after_three_read_timeouts(tmp_path):
+    from orchestrator.console import HTTP_SETTINGS
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SilentServer)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    read_timeout_s = 3  # the shipped 15 s gives up in about 50 s; the same three tries, shorter
+    try:
+        start = time.monotonic()
+        out = cli(
+            "history",
+            "--model-name",
+            "m",
+            "--tracking-uri",
+            uri,
+            cwd=tmp_path,
+            env={"MLFLOW_HTTP_REQUEST_TIMEOUT": str(read_timeout_s)},
+            fresh=True,
+        )
+        took = time.monotonic() - start
+    finally:
+        server.shutdown()
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert out.stderr.startswith(f"error: the MLflow tracking server {uri} did not answer to api/"), out.stderr
+    assert f"within {read_timeout_s} s, on every try" in out.stderr, out.stderr
+    tries = int(HTTP_SETTINGS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) + 1
+    assert tries * read_timeout_s <= took < tries * read_timeout_s + 30, f"gave up after {took:.0f} s"
