@@ -165,6 +165,7 @@ def _promote_locked(client: MlflowClient, staged: Staged, reason: str, gate: str
         written["staging"] = _stage_local(staged, str(holding.version))
         if moved_from is not None:
             written["record"] = record_move(client, name, alias, MOVE, previous, str(holding.version), reason, gate)
+            raise_if_interrupted()  # a signal whose exception the record's HTTP call swallowed
             written["alias"] = holding.version  # before the call: a call cut short may still have moved it
             client.set_registered_model_alias(name, alias, holding.version)
         local, failed = _commit_local(staged, written)

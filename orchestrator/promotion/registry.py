@@ -9,6 +9,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import SearchError
+from orchestrator.promotion.lock import LOCK_SUFFIX
 
 
 def default_model_name(experiment: str, arch: str = "resnet18") -> str:
@@ -42,8 +43,6 @@ _URI_CHARACTERS = "@#?%\\"
 
 def _check_uri_safe(model_name: str) -> None:
     """Refuse a model name that MLflow would store but that its URIs, or the servers' logs, would mangle."""
-    from orchestrator.promotion.lock import LOCK_SUFFIX
-
     bad = [c for c in model_name if not c.isprintable() or c in _URI_CHARACTERS]
     if bad:
         shown = ", ".join(dict.fromkeys(repr(c) for c in bad))
@@ -79,8 +78,6 @@ def resolve_version(client: MlflowClient, model_uri: str) -> ModelVersion:
         name, _, number = reference.partition("/")
         return client.get_model_version(name, number)
     except MlflowException as error:
-        from orchestrator.promotion.lock import LOCK_SUFFIX
-
         found = client.search_registered_models(max_results=50)
         registered = [m.name for m in found if not m.name.endswith(LOCK_SUFFIX)][:20]
         raise SearchError(

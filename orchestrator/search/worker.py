@@ -27,7 +27,7 @@ from orchestrator.serving import log_model
 from orchestrator.tracking import kept_params, replicate_runs
 from search_spaces.networks import feature_maps, kept, network
 from search_spaces.params import OBJECTIVES, Params
-from trainables.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint, restore_model
+from trainables.checkpoint import CheckpointError, checkpoint_digest, read_checkpoint, restore_model
 from trainables.config import TrialConfig
 from trainables.data import DataInput
 from trainables.messages import one_line
@@ -253,30 +253,39 @@ class MLflowTrialTracker:
         if error is None and checkpoint_uri is not None:
             # Any finished trial can be loaded later without Ray (`promote` reads it from here).
             tags = [RunTag(names.CHECKPOINT_URI, checkpoint_uri)]
+            state: dict[str, Any] | None = None
             try:  # its identity: a file swapped or replaced later is refused by promote
-                tags.append(RunTag(names.CHECKPOINT_SHA256, checkpoint_digest(checkpoint_uri)))
+                if self.log_models:  # read once: the model logged is the file the digest names
+                    state, digest = read_checkpoint(checkpoint_uri)
+                else:
+                    digest = checkpoint_digest(checkpoint_uri)
+                tags.append(RunTag(names.CHECKPOINT_SHA256, digest))
             except CheckpointError as unread:  # not `error`: that names the trial's own failure
                 print(f"cannot record the digest of its checkpoint: {unread}", flush=True)
+                if self.log_models:
+                    self._model_error(unread)
             self.outbox.call("tag its checkpoint", self.client.log_batch, self.run_id, tags=tags)
-            if self.log_models:
-                self._log_model(checkpoint_uri)
+            if state is not None:
+                self._log_model(state)
         if error is not None:
             reason = f"{type(error).__name__}: {one_line(error)}"[:5000]
             self.outbox.call("record its error", self.client.set_tag, self.run_id, names.ERROR, reason)
         status = "FAILED" if error is not None else "FINISHED"
         self.outbox.call("close its MLflow run", self.client.set_terminated, self.run_id, status=status)
 
-    def _log_model(self, checkpoint_uri: str) -> None:
+    def _log_model(self, state: dict[str, Any]) -> None:
         """The trial's final model in its run's Models tab; a failure here costs the copy, not the result."""
         try:
-            state = load_checkpoint(checkpoint_uri)
             model, config = restore_model(state)
             self.outbox.call(
                 "log its model", log_model, model, state["labels"], config.data.image_size, self.run_id, self.experiment
             )
         except Exception as error:  # the trial is complete and its checkpoint is tagged: keep it
-            reason = f"{type(error).__name__}: {one_line(error)}"[:5000]
-            self.outbox.call("record its model error", self.client.set_tag, self.run_id, names.LOG_MODEL_ERROR, reason)
+            self._model_error(error)
+
+    def _model_error(self, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {one_line(error)}"[:5000]
+        self.outbox.call("record its model error", self.client.set_tag, self.run_id, names.LOG_MODEL_ERROR, reason)
 
 
 def _node_id() -> str:
