@@ -1,5 +1,7 @@
 """The trainable inside a real local Ray Tune run: reports, checkpoints, restart after a crash."""
 
+import io
+import re
 import sys
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import ray.cloudpickle
 from ray import tune
 
 from conftest import TINY_TRIAL as TINY
+from orchestrator.search.progress import SearchProgress
 from trainables.checkpoint import load_checkpoint
 from trainables.config import TrialConfig
 from trainables.train import METRICS, train_and_evaluate
@@ -38,7 +41,7 @@ class CrashOnceAfterEpoch:
 
 
 def crashing_trial(config):
-    train_trial(config["trial"], tracker=CrashOnceAfterEpoch(config["marker"], epoch=1))
+    train_trial(config["trial"], tracker=CrashOnceAfterEpoch(config["marker"], epoch=config.get("crash_after", 1)))
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,31 @@ def test_trial_restarted_by_ray_ends_like_an_uninterrupted_run(local_ray, tmp_pa
     with result.checkpoint.as_directory() as directory:
         assert load_checkpoint(directory)["tracking"] == {"starts": 2}
     for key in ("train_loss", "accuracy", "shape_bias", "shape_accuracy", "texture_accuracy"):
+        assert result.metrics[key] == expected[-1][key], key
+
+
+def test_a_trial_checkpointing_every_second_epoch_redoes_the_epochs_after_its_last_one(local_ray, tmp_path):
+    sparse = {**TINY, "training": {**TINY["training"], "epochs": 4, "checkpoint_every": 2}}
+    expected = []
+    train_and_evaluate(TrialConfig.model_validate(sparse), lambda m, s: expected.append(m))
+    tuner = tune.Tuner(
+        tune.with_resources(crashing_trial, {"cpu": 1}),
+        param_space={"trial": sparse, "marker": str(tmp_path / "crashed"), "crash_after": 3},
+        run_config=tune.RunConfig(
+            name="sparse-checkpoints",
+            storage_path=str(tmp_path / "results"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
+    result = tuner.fit()[0]
+    assert result.error is None and (tmp_path / "crashed").exists()
+    # Saved after epochs 2 and 4 only; the crash at epoch 4 sent the restart back to epoch 2's.
+    assert result.metrics_dataframe["epoch"].tolist() == [1, 2, 3, 3, 4]
+    saved = sorted((tmp_path / "results" / "sparse-checkpoints").glob("*/checkpoint_*"))
+    assert [load_checkpoint(path)["epoch"] for path in saved] == [2, 4]
+    # The state it resumed from holds all a restart needs: the redone epochs end as if never lost.
+    for key in ("train_loss", "accuracy", "shape_bias"):
         assert result.metrics[key] == expected[-1][key], key
 
 
@@ -144,3 +172,32 @@ def test_trial_restarted_after_its_last_epoch_reports_its_final_result(local_ray
     assert uri == result.checkpoint.path and uri.startswith(str(tmp_path / "results"))
     assert load_checkpoint(uri)["epoch"] == 2
     assert result.metrics["epoch"] == 2 and 0 <= result.metrics["accuracy"] <= 1
+
+
+def flaky_trial(config):
+    """Fails once, as a disk or network hiccup would, then succeeds."""
+    marker = Path(config["marker"])
+    if not marker.exists():
+        marker.touch()
+        raise OSError("the disk hiccupped")
+    tune.report({"epoch": 1})
+
+
+def test_a_retried_trial_is_reported_with_what_it_raised_not_as_a_lost_worker(local_ray, tmp_path):
+    stream = io.StringIO()
+    tuner = tune.Tuner(
+        tune.with_resources(flaky_trial, {"cpu": 1}),
+        param_space={"marker": str(tmp_path / "failed-once")},
+        run_config=tune.RunConfig(
+            name="flaky",
+            storage_path=str(tmp_path / "results"),
+            verbose=0,
+            callbacks=[SearchProgress(configurations=1, seeds=1, epochs=1, stream=stream)],
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
+    assert tuner.fit()[0].error is None
+    warnings = [line for line in stream.getvalue().splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and re.fullmatch(
+        r"warning: trial \S+ failed \(OSError: the disk hiccupped\) \(failure 1\); Ray restarts it .*", warnings[0]
+    ), warnings

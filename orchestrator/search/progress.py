@@ -8,7 +8,6 @@ Both count trials the same way (`Tally`), by the searcher's and the front's rule
 from __future__ import annotations
 
 import math
-import re
 import sys
 import time
 import uuid
@@ -17,6 +16,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pyarrow.fs import FileType
+from ray import cloudpickle
+from ray.exceptions import (
+    LocalRayletDiedError,
+    NodeDiedError,
+    OutOfMemoryError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
@@ -266,35 +274,40 @@ class HypervolumeLog(Callback):
             )
 
 
-# What Ray raises when a trial's process or node is gone, rather than the trial itself failing.
-_LOST_WORKER = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
 # What Ray raises in a trial when the experiment's folder in the trial storage is gone or unusable.
 _STORAGE_LOST = "Unable to set up cluster storage"
-_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b(\(\w+\))?: ")
 
 
 def failure_of(trial: Trial) -> str:
-    """What a trial's latest failure was, from the error Ray recorded: its exception's line, or 'lost its worker'."""
-    text = _latest_error(trial)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # No recorded error is what a lost node leaves (its error file was never written there).
-    if not lines or any(kind in text for kind in _LOST_WORKER) or "actor died" in text.lower():
+    """What a trial's latest failure was, from the error Tune recorded: its own exception, or 'lost its worker'."""
+
+    error = _latest_error(trial)
+    # None is what a lost node leaves when Tune recorded nothing; the rest are Ray's own for a
+    # process or node that is gone (ActorDiedError, ActorUnavailableError are RayActorErrors).
+    if error is None or isinstance(
+        error, (RayActorError, WorkerCrashedError, NodeDiedError, OutOfMemoryError, LocalRayletDiedError)
+    ):
         return "lost its worker"
-    if _STORAGE_LOST in text:
+    cause = error.cause if isinstance(error, RayTaskError) else error  # what the trial itself raised
+    if _STORAGE_LOST in str(cause):
         return "could not save its checkpoint in the trial storage"
-    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
-    return f"failed ({(raised or lines)[-1][:200]})"
+    return f"failed ({type(cause).__name__}: {one_line(cause)[:200]})"
 
 
-def _latest_error(trial: Trial) -> str:
-    """The text of the trial's latest failure, from the error file Tune writes on the driver before callbacks run."""
-    # Tune also copies the file to the trial storage (`trial.get_error()` reads it there), but
-    # only later, and never when the storage is what failed.
+def _latest_error(trial: Trial) -> BaseException | None:
+    """The trial's latest failure, from the file Tune pickles it to on the driver before callbacks run."""
+    # Tune also copies the file to the trial storage (`trial.get_pickled_error()` reads it there),
+    # but only later, and never when the storage is what failed. The file is this process's own,
+    # written a moment ago into Ray's local session folder: not input from anyone else.
+    path = trial.pickled_error_file
+    if not path or not Path(path).is_file():
+        return None
     try:
-        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
-    except OSError:
-        return ""
-    return re.split(r"^Failure # \d+ \(occurred at [^)]*\)$", text, flags=re.MULTILINE)[-1]
+        with open(path, "rb") as file:
+            error = cloudpickle.load(file)
+    except Exception:  # an exception class that does not unpickle here: say nothing rather than guess
+        return None
+    return error if isinstance(error, BaseException) else None
 
 
 def storage_fault(trial: Trial) -> str | None:
