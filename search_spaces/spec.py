@@ -364,6 +364,8 @@ class SearchSpec(Strict):
             params = Params.from_dict(params)
         # Start from the validated base sections, so a new field is never dropped on the way.
         training = self.training.model_dump(mode="json") | params.knobs()
+        if self.early_stopping:  # a trial judged at a rung has its state there
+            training["checkpoint_epochs"] = sorted({*training["checkpoint_epochs"], *self.early_stopping.rungs})
         model = self.model.model_dump(mode="json") | {"topk": params.topk()}
         return {"data": self.data.model_dump(mode="json"), "model": model, "training": training, "seed": seed}
 

@@ -300,9 +300,8 @@ def test_a_killed_driver_resumes_on_the_cluster_without_rerunning_finished_trial
 def test_a_lost_node_costs_its_trial_a_restart_from_its_last_checkpoint(tmp_path, ray_cluster, tracking_server):
     # Last in the module: it ends the shared cluster's second node.
     second = ray_cluster.node_id(1)
-    driver = popen_search(
-        "search", *_search_args(tmp_path, ray_cluster, tracking_server, "training.epochs=4"), cwd=tmp_path
-    )
+    args = _search_args(tmp_path, ray_cluster, tracking_server, "training.epochs=6", "training.checkpoint_every=2")
+    driver = popen_search("search", *args, cwd=tmp_path)
     client = MlflowClient(tracking_server.uri)
 
     def checkpointed_on_the_second_node():
@@ -330,6 +329,7 @@ def test_a_lost_node_costs_its_trial_a_restart_from_its_last_checkpoint(tmp_path
     client, _, children = _runs(tracking_server)
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
     restarted = client.get_run(victim.info.run_id).data.tags
-    assert restarted["restarts"] == "1" and int(restarted["resumed_after_epoch"]) >= 1, restarted
+    # Saved every second epoch: it resumed from epoch 2 or 4, and the epochs it redid were logged once.
+    assert restarted["restarts"] == "1" and restarted["resumed_after_epoch"] in ("2", "4"), restarted
     assert restarted["ray_node_id"] != second  # finished on the surviving node
-    _assert_each_epoch_once(client, children, epochs=4)
+    _assert_each_epoch_once(client, children, epochs=6)

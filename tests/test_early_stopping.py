@@ -4,7 +4,9 @@ import pytest
 
 from conftest import QUICKSTART, REDUCED, run_search, search_runs
 from orchestrator.search.early_stopping import RungLadder, hypervolume_contributions, rank_order
+from search_spaces.params import Params
 from search_spaces.spec import ConfigError, load_spec
+from trainables.config import TrialConfig
 
 
 def test_hypervolume_contribution_is_the_area_a_point_alone_adds():
@@ -128,6 +130,12 @@ def test_early_stopping_settings_that_cannot_work_are_refused(overrides, message
     ):
         load_spec(QUICKSTART, overrides)
     assert load_spec(QUICKSTART, ["early_stopping={rungs: [1, 2]}"]).early_stopping.reduction_factor == 3
+
+
+def test_a_trial_saves_its_state_at_every_rung_and_at_its_last_epoch_whatever_its_interval():
+    spec = load_spec(QUICKSTART, ["training.epochs=9", "training.checkpoint_every=4", "early_stopping={rungs: [1, 3]}"])
+    training = TrialConfig.model_validate(spec.trial_config(Params.dense_reference(), seed=0)).training
+    assert [epoch for epoch in range(1, 10) if training.saves_checkpoint(epoch)] == [1, 3, 4, 8, 9]
 
 
 @pytest.mark.slow

@@ -65,6 +65,16 @@ class TrainingConfig(Strict):
     compile: bool = False
     # CPU threads for torch; 0 follows the trial's CPU allocation.
     threads: int = Field(0, ge=0)
+    # Save a checkpoint every N epochs, and always at the last and at `checkpoint_epochs` (a
+    # search puts its early-stopping rungs there). A restart resumes from the last one saved,
+    # so a lost worker redoes up to N - 1 epochs; each checkpoint holds the optimizer, scheduler
+    # and RNG states with the weights, which an exact resumption needs.
+    checkpoint_every: int = Field(1, ge=1)
+    checkpoint_epochs: list[int] = Field(default_factory=list)
+
+    def saves_checkpoint(self, epoch: int) -> bool:
+        """Whether the state after `epoch` is saved (epoch 0: the weights evaluated as loaded)."""
+        return epoch % self.checkpoint_every == 0 or epoch >= self.epochs or epoch in self.checkpoint_epochs
 
 
 class TrialConfig(Strict):

@@ -1,9 +1,10 @@
 """One trial as a Ray Tune function trainable, and the same trial from the command line.
 
 Inside Ray Tune, `train_trial(config)` resumes from `ray.tune.get_checkpoint()` when the trial is
-restarted, and every epoch calls `ray.tune.report(metrics, checkpoint=...)`. A `Tracker` (the
-orchestrator's MLflow logger, say) can ride along: the checkpoint's free `tracking` slot carries
-whatever it needs to reattach after a restart. Without Ray:
+restarted, and every epoch calls `ray.tune.report(metrics, ...)`, with a checkpoint every
+`training.checkpoint_every` epochs and at the last. A `Tracker` (the orchestrator's MLflow logger,
+say) can ride along: the checkpoint's free `tracking` slot carries whatever it needs to reattach
+after a restart. Without Ray:
 
     python -m trainables.trial --config trial.yaml [key=value ...] [--checkpoint-dir DIR] [--track]
 
@@ -59,6 +60,9 @@ def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
         state["tracking"] = slot
         health = tracker.log_epoch(metrics, state.pop("decision_files", None)) if tracker else {}
+        if not trial.training.saves_checkpoint(int(metrics["epoch"])):
+            tune.report({**metrics, **health})
+            return
         with temporary_checkpoint(state) as directory:
             tune.report({**metrics, **health}, checkpoint=tune.Checkpoint.from_directory(directory))
 
@@ -117,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="override any field, dotted: training.epochs=2 seed=3"
     )
-    parser.add_argument("--checkpoint-dir", type=Path, help="save state.pt here every epoch and resume from it")
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, help="save state.pt here every training.checkpoint_every epochs; resume from it"
+    )
     parser.add_argument("--track", action="store_true", help="log the run to MLflow (params, each epoch, provenance)")
     parser.add_argument(
         "--tracking-uri",
@@ -164,7 +170,7 @@ def _train(trial: TrialConfig, checkpoint_dir: Path | None, tracker: Tracker | N
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
         decision_files = state.pop("decision_files", {})
-        if checkpoint_dir:
+        if checkpoint_dir and trial.training.saves_checkpoint(int(metrics["epoch"])):
             save_checkpoint(state, checkpoint_dir)
             for name, text in decision_files.items():
                 write_text_atomically(checkpoint_dir / name, text)
