@@ -476,8 +476,9 @@ def test_silent_wrong_data_is_refused(tmp_path, shared_data):
 # --- the tracker: a restarted trial logs each epoch once and drops the error it retried ---------
 
 
-def test_reattached_child_run_logs_each_step_once_and_drops_a_stale_error(tmp_path, monkeypatch):
-    from orchestrator.search.worker import MLflowTrialTracker
+@pytest.fixture
+def tracked(tmp_path, monkeypatch):
+    """A store with a search's parent run: (client, experiment, parent run id, the searcher's config, trial config)."""
     from search_spaces.params import Params
     from trainables.config import TrialConfig
 
@@ -488,6 +489,13 @@ def test_reattached_child_run_logs_each_step_once_and_drops_a_stale_error(tmp_pa
     parent = client.create_run(experiment).info.run_id
     search_config = {"configuration": "c001", "seed": 0, "params": Params("layer1", 0.1, 0.02, 5e-4, 16).to_dict()}
     config = TrialConfig.model_validate({"data": {"kind": "synthetic", "train_size": 32, "test_size": 12}})
+    return client, experiment, parent, search_config, config
+
+
+def test_reattached_child_run_logs_each_step_once_and_drops_a_stale_error(tracked):
+    from orchestrator.search.worker import MLflowTrialTracker
+
+    client, experiment, parent, search_config, config = tracked
 
     first = MLflowTrialTracker(parent, experiment, "t1", search_config)
     slot = first.start(config, {})
@@ -507,18 +515,10 @@ def test_reattached_child_run_logs_each_step_once_and_drops_a_stale_error(tmp_pa
     assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2, 3]
 
 
-def test_a_run_whose_worker_died_before_describing_it_is_taken_over_not_duplicated(tmp_path, monkeypatch):
+def test_a_run_whose_worker_died_before_describing_it_is_taken_over_not_duplicated(tracked):
     from orchestrator.search.worker import MLflowTrialTracker
-    from search_spaces.params import Params
-    from trainables.config import TrialConfig
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("tracker")
-    parent = client.create_run(experiment).info.run_id
-    search_config = {"configuration": "c001", "seed": 0, "params": Params("layer1", 0.1, 0.02, 5e-4, 16).to_dict()}
-    config = TrialConfig.model_validate({"data": {"kind": "synthetic", "train_size": 32, "test_size": 12}})
+    client, experiment, parent, search_config, config = tracked
 
     # The first attempt created its run, then its worker was killed with the driver: tags only.
     first = MLflowTrialTracker(parent, experiment, "t1", search_config)

@@ -44,6 +44,18 @@ def crashing_trial(config):
     train_trial(config["trial"], tracker=CrashOnceAfterEpoch(config["marker"], epoch=config.get("crash_after", 1)))
 
 
+def fit_once(trainable, param_space, storage, name):
+    """One trial of `trainable` in Tune, allowed one restart: its result."""
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space=param_space,
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), verbose=0, failure_config=tune.FailureConfig(max_failures=1)
+        ),
+    )
+    return tuner.fit()[0]
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
@@ -54,18 +66,9 @@ def local_ray():
 def test_trial_restarted_by_ray_ends_like_an_uninterrupted_run(local_ray, tmp_path):
     expected = []
     train_and_evaluate(TrialConfig.model_validate(TINY), lambda m, s: expected.append(m))
-    tuner = tune.Tuner(
-        tune.with_resources(crashing_trial, {"cpu": 1}),
-        param_space={"trial": TINY, "marker": str(tmp_path / "crashed")},
-        run_config=tune.RunConfig(
-            name="crash",
-            storage_path=str(tmp_path / "results"),
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=1),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
+    result = fit_once(
+        crashing_trial, {"trial": TINY, "marker": str(tmp_path / "crashed")}, tmp_path / "results", "crash"
     )
-    result = tuner.fit()[0]
     assert result.error is None and (tmp_path / "crashed").exists()
     history = result.metrics_dataframe
     assert set(METRICS) <= set(history.columns)
@@ -81,20 +84,16 @@ def test_a_trial_checkpointing_every_second_epoch_redoes_the_epochs_after_its_la
     sparse = {**TINY, "training": {**TINY["training"], "epochs": 4, "checkpoint_every": 2}}
     expected = []
     train_and_evaluate(TrialConfig.model_validate(sparse), lambda m, s: expected.append(m))
-    tuner = tune.Tuner(
-        tune.with_resources(crashing_trial, {"cpu": 1}),
-        param_space={"trial": sparse, "marker": str(tmp_path / "crashed"), "crash_after": 3},
-        run_config=tune.RunConfig(
-            name="sparse-checkpoints",
-            storage_path=str(tmp_path / "results"),
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
+    result = fit_once(
+        crashing_trial,
+        {"trial": sparse, "marker": str(tmp_path / "crashed"), "crash_after": 3},
+        tmp_path / "results",
+        "sparse-checkpoints",
     )
-    result = tuner.fit()[0]
     assert result.error is None and (tmp_path / "crashed").exists()
-    # Saved after epochs 2 and 4 only; the crash at epoch 4 sent the restart back to epoch 2's.
-    assert result.metrics_dataframe["epoch"].tolist() == [1, 2, 3, 3, 4]
+    # Saved after epochs 2 and 4 only, and epoch 2's once: the crash at epoch 4 sent the restart
+    # back to epoch 2's checkpoint, not to the start (result.metrics_dataframe is not read: which
+    # rows Ray keeps across a restart varies, see below).
     saved = sorted((tmp_path / "results" / "sparse-checkpoints").glob("*/checkpoint_*"))
     assert [load_checkpoint(path)["epoch"] for path in saved] == [2, 4]
     # The state it resumed from holds all a restart needs: the redone epochs end as if never lost.
@@ -151,17 +150,9 @@ def crashing_at_finish(config):
 
 def test_trial_restarted_after_its_last_epoch_reports_its_final_result(local_ray, tmp_path):
     config = {**TINY, "training": {**TINY["training"], "epochs": 2}}
-    tuner = tune.Tuner(
-        tune.with_resources(crashing_at_finish, {"cpu": 1}),
-        param_space={"trial": config, "marker": str(tmp_path / "crashed")},
-        run_config=tune.RunConfig(
-            name="final",
-            storage_path=str(tmp_path / "results"),
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
+    result = fit_once(
+        crashing_at_finish, {"trial": config, "marker": str(tmp_path / "crashed")}, tmp_path / "results", "final"
     )
-    result = tuner.fit()[0]
     assert result.error is None and (tmp_path / "crashed").exists()
     # No epoch was trained again, and the trial ended on its final metrics. (Not read from
     # result.metrics_dataframe: which rows Ray's result files keep across a restart varies from
