@@ -139,15 +139,21 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 def non_dominated_ranks(points: list[tuple[float, float]]) -> list[int]:
     """Non-dominated sorting: rank 0 is the Pareto front, rank 1 the front once 0 is removed, ..."""
-    ranks = [-1] * len(points)
-    remaining = set(range(len(points)))
-    rank = 0
-    while remaining:
-        front = {i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining)}
-        for i in front:
-            ranks[i] = rank
-        remaining -= front
-        rank += 1
+    # One sweep, most accurate first: only a point already swept can dominate the next, and the
+    # next joins the first front whose latest member (the highest shape bias in it so far) does not
+    # dominate it. That is O(n x fronts); removing front after front was O(n^2) each, seconds
+    # per early-stopping decision at a rung of 1,000 configurations. A point with a NaN neither
+    # dominates nor is dominated: it is on the front.
+    ranks = [0] * len(points)
+    swept = sorted(
+        (i for i, p in enumerate(points) if not (math.isnan(p[0]) or math.isnan(p[1]))),
+        key=lambda i: (-points[i][0], -points[i][1]),
+    )
+    latest: list[tuple[float, float]] = []  # front -> its latest member
+    for i in swept:
+        rank = next((k for k, member in enumerate(latest) if not dominates(member, points[i])), len(latest))
+        latest[rank : rank + 1] = [points[i]]
+        ranks[i] = rank
     return ranks
 
 

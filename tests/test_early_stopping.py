@@ -1,8 +1,11 @@
 """Replicate-aware multi-objective early stopping: the ranking rule, the rung ladder, the spec."""
 
+import random
+
 import pytest
 
 from conftest import QUICKSTART, REDUCED, run_search, search_runs
+from orchestrator.pareto import dominates, hypervolume
 from orchestrator.search.early_stopping import RungLadder, hypervolume_contributions, rank_order
 from search_spaces.params import Params
 from search_spaces.spec import ConfigError, load_spec
@@ -15,6 +18,19 @@ def test_hypervolume_contribution_is_the_area_a_point_alone_adds():
     # Each point's own rectangle, between its neighbours on the front.
     assert contributions == pytest.approx([0.1 * 0.1, 0.3 * 0.1, 0.4 * 0.3, 0.1 * 0.4])
     assert hypervolume_contributions([(0.5, 0.5), (0.5, 0.5)], reference=(0.0, 0.0)) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("one_front", [True, False])
+def test_each_contribution_is_what_removing_the_point_takes_away(seed, one_front):
+    rng = random.Random(seed)
+    points = [(rng.randint(0, 6) / 6, rng.randint(0, 6) / 6) for _ in range(rng.randint(1, 30))]
+    if one_front:  # as rank_order asks: one front's members, repeats included
+        points = [p for p in points if not any(dominates(q, p) for q in points)]
+    reference = (0.1, 0.0)  # some points on or below it add nothing
+    total = hypervolume(points, reference)
+    left_out = [total - hypervolume(points[:i] + points[i + 1 :], reference) for i in range(len(points))]
+    assert hypervolume_contributions(points, reference) == pytest.approx(left_out)
 
 
 def test_rank_order_is_front_first_then_hypervolume_contribution_then_id():

@@ -1,5 +1,7 @@
 """Non-dominated sorting, hypervolume, and the replicate searcher's bookkeeping with real Optuna."""
 
+import random
+
 import optuna
 import pytest
 from ray.tune.search import Searcher
@@ -14,6 +16,25 @@ def test_dominance_and_ranks():
     assert dominates((0.8, 0.3), (0.7, 0.3)) and not dominates((0.8, 0.3), (0.8, 0.3))
     points = [(0.9, 0.1), (0.8, 0.3), (0.7, 0.2), (0.5, 0.5), (0.4, 0.4), (0.9, 0.05)]
     assert non_dominated_ranks(points) == [0, 0, 1, 0, 1, 1]
+
+
+def removing_front_after_front(points):
+    """The definition of the ranks, computed the slow way."""
+    ranks, remaining, rank = [-1] * len(points), set(range(len(points))), 0
+    while remaining:
+        front = {i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining)}
+        for i in front:
+            ranks[i] = rank
+        remaining, rank = remaining - front, rank + 1
+    return ranks
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_sweep_ranks_as_the_definition_does_with_ties_and_repeats(seed):
+    rng = random.Random(seed)
+    # Values on a coarse grid, so that equal coordinates and repeated points are common.
+    points = [(rng.randint(0, 8) / 8, rng.randint(0, 8) / 8) for _ in range(rng.randint(1, 60))]
+    assert non_dominated_ranks(points) == removing_front_after_front(points)
 
 
 def test_hypervolume_of_a_staircase():

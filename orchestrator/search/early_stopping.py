@@ -27,6 +27,7 @@ makes sure of it, because Tune may end a stopped trial's worker before the worke
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,22 +44,34 @@ Point = tuple[float, float]
 
 def hypervolume_contributions(points: list[Point], reference: Point) -> list[float]:
     """The hypervolume each point alone adds to the set's, above `reference` (a duplicate adds nothing)."""
-    total = hypervolume(points, reference)
-    return [total - hypervolume(points[:i] + points[i + 1 :], reference) for i in range(len(points))]
+    counts = Counter(points)
+    above = sorted((p for p in counts if p[0] > reference[0] and p[1] > reference[1]), key=lambda p: (-p[0], -p[1]))
+    if any(later[1] <= earlier[1] for earlier, later in zip(above, above[1:], strict=False)):
+        # Some point is dominated, so a point's removal may uncover area of the ones it dominates.
+        total = hypervolume(points, reference)
+        return [total - hypervolume(points[:i] + points[i + 1 :], reference) for i in range(len(points))]
+    # One front (what `rank_order` asks about): each point's own area is the rectangle between its
+    # neighbours, one sort where removing each point in turn and recomputing is O(n^2 log n).
+    own = {}
+    for i, (x, y) in enumerate(above):
+        right = above[i + 1][0] if i + 1 < len(above) else reference[0]
+        below = above[i - 1][1] if i > 0 else reference[1]
+        own[(x, y)] = (x - right) * (y - below) if counts[(x, y)] == 1 else 0.0
+    return [own.get(p, 0.0) for p in points]
 
 
 def rank_order(points: dict[str, Point]) -> list[str]:
     """Configurations best first: by non-dominated front, then hypervolume contribution, then id."""
     names = sorted(points)
-    ranks = non_dominated_ranks([points[c] for c in names])
+    ranks = dict(zip(names, non_dominated_ranks([points[c] for c in names]), strict=True))
     # Just below the worst values at the rung, so that every front member adds some area.
     reference = (min(p[0] for p in points.values()) - 1e-3, min(p[1] for p in points.values()) - 1e-3)
     contribution: dict[str, float] = {}
-    for rank in set(ranks):
-        members = [c for c, r in zip(names, ranks, strict=True) if r == rank]
+    for rank in set(ranks.values()):
+        members = [c for c in names if ranks[c] == rank]
         contributions = hypervolume_contributions([points[c] for c in members], reference)
         contribution.update(zip(members, contributions, strict=True))
-    return sorted(names, key=lambda c: (ranks[names.index(c)], -contribution[c], c))
+    return sorted(names, key=lambda c: (ranks[c], -contribution[c], c))
 
 
 @dataclass
