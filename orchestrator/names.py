@@ -32,6 +32,7 @@ ASSIGNMENT = "assignment"  # a confirmation trial's config: {"assignment": the f
 
 # --- what a trial reports to Tune beside its metrics (`trainables.metrics`) -------------------
 TRACKING_UNSENT = "tracking_unsent"  # metric values held while the tracking server is away
+MLFLOW_RUN_ID = "mlflow_run_id"  # reported with each epoch: the driver closes a stopped trial's run by id
 FAILED = "failed"  # the reason of a deterministic failure, with NaN objectives
 
 # --- parent run: tags ----------------------------------------------------------------------------

@@ -100,23 +100,27 @@ def test_the_driver_closes_a_stopped_run_its_worker_left_open(tmp_path):
     experiment = client.create_experiment("stopped")
     parent = client.create_run(experiment).info.run_id
 
-    def child(configuration):
-        tags = {MLFLOW_PARENT_RUN_ID: parent, "configuration": configuration, "seed": "0"}
+    def child(configuration, seed="0"):
+        tags = {MLFLOW_PARENT_RUN_ID: parent, "configuration": configuration, "seed": seed}
         return client.create_run(experiment, tags=tags).info.run_id
 
-    stopped, complete = child("c002"), child("c001")
+    # c002's run is tagged for another seed than its trial's, so only the id it reported finds it.
+    stopped, complete, unreported = child("c002", seed="9"), child("c001"), child("c003")
 
-    def trial(configuration, epoch):
+    def trial(configuration, epoch, run_id=None):
+        result = {"epoch": epoch, "accuracy": 0.5, "shape_bias": 0.5}
         return SimpleNamespace(
             config={"configuration": configuration, "seed": 0},
-            last_result={"epoch": epoch, "accuracy": 0.5, "shape_bias": 0.5},
+            last_result=result | ({"mlflow_run_id": run_id} if run_id else {}),
         )
 
     callback = StoppedRuns(uri, parent, epochs=3)
-    callback.on_trial_complete(0, [], trial("c002", 1))
-    callback.on_trial_complete(0, [], trial("c001", 3))  # complete: its worker closes it, not the driver
-    assert client.get_run(stopped).info.status == "FINISHED"
-    assert client.get_run(stopped).data.tags["stopped_at_epoch"] == "1"
+    callback.on_trial_complete(0, [], trial("c002", 1, stopped))  # found by the id its worker reported
+    callback.on_trial_complete(0, [], trial("c003", 2))  # reported none (its first epoch never came): searched for
+    callback.on_trial_complete(0, [], trial("c001", 3, complete))  # complete: its worker closes it, not the driver
+    for run_id, epoch in ((stopped, "1"), (unreported, "2")):
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert client.get_run(run_id).data.tags["stopped_at_epoch"] == epoch
     assert client.get_run(complete).info.status == "RUNNING"
 
 

@@ -83,7 +83,7 @@ class RunTracker:
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         return {}
 
-    def log_epoch(self, metrics: dict[str, float], files: dict[str, str] | None = None) -> dict[str, float]:
+    def log_epoch(self, metrics: dict[str, float], files: dict[str, str] | None = None) -> dict[str, float | str]:
         """One epoch's metrics at step = epoch, and its decision files as text artifacts."""
         log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))
         for name, text in (files or {}).items():

@@ -35,7 +35,7 @@ class Tracker(Protocol):
     """Logs a trial somewhere; `start` returns what must survive a restart (kept in checkpoints)."""
 
     def start(self, config: TrialConfig, saved: dict[str, Any]) -> dict[str, Any]: ...
-    def log_epoch(self, metrics: dict[str, float], files: dict[str, str] | None = None) -> dict[str, float]:
+    def log_epoch(self, metrics: dict[str, float], files: dict[str, str] | None = None) -> dict[str, float | str]:
         """Log one epoch (and text files, by name); returns values to report to Tune beside the metrics."""
         ...
 

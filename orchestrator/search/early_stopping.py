@@ -173,10 +173,18 @@ class StoppedRuns(Callback):
 
         configuration, seed = trial.config[names.CONFIGURATION], trial.config[names.SEED]
         try:
-            if not self.experiment:
+            if self.client is None:
                 self.client = MlflowClient(self.tracking_uri)
-                self.experiment = self.client.get_run(self.parent_run_id).info.experiment_id
-            for run in replicate_runs(self.client, self.experiment, self.parent_run_id, configuration, seed):
+            # The worker reports its run's id with every epoch; a search among the experiment's
+            # runs (whose cost grows with them) is left for a trial that never reported one.
+            run_id = result.get(names.MLFLOW_RUN_ID)
+            if run_id:
+                runs = [self.client.get_run(run_id)]
+            else:
+                if not self.experiment:
+                    self.experiment = self.client.get_run(self.parent_run_id).info.experiment_id
+                runs = replicate_runs(self.client, self.experiment, self.parent_run_id, configuration, seed)
+            for run in runs:
                 if run.info.status == "RUNNING":
                     self.client.set_tag(run.info.run_id, names.STOPPED_AT_EPOCH, str(int(result[names.EPOCH])))
                     self.client.set_terminated(run.info.run_id, status="FINISHED")

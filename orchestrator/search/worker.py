@@ -223,7 +223,7 @@ class MLflowTrialTracker:
                     raise
                 time.sleep(0.5 * (attempt + 1))
 
-    def log_epoch(self, metrics: dict[str, float], files: dict[str, str] | None = None) -> dict[str, float]:
+    def log_epoch(self, metrics: dict[str, float], files: dict[str, str] | None = None) -> dict[str, float | str]:
         step = int(metrics[names.EPOCH])
         if not self.finished and step not in self.logged_steps:
             self.logged_steps.add(step)
@@ -231,8 +231,9 @@ class MLflowTrialTracker:
             self.slot["epoch"] = step  # saved with this epoch's checkpoint
             for name, text in (files or {}).items():
                 self.outbox.call(f"log {name}", self.client.log_text, self.run_id, text, name)
-        # Reported to Tune with the epoch: the driver warns when trials hold metrics (SearchProgress).
-        return {names.TRACKING_UNSENT: float(len(self.outbox.pending))}
+        # Reported to Tune with the epoch: the driver warns when trials hold metrics (SearchProgress),
+        # and closes a stopped trial's run by its id (StoppedRuns), with no search among all runs.
+        return {names.TRACKING_UNSENT: float(len(self.outbox.pending)), names.MLFLOW_RUN_ID: self.run_id or ""}
 
     def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None:
         if not self.run_id or self.finished:
