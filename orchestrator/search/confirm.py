@@ -27,6 +27,7 @@ from orchestrator.intervals import Uncertainty
 from orchestrator.pareto import ConfigurationResult
 from orchestrator.rounds import DENSE, Round, check_configurations, choose, latest_round, report_round, start_round
 from orchestrator.search.progress import SearchProgress
+from orchestrator.search.ray_session import KEEP_CHECKPOINTS
 from orchestrator.search.worker import confirm_trial
 from orchestrator.tracking import SearchRecord
 from search_spaces.params import Params
@@ -89,7 +90,7 @@ def run_round(
                 verbose=0,
                 callbacks=[SearchProgress(len(params), len(round_.seeds), spec.training.epochs)],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             ),
         )
     grid = tuner.fit()

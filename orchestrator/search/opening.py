@@ -33,6 +33,7 @@ from orchestrator.provenance import git_commit, package_versions
 from orchestrator.search import preflight
 from orchestrator.search.early_stopping import ReplicateSuccessiveHalving, StoppedRuns
 from orchestrator.search.progress import HypervolumeLog, SearchProgress
+from orchestrator.search.ray_session import KEEP_CHECKPOINTS
 from orchestrator.search.searcher import ReplicateSearcher, make_study
 from orchestrator.tracking import SearchRecord, experiment_id, find_searches
 from search_spaces.params import placement_key
@@ -148,7 +149,7 @@ class Opening:
                     *([StoppedRuns(self.tracking_uri, self.parent_run_id, epochs)] if stopping else []),
                 ],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             ),
         )
 

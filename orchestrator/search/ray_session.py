@@ -21,11 +21,21 @@ from orchestrator.errors import SearchError
 from search_spaces.spec import SearchSpec
 from trainables.messages import one_line, redact
 
+# Each trial's checkpoints Tune keeps. With one, Tune must save the whole experiment state (every
+# trial's) and upload it whenever any trial saves a checkpoint; with two, only when a trial saves
+# twice between its periodic saves (every 10 s or more, about 5% of the driver's time). At 1,000
+# trials that state is about 30 MB: saved at every checkpoint, it stalled a 2,000-trial search
+# (bench/scale.py; docs/scaling.md).
+KEEP_CHECKPOINTS = 2
+
 
 def quiet() -> None:
-    """Our progress line replaces Ray's tables, banners and state-sync warnings."""
+    """Our progress line replaces Ray's tables, banners and state-sync warnings, and MLflow Tune's result files."""
     import optuna
 
+    # Tune's per-trial result files (CSV, JSON, TensorBoard) are written by the driver and uploaded
+    # with every save of the experiment state, every trial's each time; MLflow holds every metric.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
