@@ -1,6 +1,7 @@
 """The trainable inside a real local Ray Tune run: reports, checkpoints, restart after a crash."""
 
 import io
+import os
 import re
 import sys
 from pathlib import Path
@@ -56,11 +57,32 @@ def fit_once(trainable, param_space, storage, name):
     return tuner.fit()[0]
 
 
+class RecordingTracker(CrashOnceAfterEpoch):
+    """Appends the names of the metrics it logs to a file, one epoch a line; never crashes."""
+
+    def log_epoch(self, metrics, files=None):
+        with open(self.marker, "a") as logged:
+            logged.write(",".join(sorted(metrics)) + "\n")
+        return {"tracking_unsent": 0.0}
+
+
+HEARD = {"epoch", "accuracy", "shape_bias", "tracking_unsent"}
+
+
+def narrowly_reported_trial(config):
+    train_trial(config["trial"], tracker=RecordingTracker(config["marker"], epoch=0), reported=HEARD)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
+    # These tests read Tune's own result files, which a search's driver turns off for its process
+    # (ray_session.quiet): a refusal test run in this process before may have done so.
+    disabled = os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()
+    if disabled is not None:
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = disabled
 
 
 def test_trial_restarted_by_ray_ends_like_an_uninterrupted_run(local_ray, tmp_path):
@@ -99,6 +121,16 @@ def test_a_trial_checkpointing_every_second_epoch_redoes_the_epochs_after_its_la
     # The state it resumed from holds all a restart needs: the redone epochs end as if never lost.
     for key in ("train_loss", "accuracy", "shape_bias"):
         assert result.metrics[key] == expected[-1][key], key
+
+
+def test_tune_hears_only_the_metrics_named_while_the_tracker_logs_every_one(local_ray, tmp_path):
+    marker = tmp_path / "logged"
+    result = fit_once(narrowly_reported_trial, {"trial": TINY, "marker": str(marker)}, tmp_path / "results", "narrow")
+    assert result.error is None
+    # Tune adds its own keys (time_total_s, training_iteration, ...): none of them a metric of ours.
+    assert {k for k in result.metrics if k in {*METRICS, "tracking_unsent"}} == HEARD
+    logged = [set(line.split(",")) for line in marker.read_text().split()]
+    assert len(logged) == TINY["training"]["epochs"] and all(epoch >= set(METRICS) for epoch in logged)
 
 
 def test_plain_trial_in_tune_reports_each_epoch(local_ray, tmp_path):

@@ -19,6 +19,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,8 +43,13 @@ class Tracker(Protocol):
     def finish(self, error: BaseException | None, checkpoint_uri: str | None = None) -> None: ...
 
 
-def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
-    """Ray Tune function trainable: validate `config`, resume if restarted, report every epoch."""
+def train_trial(
+    config: dict[str, Any], tracker: Tracker | None = None, reported: Collection[str] | None = None
+) -> None:
+    """Ray Tune function trainable: validate `config`, resume if restarted, report every epoch.
+
+    `reported` names the metrics Tune hears of (None: all); the tracker logs every one.
+    """
     from ray import tune
 
     trial = TrialConfig.model_validate(config)
@@ -60,16 +66,17 @@ def train_trial(config: dict[str, Any], tracker: Tracker | None = None) -> None:
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
         state["tracking"] = slot
         health = tracker.log_epoch(metrics, state.pop("decision_files", None)) if tracker else {}
+        result = _only({**metrics, **health}, reported)
         if not trial.training.saves_checkpoint(int(metrics["epoch"])):
-            tune.report({**metrics, **health})
+            tune.report(result)
             return
         with temporary_checkpoint(state) as directory:
-            tune.report({**metrics, **health}, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
 
     if resume is not None and resume["epoch"] >= trial.training.epochs:
         # Restarted after its last epoch (the driver died before it recorded the end): report
         # the final result again, so Tune and the searcher see a complete trial.
-        tune.report(resume["metrics"])
+        tune.report(_only(resume["metrics"], reported))
         if tracker:
             tracker.finish(None, checkpoint_uri(checkpoint))
         return
@@ -87,6 +94,10 @@ def _train_telling(tracker: Tracker | None, trial: TrialConfig, report: Any, res
         if tracker:
             tracker.finish(error)
         raise
+
+
+def _only(result: dict[str, Any], reported: Collection[str] | None) -> dict[str, Any]:
+    return result if reported is None else {k: v for k, v in result.items() if k in reported}
 
 
 def checkpoint_uri(checkpoint: Any) -> str:

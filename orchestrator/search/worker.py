@@ -23,6 +23,7 @@ from ray import tune
 
 from orchestrator import names
 from orchestrator.search.outbox import Outbox
+from orchestrator.search.searcher import RECORDED
 from orchestrator.serving import log_model
 from orchestrator.tracking import kept_params, replicate_runs
 from search_spaces.networks import feature_maps, kept, network
@@ -33,6 +34,12 @@ from trainables.data import DataInput
 from trainables.messages import one_line
 from trainables.train import NonFiniteLossError
 from trainables.trial import train_trial
+
+# What Tune hears of each epoch: what the driver decides on (the searcher's record, early
+# stopping, the progress line), and the trial's health. Tune keeps running statistics of every
+# number a trial reports, per trial, for the whole search (about 2.5 KB a metric, in the
+# driver's memory and in each save of its experiment state); MLflow gets every metric.
+TUNE_HEARS = frozenset((names.EPOCH, *RECORDED, names.TRACKING_UNSENT, names.MLFLOW_RUN_ID))
 
 # Failures that a retry would repeat exactly: bad numbers, undecodable data, a bad config or
 # checkpoint (ValidationError and CheckpointError are ValueErrors). OSError and Ray's own errors
@@ -52,7 +59,7 @@ def search_trial(
         parent_run_id, experiment, tune.get_context().get_trial_id(), config, log_models, data_digests
     )
     try:
-        train_trial(config[names.TRIAL], tracker)
+        train_trial(config[names.TRIAL], tracker, reported=TUNE_HEARS)
     except DETERMINISTIC as error:
         # The child run is already FAILED with the reason in its `error` tag. A final result with
         # no objectives ends the trial (the searcher, the front and the progress line count it as
