@@ -79,16 +79,15 @@ def replicate_runs(
     max_results: int = 100,
 ) -> list[Run]:
     """The child runs of one configuration's seed in a search (more than one only if an attempt's run was replaced)."""
-    return list(
-        client.search_runs(
-            [experiment],
-            filter_string=(
-                f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and "
-                f"tags.{names.CONFIGURATION} = '{configuration}' and tags.{names.SEED} = '{seed}'"
-            ),
-            max_results=max_results,
-        )
+    # The parent is matched here, not in the filter: with it, the store joins every child of the
+    # search (each trial's start asks this), which took 0.9 s through an MLflow server at 2,000
+    # children and grew with them; configuration and seed alone match one run per search.
+    runs = client.search_runs(
+        [experiment],
+        filter_string=f"tags.{names.CONFIGURATION} = '{configuration}' and tags.{names.SEED} = '{seed}'",
+        max_results=50_000,
     )
+    return [r for r in runs if r.data.tags.get(names.MLFLOW_PARENT_RUN_ID) == parent_run_id][:max_results]
 
 
 @dataclass(frozen=True)
