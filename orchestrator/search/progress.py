@@ -11,6 +11,7 @@ import math
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,23 +47,48 @@ def _assignment(trial: Trial) -> dict[str, Any]:
 
 
 class Tally:
-    """How every trial that ended, ended, by configuration; and what the complete ones scored."""
+    """How every trial that ended, ended, by configuration; and what the complete ones scored.
+
+    Its counts, verdicts, best values and front results are kept as trials are added, so that a
+    progress line or a hypervolume point costs the same at the 2,000th trial as at the first.
+    """
 
     def __init__(self, seeds: int, epochs: int) -> None:
         self.seeds, self.epochs = seeds, epochs
         self.outcomes: dict[str, dict[str, Outcome]] = {}  # configuration -> trial id -> outcome
         self.points: dict[str, dict[str, dict[str, float]]] = {}  # configuration -> trial id -> what the front reads
         self.params: dict[str, Params] = {}
+        self.counts: Counter[Outcome] = Counter()  # trials by outcome
+        self.verdicts: dict[str, Outcome] = {}  # configurations whose every seed ended
+        self.best: dict[str, float] = {}  # objective -> the best a complete trial scored
+        self.results: dict[str, ConfigurationResult] = {}  # complete configurations, as the front reads them
 
     def add(self, trial: Trial, error: bool = False) -> Outcome:
         """Count an ended trial (`error`: Tune errored it) and return its outcome."""
         configuration = self.configuration_of(trial)
         ended = outcome(trial.last_result, self.epochs, error)
-        self.outcomes.setdefault(configuration, {})[trial.trial_id] = ended
+        seeds = self.outcomes.setdefault(configuration, {})
+        if trial.trial_id in seeds:  # counted before (a trial restored after it ended): counted again
+            self.counts[seeds[trial.trial_id]] -= 1
+        seeds[trial.trial_id] = ended
+        self.counts[ended] += 1
         if ended is Outcome.COMPLETE:
             self.params[configuration] = Params.from_dict(_assignment(trial)[names.PARAMS])
             point = {m: trial.last_result.get(m, math.nan) for m in (*OBJECTIVES, names.CUE_DECISION_RATE)}
             self.points.setdefault(configuration, {})[trial.trial_id] = point
+            for name in OBJECTIVES:
+                self.best[name] = max(self.best.get(name, -math.inf), point[name])
+        verdict = configuration_outcome(list(seeds.values()), self.seeds)
+        if verdict is not None:
+            self.verdicts[configuration] = verdict
+        if verdict is not Outcome.COMPLETE:
+            self.results.pop(configuration, None)
+        else:
+            self.results[configuration] = ConfigurationResult(
+                configuration,
+                self.params[configuration],
+                tuple(Replicate(t, i, **p) for i, (t, p) in enumerate(self.points[configuration].items())),  # type: ignore[arg-type]
+            )
         return ended
 
     def configuration_of(self, trial: Trial) -> str:
@@ -71,26 +97,18 @@ class Tally:
 
     def verdict(self, configuration: str) -> Outcome | None:
         """The configuration's outcome, None while a seed has not ended."""
-        return configuration_outcome(list(self.outcomes.get(configuration, {}).values()), self.seeds)
+        return self.verdicts.get(configuration)
 
     def trials(self, ended: Outcome) -> int:
-        return sum(o is ended for seeds in self.outcomes.values() for o in seeds.values())
+        return self.counts[ended]
 
     def finished(self) -> int:
         """Configurations whose every seed ended, whatever the outcome."""
-        return sum(self.verdict(c) is not None for c in self.outcomes)
+        return len(self.verdicts)
 
     def complete(self) -> list[ConfigurationResult]:
         """Configurations whose every seed is complete, as the front reads them."""
-        return [
-            ConfigurationResult(
-                c,
-                self.params[c],
-                tuple(Replicate(t, i, **point) for i, (t, point) in enumerate(self.points[c].items())),  # type: ignore[arg-type]
-            )
-            for c in sorted(self.outcomes)
-            if self.verdict(c) is Outcome.COMPLETE
-        ]
+        return [self.results[c] for c in sorted(self.results)]
 
     def recount(self, trials: list[Trial]) -> None:
         """Count the trials that ended before a resume (a restored callback starts empty)."""
@@ -126,14 +144,9 @@ class SearchProgress(Callback):
             self.tally.recount(trials)
 
     def _print(self) -> None:
-        points = [p for seeds in self.tally.points.values() for p in seeds.values()]
-        best = " · ".join(
-            f"best {name.replace('_', ' ')} {max(p[name] for p in points):.3f}"
-            for name in OBJECTIVES
-            if self.tally.points
-        )
+        best = " · ".join(f"best {name.replace('_', ' ')} {value:.3f}" for name, value in self.tally.best.items())
         elapsed = int(time.monotonic() - self.start)
-        complete = sum(self.tally.verdict(c) is Outcome.COMPLETE for c in self.tally.outcomes)
+        complete = len(self.tally.results)
         stopped = self.tally.trials(Outcome.STOPPED)
         line = (
             f"[{elapsed // 60:>2}m{elapsed % 60:02d}s] configurations {complete}/{self.configurations} done"
