@@ -36,6 +36,8 @@ def quiet() -> None:
     # Tune's per-trial result files (CSV, JSON, TensorBoard) are written by the driver and uploaded
     # with every save of the experiment state, every trial's each time; MLflow holds every metric.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Without them Tune's result grid warns, trial by trial, that it found no result files.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
