@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/sampler_efficiency.py
 	$(PY) bench/early_stopping.py
 	$(PY) bench/duplicates.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) mlflow.db optuna.db ray_results mlruns mlartifacts pareto-*.csv pareto-*.png production.yaml

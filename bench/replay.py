@@ -159,10 +159,16 @@ class _Running:
     epoch: int = 0  # epochs trained so far
 
 
-def replay(table: Table, spec: SearchSpec, ladder: RungLadder | None = None, concurrency: int = 1) -> Replay:
-    """Run `spec`'s search against the table: the real searcher and sampler, no training."""
+def replay(
+    table: Table,
+    spec: SearchSpec,
+    ladder: RungLadder | None = None,
+    concurrency: int = 1,
+    study: optuna.Study | None = None,
+) -> Replay:
+    """Run `spec`'s search against the table: the real searcher and sampler, no training (in `study`, or a new one)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = make_study(spec, "replay", storage=optuna.storages.InMemoryStorage())
+    study = study or make_study(spec, "replay", storage=optuna.storages.InMemoryStorage())
     searcher = ReplicateSearcher.for_spec(spec, study)
     proposed: dict[str, Params] = {}
     running: list[_Running] = []

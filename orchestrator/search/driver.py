@@ -13,7 +13,7 @@ with the reason in its `failure_reason` tag.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +48,17 @@ class SearchOutcome:
 
 
 def run_search(
-    spec: SearchSpec, resume: bool = False, search_id: str | None = None, overrides: Sequence[str] = ()
+    spec: SearchSpec,
+    resume: bool = False,
+    search_id: str | None = None,
+    overrides: Sequence[str] = (),
+    trial_function: Callable[..., None] = search_trial,
 ) -> SearchOutcome:
     """Run the search described by `spec` (or resume `search_id`, default its newest unfinished run) to the end.
 
     A resumed search runs with the settings it started with; `overrides` (the command line's
-    key=value) may change only where things are.
+    key=value) may change only where things are. `trial_function` is what each trial runs, with
+    `search_trial`'s signature: a benchmark's stand-in (`bench/scale.py` sleeps instead of training).
     """
     quiet()
     # Everything that can be refused is refused here, before Ray starts or MLflow holds a run.
@@ -69,7 +74,7 @@ def run_search(
         preflight.check_multi_node(opening.tracking_uri, opening.storage)
         opening.start()
         start = time.monotonic()
-        results = opening.tuner(_trainable(opening)).fit()
+        results = opening.tuner(_trainable(opening, trial_function)).fit()
         # Tune swallows the first Ctrl+C (or SIGTERM) and returns early: then the search is unfinished.
         ended = results.num_terminated + results.num_errors
         if ended >= spec.configurations * len(spec.seeds) or opening.ended_early():
@@ -102,11 +107,11 @@ def run_search(
     return outcome
 
 
-def _trainable(opening: Opening) -> Any:
+def _trainable(opening: Opening, trial_function: Callable[..., None]) -> Any:
     """The Tune trainable of this search, with its resources: every trial a child run of its parent."""
     spec = opening.spec
     trial = tune.with_parameters(
-        search_trial,
+        trial_function,
         parent_run_id=opening.parent_run_id,
         experiment=opening.experiment,
         log_models=spec.log_models,
