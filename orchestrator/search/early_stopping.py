@@ -66,9 +66,11 @@ def rank_order(points: dict[str, Point]) -> list[str]:
     ranks = dict(zip(names, non_dominated_ranks([points[c] for c in names]), strict=True))
     # Just below the worst values at the rung, so that every front member adds some area.
     reference = (min(p[0] for p in points.values()) - 1e-3, min(p[1] for p in points.values()) - 1e-3)
+    fronts: dict[int, list[str]] = {}
+    for c in names:
+        fronts.setdefault(ranks[c], []).append(c)
     contribution: dict[str, float] = {}
-    for rank in set(ranks.values()):
-        members = [c for c in names if ranks[c] == rank]
+    for members in fronts.values():
         contributions = hypervolume_contributions([points[c] for c in members], reference)
         contribution.update(zip(members, contributions, strict=True))
     return sorted(names, key=lambda c: (ranks[c], -contribution[c], c))
