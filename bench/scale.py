@@ -360,10 +360,15 @@ def rss_kb(pid: int) -> int:
     return int(line.split()[1])
 
 
-def machine_cpu(driver: int) -> dict[str, float]:
-    """CPU seconds so far of every live process, by what it is, and of the whole machine ("busy")."""
-    kinds: dict[str, float] = {"busy": sum(map(int, Path("/proc/stat").read_text().split()[1:9])) / TICKS}
-    kinds["busy"] -= int(Path("/proc/stat").read_text().split()[4]) / TICKS  # less idle time
+# A CPU census: trials ended, the machine's busy CPU seconds, and each live process's (kind, CPU seconds).
+Census = tuple[int, float, dict[int, tuple[str, float]]]
+
+
+def machine_cpu(driver: int, trials: int) -> Census:
+    """CPU seconds so far of the whole machine and of every live process, with what each is."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]
+    busy = (sum(fields) - fields[3]) / TICKS  # all but idle time
+    processes = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -385,8 +390,8 @@ def machine_cpu(driver: int) -> dict[str, float]:
             if "/ray/" in command
             else "other"
         )
-        kinds[kind] = kinds.get(kind, 0.0) + used
-    return kinds
+        processes[int(entry.name)] = (kind, used)
+    return trials, busy, processes
 
 
 Sample = tuple[float, int, float, int]  # time, trials ended, the driver's CPU s, its RSS KB
@@ -394,7 +399,7 @@ Sample = tuple[float, int, float, int]  # time, trials ended, the driver's CPU s
 
 def watch(
     driver: subprocess.Popen, log: Path, stop_at: int | None, census_at: tuple[int, ...] = ()
-) -> tuple[list[Sample], dict[int, dict[str, float]]]:
+) -> tuple[list[Sample], dict[int, Census]]:
     """Follow the driver's progress lines, sampling it at each; kill it at `stop_at`; a CPU census at `census_at`."""
     samples, census = [], {}
     with log.open("w") as out:
@@ -411,7 +416,7 @@ def watch(
                 continue
             for at in census_at:
                 if done >= at and at not in census:
-                    census[at] = {"trials": done, **machine_cpu(driver.pid)}
+                    census[at] = machine_cpu(driver.pid, done)
             if stop_at is not None and done >= stop_at:
                 os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started: a lost head machine
                 break
@@ -419,23 +424,24 @@ def watch(
     return samples, census
 
 
-def cpu_census(census: dict[int, dict[str, float]], low: int, high: int) -> str:
+def cpu_census(census: dict[int, Census], low: int, high: int) -> str:
     """Where the machine's CPU went per trial between two censuses, busiest first."""
     if low not in census or high not in census:
         return "CPU census: not taken (the search ended before 90%)"
-    a, b = census[low], census[high]
-    count = b["trials"] - a["trials"]
-    spent = {k: (b[k] - a.get(k, 0.0)) / count for k in b if k != "trials"}
-    busy = spent.pop("busy")
+    (trials_a, busy_a, before), (trials_b, busy_b, after) = census[low], census[high]
+    count = trials_b - trials_a
+    # By process, each counted as what it is at the second census: a Ray worker is renamed
+    # `ray::...` only once it runs a task, and one started in between counts from zero.
+    spent: dict[str, float] = {}
+    for pid, (kind, used) in after.items():
+        spent[kind] = spent.get(kind, 0.0) + (used - before.get(pid, (kind, 0.0))[1]) / count
     parts = ", ".join(f"{k} {v * 1000:.0f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]))
-    return f"CPU per trial (10% to 90%, ms): machine {busy * 1000:.0f} = {parts}"
+    return f"CPU per trial (10% to 90%, ms): machine {(busy_b - busy_a) / count * 1000:.0f} = {parts}"
 
 
 def slot_time(samples: list[Sample], low: int, high: int, concurrency: int, phases: Path) -> str:
     """How long each trial held its slot (10% to 90%), and where the time went inside its worker."""
-    start = next(s for s in samples if s[1] >= low)
-    end = next(s for s in reversed(samples) if s[1] <= high)
-    held = (end[0] - start[0]) * concurrency / max(1, end[1] - start[1])
+    held = per_trial(samples, low, high, 0) * concurrency
     rows = [json.loads(line) for line in phases.read_text().splitlines()] if phases.is_file() else []
     if not rows:
         return f"slot time per trial: {held:.2f} s"
@@ -456,7 +462,7 @@ def held_per_trial(log: str) -> str:
     )
 
 
-def per_trial(samples: list[tuple[float, int, float, int]], low: int, high: int, field: int) -> float:
+def per_trial(samples: list[Sample], low: int, high: int, field: int) -> float:
     """The change of sample `field` per trial done between `low` and `high` trials done."""
     start = next(s for s in samples if s[1] >= low)
     end = next(s for s in reversed(samples) if s[1] <= high)
@@ -473,15 +479,15 @@ def server_requests(access: Path) -> list[tuple[str, float]]:
     return found
 
 
-def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
-    """Seconds a run_search.py command takes (it must succeed), and what it printed."""
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Seconds a run_search.py command takes (it must succeed)."""
     start = time.monotonic()
     out = subprocess.run(
         [sys.executable, str(ROOT / "run_search.py"), *command], cwd=cwd, env=env, capture_output=True, text=True
     )
     if out.returncode != 0:
         raise SystemExit(f"{command[0]} failed: {out.stderr[-2000:]}")
-    return time.monotonic() - start, out.stdout
+    return time.monotonic() - start
 
 
 def main() -> None:
@@ -606,7 +612,7 @@ def measure(
     ]
     saves = re.findall(r"experiment state to '.*' in ([\d.]+)s", (workdir / "resume.log").read_text())
     lines.append(f"Tune's last save of the experiment state: {float(saves[-1]) if saves else float('nan'):.2f} s")
-    read, trained = read_side(workdir, overrides, env, trials, args.configurations)
+    read, trained = read_side(workdir, overrides, env, trials)
     # The minimum counts the epochs the finished search trained (early stopping cut some), not the
     # ones a killed trial redid after the resume: those are part of what the kill costs.
     minimum = trained * args.sleep / args.concurrency
@@ -622,9 +628,7 @@ def measure(
     return lines
 
 
-def read_side(
-    workdir: Path, overrides: list[str], env: dict[str, str], trials: int, configurations: int
-) -> tuple[list[str], int]:
+def read_side(workdir: Path, overrides: list[str], env: dict[str, str], trials: int) -> tuple[list[str], int]:
     """`pareto` and the promotion's selection timed on the finished search, what was lost; and the epochs trained."""
     import optuna
     from mlflow.tracking import MlflowClient
@@ -637,7 +641,7 @@ def read_side(
     client = MlflowClient(setting["tracking_uri"])
     search = find_search(client, "sparse-shape-search-quickstart", status="FINISHED")
     common = ["--tracking-uri", setting["tracking_uri"], "--experiment", "sparse-shape-search-quickstart"]
-    pareto_s, _ = timed(["pareto", *common, "--search", search.search_id], workdir, env)
+    pareto_s = timed(["pareto", *common, "--search", search.search_id], workdir, env)
     # The search's own closing report counts the trial-epochs it trained.
     trained = TRAINED.search((workdir / "resume.log").read_text())
     start = time.monotonic()
