@@ -114,11 +114,11 @@ def networks_of_set(
     """The distinct sparse layouts one placement set yields: enumerated, or only counted when there are too many.
 
     A shared fraction steps through the stretches between every map's breakpoints (or the grid's
-    points); per-placement fractions combine each map's possible k freely.
+    points); per-placement fractions combine each map's possible k (or the k of the grid's points) freely.
     """
     layouts: Iterable[tuple[tuple[str, int, int], ...]]
     if per_placement:
-        choices = [m.possible_k(low, high) for m in maps]
+        choices = [sorted({m.k(f) for f in grid}) if grid is not None else m.possible_k(low, high) for m in maps]
         if math.prod(len(c) for c in choices) > ENUMERATION_LIMIT:
             return math.prod(len(c) for c in choices)
         layouts = itertools.product(

@@ -116,9 +116,13 @@ class SearchSpace(Strict):
         return Params.from_dict(values)
 
     def grid_space(self) -> dict[str, list[Any]]:
-        """Optuna GridSampler's form: every parameter and its points (one shared fraction)."""
+        """Optuna GridSampler's form: every parameter and its points (per placement: each takes the fraction's points)."""
         grid: dict[str, list[Any]] = {"placement": [placement_key(p) for p in self.placements]}
-        grid["fraction"] = self.fraction.grid_values()
+        if self.fraction_per_placement:  # one placement set (the spec checks): its placements are the grid's axes
+            for name in self.placements[0]:
+                grid[f"fraction.{name}"] = self.fraction.grid_values()
+        else:
+            grid["fraction"] = self.fraction.grid_values()
         for name, domain in self.knob_domains().items():
             grid[name] = domain.grid_values() if isinstance(domain, FloatRange) else list(domain)
         return grid

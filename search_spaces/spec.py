@@ -296,10 +296,11 @@ class SearchSpec(Strict):
         if self.sampler != "grid":
             return self
         space = self.search
-        if space.fraction_per_placement:
+        if space.fraction_per_placement and len(space.placements) > 1:
             raise ValueError(
-                "sampler: grid cannot search per-placement fractions (each placement set has its own "
-                "parameters); set search.fraction_per_placement: false, or use tpe, nsga2 or random"
+                f"sampler: grid searches per-placement fractions in one placement set, got {len(space.placements)} "
+                "(each set has its own parameters, and a grid is one product); keep one set, set "
+                "search.fraction_per_placement: false, or use tpe, nsga2 or random"
             )
         ungridded = [f"search.{name}" for name, value_range in space.float_ranges().items() if value_range.grid is None]
         if ungridded:

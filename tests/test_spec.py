@@ -198,6 +198,32 @@ def test_per_layer_k_gives_each_placement_its_own_parameter_everywhere():
     assert params.fraction_label(2) == f"layer1 {topk['layer1']:.2f}, layer2 {topk['layer2']:.2f}"
 
 
+def test_a_per_placement_grid_crosses_each_placements_points_and_counts_distinct_networks():
+    import optuna
+
+    from orchestrator.search.searcher import make_sampler
+
+    spec = load_spec(
+        QUICKSTART,
+        [
+            "sampler=grid",
+            "search.fraction_per_placement=true",
+            "search.placements=[[layer1, layer2]]",
+            "search.fraction.grid=[0.0625, 0.125, 0.5]",
+            "search.lr={low: 0.01, high: 0.04, log: true, grid: 2}",
+            "configurations=19",
+        ],
+    )
+    grid = spec.search.grid_space()
+    assert grid["fraction.layer1"] == grid["fraction.layer2"] == [0.0625, 0.125, 0.5]
+    # layer1 (8x8) keeps 4, 8, 32 and layer2 (4x4) 1, 2, 8 positions: 9 layouts x 2 learning rates.
+    assert spec.distinct_networks() == 18
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=make_sampler(spec))
+    asked = [study.ask() for _ in range(18)]
+    networks = {spec.network_of(spec.search.suggest(trial)) for trial in asked}
+    assert len(networks) == 18
+
+
 def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
     import optuna
 
@@ -234,9 +260,9 @@ def test_a_grid_search_tries_each_point_once_and_refuses_what_it_cannot_cover():
                 "sampler=grid",
                 "search.fraction.grid=3",
                 "search.fraction_per_placement=true",
-                "search.placements=[[layer1]]",
+                "search.placements=[[layer1], [layer1, layer2]]",
             ],
-            "cannot search per-placement",
+            "sampler: grid searches per-placement fractions in one placement set, got 2",
         ),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
