@@ -21,6 +21,9 @@ from search_spaces.params import DENSE_LABEL
 from trainables.metrics import ACCURACY, CUE_DECISION_RATE, SHAPE_BIAS, SHAPE_BIAS_HOLDOUT
 
 DPI = 120  # of every report plot
+# Past this many configurations a label per point buries the plot (and placing them costs seconds):
+# then only the front's and the dense reference's are labelled; the table and CSV name every one.
+LABEL_EVERY_POINT_UP_TO = 30
 Bounds = Mapping[str, Uncertainty]
 
 
@@ -202,7 +205,10 @@ def plot(
     floors: Sequence[Floor] = (),
     bounds: Bounds | None = None,
 ) -> None:
-    """Every configuration with 95% interval bars: the front in red, infeasible ones crossed, the dense model a star."""
+    """Every configuration with 95% interval bars: the front in red, infeasible ones crossed, the dense model a star.
+
+    Each point is labelled, or past `LABEL_EVERY_POINT_UP_TO` configurations the front's and the dense one's.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,9 +261,12 @@ def plot(
     over = "seeds and images" if images else "seeds"
     axis.set_ylabel(f"shape bias (cue conflict; mean over seeds)\nbars: 95% bootstrap interval over {over}")
 
+    on_front = {r.configuration for r in front}
+    labelled = [r for r in results if len(results) <= LABEL_EVERY_POINT_UP_TO or r.dense or r.configuration in on_front]
+
     def labels() -> None:
         # The dense reference's star is larger than the other markers: its label keeps clear of all of it.
-        points, texts = [(r.accuracy, r.shape_bias) for r in results], [_label(r) for r in results]
+        points, texts = [(r.accuracy, r.shape_bias) for r in labelled], [_label(r) for r in labelled]
         place_labels(axis, points, texts, marker_size=13, dpi=DPI)
 
     _save(figure, axis, path, title, legend_size=8, before_saving=labels)

@@ -33,6 +33,7 @@ class Replicate:
     # The share of scored conflict images whose decision names a cue (NaN for runs from before it was logged).
     cue_decision_rate: float = math.nan
     cue_decision_rate_holdout: float = math.nan
+    artifact_uri: str = ""  # where its per-image outcomes are, read without asking the server for the run again
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,12 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from orchestrator import names
@@ -26,16 +28,23 @@ from trainables.tracking import log_metrics
 
 
 def report_front(
-    client: MlflowClient, search: SearchRecord, out_dir: Path, seeds: int | None = None, log: bool = True
+    client: MlflowClient,
+    search: SearchRecord,
+    out_dir: Path,
+    seeds: int | None = None,
+    log: bool = True,
+    runs: Sequence[Run] | None = None,
 ) -> tuple[list[ConfigurationResult], float, dict[str, Uncertainty]]:
     """Print the front and write pareto-<search id>.csv / .png to out_dir; with `log`, record it all in MLflow.
 
     Logging puts the files, the front table (an MLflow table), the hypervolume, the bootstrap's
     figures on the parent run, and `pareto_front: true|false` on the search's child runs.
     Returns the complete configurations, the hypervolume and each configuration's bootstrap.
+    `runs` are the search's child runs when the caller has read them already (thousands take seconds).
     """
     seeds = seeds or len(search.seeds)
-    results = collect(client, search, seeds)
+    runs = runs if runs is not None else child_runs(client, search.experiment_id, search.run_id)
+    results = collect(client, search, seeds, runs=runs)
     if not results:
         raise SearchError(f"search {search.search_id} has no configuration whose {seeds} seeds all finished")
     floors = search.floors
@@ -90,7 +99,7 @@ def report_front(
     client.log_metric(search.run_id, names.FRONT_SIZE, len(front))
     log_uncertainty(client, search.run_id, bounds)
     log_front_table(client, search.run_id, csv_path)
-    tag_front_runs(client, search, front)
+    tag_front_runs(client, search, front, runs)
     print(f"wrote {', '.join(str(p) for p in written)} (also logged to MLflow run {search.run_id})")
     return results, volume, bounds
 
@@ -115,19 +124,25 @@ def log_front_table(client: MlflowClient, run_id: str, csv_path: Path) -> None:
         client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
 
 
-def tag_front_runs(client: MlflowClient, search: SearchRecord, front: list[ConfigurationResult]) -> None:
+def tag_front_runs(
+    client: MlflowClient, search: SearchRecord, front: list[ConfigurationResult], runs: Sequence[Run] | None = None
+) -> None:
     """`pareto_front: true` on the child runs of the front's configurations, `false` on the search's others.
 
     So `tags.pareto_front = 'true'` in the runs table shows the front; a later report (a resumed
     search) takes the tag off a configuration no longer on it.
     """
     on = {run_id for r in front for run_id in r.run_ids}
-    for run in child_runs(client, search.experiment_id, search.run_id):
+    changes = []
+    for run in runs if runs is not None else child_runs(client, search.experiment_id, search.run_id):
         if run.data.tags.get(names.STAGE, names.SEARCH_STAGE) != names.SEARCH_STAGE:
             continue  # the confirmation's runs are not the front's
         value = "true" if run.info.run_id in on else "false"
         if run.data.tags.get(names.PARETO_FRONT) != value:
-            client.set_tag(run.info.run_id, names.PARETO_FRONT, value)
+            changes.append((run.info.run_id, value))
+    # One request per run (MLflow sets tags on one run at a time): thousands of them, in parallel.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda change: client.set_tag(change[0], names.PARETO_FRONT, change[1]), changes))
 
 
 def log_uncertainty(client: MlflowClient, run_id: str, bounds: dict[str, Uncertainty]) -> None:
@@ -213,11 +228,13 @@ def _value(trial: Any, index: int) -> float:
     return float(trial.values[index])
 
 
-def report_early_stopping(client: MlflowClient, search: SearchRecord, epochs: int) -> dict[str, float]:
+def report_early_stopping(
+    client: MlflowClient, search: SearchRecord, epochs: int, runs: Sequence[Run] | None = None
+) -> dict[str, float]:
     """What early stopping saved: stopped configurations and trial-epochs, printed and logged to the parent run."""
     children = [
         r
-        for r in child_runs(client, search.experiment_id, search.run_id)
+        for r in (runs if runs is not None else child_runs(client, search.experiment_id, search.run_id))
         if r.data.tags.get(names.STAGE, names.SEARCH_STAGE) == names.SEARCH_STAGE
     ]
     stopped = [r for r in children if names.STOPPED_AT_EPOCH in r.data.tags]

@@ -225,14 +225,16 @@ def collect(
     seeds: int | None = None,
     stage: str = names.SEARCH_STAGE,
     only_seeds: Sequence[int] | None = None,
+    runs: Sequence[Run] | None = None,
 ) -> list[ConfigurationResult]:
     """Configurations whose every seed (`seeds`, default the search's) is complete, with their replicates.
 
-    `stage` picks the search's own trials (default) or a confirmation's, `only_seeds` one round of those.
+    `stage` picks the search's own trials (default) or a confirmation's, `only_seeds` one round of those;
+    `runs` are the search's child runs when the caller has read them already.
     """
     seeds = seeds or len(search.seeds)
     by_configuration: dict[str, list[Run]] = {}
-    for run in child_runs(client, search.experiment_id, search.run_id):
+    for run in runs if runs is not None else child_runs(client, search.experiment_id, search.run_id):
         if run.data.tags.get(names.STAGE, names.SEARCH_STAGE) != stage:
             continue
         if only_seeds is not None and int(run.data.tags.get(names.SEED, -1)) not in only_seeds:
@@ -283,6 +285,7 @@ def replicate(run: Run) -> Replicate:
         per_category,
         metrics.get(names.CUE_DECISION_RATE, math.nan),
         metrics.get(names.CUE_DECISION_RATE_HOLDOUT, math.nan),
+        run.info.artifact_uri,
     )
 
 
@@ -297,9 +300,11 @@ def run_outcome(run: Run) -> Outcome:
     return outcome(metrics, epochs, error=run.info.status != "FINISHED")
 
 
-def failure_summary(client: MlflowClient, search: SearchRecord, limit: int = 3) -> str | None:
+def failure_summary(
+    client: MlflowClient, search: SearchRecord, limit: int = 3, runs: Sequence[Run] | None = None
+) -> str | None:
     """ "2 of 6 trials failed: NonFiniteLossError: ... [2 trials]; ...": the failed child runs' reasons, grouped."""
-    children = child_runs(client, search.experiment_id, search.run_id)
+    children = runs if runs is not None else child_runs(client, search.experiment_id, search.run_id)
     failed = [r for r in children if r.info.status == "FAILED"]
     if not failed:
         return None
@@ -316,16 +321,25 @@ def failure_summary(client: MlflowClient, search: SearchRecord, limit: int = 3) 
 
 def per_image_outcomes(client: MlflowClient, results: Sequence[ConfigurationResult]) -> dict[str, PerImage]:
     """Each replicate's `per_image.json` by run id; runs that did not log one (older runs) are left out."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
-    def read(run_id: str) -> tuple[str, PerImage | None]:
+    def read(replicate: Replicate) -> tuple[str, PerImage | None]:
         with tempfile.TemporaryDirectory(prefix="per-image-") as tmp:
             try:
-                return run_id, decode(Path(client.download_artifacts(run_id, PER_IMAGE, tmp)).read_text())
+                if replicate.artifact_uri:  # two requests (stat, get); by run id the client first fetches the run
+                    path = mlflow.artifacts.download_artifacts(
+                        artifact_uri=f"{replicate.artifact_uri}/{PER_IMAGE}",
+                        dst_path=tmp,
+                        tracking_uri=client.tracking_uri,
+                    )
+                else:
+                    path = client.download_artifacts(replicate.run_id, PER_IMAGE, tmp)
+                return replicate.run_id, decode(Path(path).read_text())
             except (MlflowException, OSError, ValueError):
-                return run_id, None
+                return replicate.run_id, None
 
-    run_ids = [rep.run_id for r in results for rep in r.replicates]
-    # One request each: against a tracking server, in parallel.
+    replicates = [rep for r in results for rep in r.replicates]
+    # Against a tracking server, in parallel.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return {run_id: outcomes for run_id, outcomes in pool.map(read, run_ids) if outcomes is not None}
+        return {run_id: outcomes for run_id, outcomes in pool.map(read, replicates) if outcomes is not None}

@@ -67,3 +67,26 @@ def test_promotion_by_rule_skips_the_infeasible_and_by_id_says_it_is():
     assert chosen.misses and not chosen.on_front
     text = describe(chosen, "s")
     assert "infeasible: misses cue_decision_rate >= dense-0.3" in text and "cue rate    0.3200 +- 0.0283" in text
+
+
+def test_a_plot_of_many_configurations_labels_only_the_front_and_the_dense_reference(tmp_path, monkeypatch):
+    import random
+
+    import orchestrator.front_views as views
+
+    rng = random.Random(0)
+    many = [RESULTS[0]] + [
+        configuration(f"c{i:03d}", "layer1", 0.1, [(rng.random(), rng.random(), 0.9)] * 2) for i in range(1, 41)
+    ]
+    labelled: list[list[str]] = []
+    place = views.place_labels
+    monkeypatch.setattr(
+        views,
+        "place_labels",
+        lambda axis, points, texts, **kw: labelled.append(list(texts)) or place(axis, points, texts, **kw),
+    )
+    views.plot(many, tmp_path / "many.png", "many")
+    expected = {views._label(r) for r in front_of(many)} | {"dense"}
+    assert set(labelled[0]) == expected and len(labelled[0]) < len(many)
+    views.plot(RESULTS, tmp_path / "few.png", "few")  # a few: every point labelled
+    assert len(labelled[1]) == len(RESULTS)

@@ -124,16 +124,17 @@ def _report(opening: Opening, wall_s: float) -> SearchOutcome:
     """The finished search's front, failures, early-stopping savings, importances, and its confirmation stage."""
     spec, client = opening.spec, opening.client
     search = find_search(client, spec.mlflow_experiment, search_id=opening.search_id)
-    failures = failure_summary(client, search)
+    runs = child_runs(client, search.experiment_id, search.run_id)  # read once: thousands take seconds
+    failures = failure_summary(client, search, runs=runs)
     try:
-        results, volume, bounds = report_front(client, search, Path.cwd())
+        results, volume, bounds = report_front(client, search, Path.cwd(), runs=runs)
     except SearchError as error:
         # Every configuration failed: the trials' own reasons say why better than an empty front.
         raise SearchError(f"search {search.search_id} failed: {failures or error}") from None
     if failures:
         print(f"warning: {failures}", flush=True)
     if spec.early_stopping:
-        report_early_stopping(client, search, spec.training.epochs)
+        report_early_stopping(client, search, spec.training.epochs, runs)
     report_reuse(client, search, spec.resolved_optuna_storage())
     report_importances(client, search, spec.resolved_optuna_storage())
     if spec.confirm is not None:
