@@ -118,6 +118,7 @@ def test_the_driver_closes_a_stopped_run_its_worker_left_open(tmp_path):
     callback.on_trial_complete(0, [], trial("c002", 1, stopped))  # found by the id its worker reported
     callback.on_trial_complete(0, [], trial("c003", 2))  # reported none (its first epoch never came): searched for
     callback.on_trial_complete(0, [], trial("c001", 3, complete))  # complete: its worker closes it, not the driver
+    callback.on_experiment_end([])  # the closes run off Tune's event loop; the experiment's end waits for them
     for run_id, epoch in ((stopped, "1"), (unreported, "2")):
         assert client.get_run(run_id).info.status == "FINISHED"
         assert client.get_run(run_id).data.tags["stopped_at_epoch"] == epoch

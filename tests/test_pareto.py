@@ -104,6 +104,7 @@ def test_hypervolume_is_logged_per_finished_configuration_above_the_dense_refere
     finish("c000", "dense", 0, 0.7, 0.3)
     finish("c000", "dense", 1, 0.7, 0.3)  # now 2 configurations: (0.8 - 0.7) x (0.4 - 0.3)
     finish("c002", "layer2", 0, 0.6, 0.9)  # one seed of two: not yet a configuration
+    log.on_experiment_end([])  # the points are logged off Tune's event loop; the experiment's end waits for them
     history = client.get_metric_history(parent, "hypervolume")
     assert [(m.step, round(m.value, 6)) for m in history] == [(2, 0.01)]
     # A restored callback (Tune unpickles it on resume) recounts what ended before, logging nothing.
@@ -131,6 +132,7 @@ def test_hypervolume_is_logged_per_finished_configuration_above_the_dense_refere
             last_result={"epoch": 2, "accuracy": 0.9, "shape_bias": 0.9},
         ),
     )  # partial: not a result
+    restored.on_experiment_end([])
     assert len(client.get_metric_history(parent, "hypervolume")) == 1
     for seed in (0, 1):  # after the resume the count goes on from the configurations that ended before it
         restored.on_trial_complete(
@@ -143,6 +145,7 @@ def test_hypervolume_is_logged_per_finished_configuration_above_the_dense_refere
                 last_result={"epoch": 3, "accuracy": 0.75, "shape_bias": 0.5},
             ),
         )
+    restored.on_experiment_end([])
     history = client.get_metric_history(parent, "hypervolume")
     assert [(m.step, round(m.value, 6)) for m in history] == [(2, 0.01), (3, 0.015)]
 
@@ -175,6 +178,7 @@ def test_hypervolume_is_logged_per_finished_configuration_above_the_dense_refere
             last_result={"epoch": 3, "accuracy": 0.99, "shape_bias": 0.99},
         ),
     )
+    restored.on_experiment_end([])
     history = client.get_metric_history(parent, "hypervolume")
     assert [(m.step, round(m.value, 6)) for m in history] == [(2, 0.01), (3, 0.015), (4, 0.015), (5, 0.015)]
 

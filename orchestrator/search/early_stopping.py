@@ -37,6 +37,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from orchestrator import names
 from orchestrator.pareto import hypervolume, non_dominated_ranks
+from orchestrator.search.background import BackgroundWrites
 from search_spaces.params import OBJECTIVES, Outcome, Params, outcome
 
 Point = tuple[float, float]
@@ -158,6 +159,7 @@ class StoppedRuns(Callback):
         self.tracking_uri, self.parent_run_id, self.epochs = tracking_uri, parent_run_id, epochs
         self.client: Any = None  # an MlflowClient, made at the first stop
         self.experiment = ""
+        self.writes = BackgroundWrites()
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("tracking_uri", "parent_run_id", "epochs")}
@@ -167,13 +169,18 @@ class StoppedRuns(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = trial.last_result or {}
-        if outcome(result, self.epochs) is not Outcome.STOPPED:
-            return
+        if outcome(result, self.epochs) is Outcome.STOPPED:
+            # Off Tune's event loop: three requests to the tracking server that nothing waits for.
+            self.writes.submit(self._close, trial.config[names.CONFIGURATION], trial.config[names.SEED], dict(result))
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.writes.drain()  # the search's report reads these runs next
+
+    def _close(self, configuration: str, seed: int, result: dict[str, Any]) -> None:
         from mlflow.tracking import MlflowClient
 
         from orchestrator.tracking import replicate_runs
 
-        configuration, seed = trial.config[names.CONFIGURATION], trial.config[names.SEED]
         try:
             if self.client is None:
                 self.client = MlflowClient(self.tracking_uri)

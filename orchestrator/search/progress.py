@@ -32,6 +32,7 @@ from ray.tune.experiment import Trial
 from orchestrator import names
 from orchestrator.errors import StorageLost
 from orchestrator.pareto import ConfigurationResult, Replicate, front_hypervolume
+from orchestrator.search.background import BackgroundWrites
 from search_spaces.constraints import Floor
 from search_spaces.params import OBJECTIVES, Outcome, Params, configuration_outcome, outcome
 from trainables.messages import one_line, redact
@@ -243,6 +244,7 @@ class HypervolumeLog(Callback):
         self.tally = Tally(seeds, epochs)
         self.counted_earlier = False
         self.client: Any = None  # an MlflowClient, made at the first point
+        self.writes = BackgroundWrites()
 
     def __getstate__(self) -> dict[str, Any]:  # as SearchProgress: a restored copy recounts on its first step
         return {
@@ -263,16 +265,17 @@ class HypervolumeLog(Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._end(trial, error=True)
 
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.writes.drain()
+
     def _end(self, trial: Trial, error: bool) -> None:
         self.tally.add(trial, error)
         if self.tally.verdict(self.tally.configuration_of(trial)) is not None:
-            self._log()
+            volume = front_hypervolume(self.tally.complete(), self.reference, self.floors)
+            if volume is not None:  # off Tune's event loop: a request nothing waits for
+                self.writes.submit(self._log, volume, self.tally.finished())
 
-    def _log(self) -> None:
-        finished = self.tally.finished()
-        volume = front_hypervolume(self.tally.complete(), self.reference, self.floors)
-        if volume is None:
-            return
+    def _log(self, volume: float, finished: int) -> None:
         try:
             if self.client is None:
                 from mlflow.tracking import MlflowClient
