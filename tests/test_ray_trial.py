@@ -224,3 +224,32 @@ def test_a_retried_trial_is_reported_with_what_it_raised_not_as_a_lost_worker(lo
     assert len(warnings) == 1 and re.fullmatch(
         r"warning: trial \S+ failed \(OSError: the disk hiccupped\) \(failure 1\); Ray restarts it .*", warnings[0]
     ), warnings
+
+
+class CorruptingTracker(CrashOnceAfterEpoch):
+    """Once epoch 1's checkpoint is saved, overwrites it with garbage and crashes; records how the trial finished."""
+
+    def log_epoch(self, metrics, files=None):
+        if metrics["epoch"] == 2 and not self.marker.exists():
+            self.marker.touch()
+            for state in Path(self.marker.parent, "results").rglob("state.pt"):
+                state.write_bytes(b"not a checkpoint")
+            raise RuntimeError("injected crash")
+        return {}
+
+    def finish(self, error, checkpoint_uri=None):
+        Path(f"{self.marker}.finished").write_text(f"{type(error).__name__}: {error}")
+
+
+def corrupting_trial(config):
+    train_trial(config["trial"], tracker=CorruptingTracker(config["marker"], epoch=0))
+
+
+def test_a_trial_restarted_onto_an_unreadable_checkpoint_fails_saying_so(local_ray, tmp_path):
+    result = fit_once(
+        corrupting_trial, {"trial": TINY, "marker": str(tmp_path / "crashed")}, tmp_path / "results", "corrupt"
+    )
+    # The run is closed with the reason (FAILED, its error tag), not left for the search's end to mark KILLED.
+    assert result.error is not None
+    finished = (tmp_path / "crashed.finished").read_text()
+    assert finished.startswith("CheckpointError: ") and "is not a readable trial checkpoint" in finished

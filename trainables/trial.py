@@ -54,12 +54,20 @@ def train_trial(
 
     trial = TrialConfig.model_validate(config)
     checkpoint = tune.get_checkpoint()
-    resume = None
+    resume, unreadable = None, None
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume = load_checkpoint(directory)
-        print(f"resuming from its checkpoint after epoch {resume['epoch']}", flush=True)
+        try:
+            with checkpoint.as_directory() as directory:
+                resume = load_checkpoint(directory)
+        except (CheckpointError, OSError) as error:
+            unreadable = error
+        else:
+            print(f"resuming from its checkpoint after epoch {resume['epoch']}", flush=True)
     slot = tracker.start(trial, resume.get("tracking", {}) if resume else {}) if tracker else {}
+    if unreadable is not None:  # the run ends FAILED saying why, not KILLED with the search
+        if tracker:
+            tracker.finish(unreadable)
+        raise unreadable
     if resume is not None:
         resume["tracking"] = slot
 
