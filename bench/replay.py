@@ -19,12 +19,11 @@ the last epoch) of the configurations it holds.
 
 from __future__ import annotations
 
-import bisect
 import csv
 import itertools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,66 +38,135 @@ from search_spaces.spec import SearchSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "bench" / "data" / "replay_quickstart.csv"
+# Per-placement K at layer1 and layer2 and the learning rate: 144 distinct networks (bench/record_replay.py).
+PER_LAYER = ROOT / "bench" / "data" / "replay_per_layer.csv"
 Metrics = dict[str, float]
 
 
 @dataclass
 class Table:
-    """Recorded trials: (placement, fraction, seed) -> per-epoch metrics, epoch 1 first."""
+    """Recorded trials: (configuration, seed) -> per-epoch metrics, epoch 1 first.
 
-    runs: dict[tuple[str, float, int], list[Metrics]]
+    A configuration is the `Params` it was recorded under: a placement set with one fraction, or
+    (`fractions`) one per placement, and the learning rate when the recording searched it.
+    """
+
+    runs: dict[tuple[Params, int], list[Metrics]]
     epochs: int
     seeds: tuple[int, ...]
 
-    def fractions(self, placement: str) -> list[float]:
-        return sorted({f for p, f, _ in self.runs if p == placement})
-
     def placements(self) -> list[str]:
-        return sorted({p for p, _, _ in self.runs if p != "dense"})
-
-    def lookup(self, params: Params, seed: int) -> list[Metrics]:
-        """The recorded history nearest to `params` (in log fraction) under `seed`."""
-        if params.dense:
-            return self.runs[("dense", 1.0, seed)]
-        recorded = self.fractions(params.placement)
-        if not recorded:
-            raise KeyError(f"placement {params.placement} is not in the table ({', '.join(self.placements())})")
-        i = bisect.bisect_left(recorded, params.fraction)
-        candidates = recorded[max(0, i - 1) : i + 1]
-        nearest = min(candidates, key=lambda f: abs(math.log(f) - math.log(params.fraction)))
-        return self.runs[(params.placement, nearest, seed)]
+        return sorted({p.placement for p, _ in self.runs if not p.dense})
 
     def configurations(self) -> list[Params]:
         """Every recorded configuration, the dense reference included."""
-        return [Params("dense") if p == "dense" else Params(p, f) for p, f in sorted({(p, f) for p, f, _ in self.runs})]
+        return sorted({p for p, _ in self.runs}, key=_order)
 
-    def means(self, params: Params, epoch: int | None = None) -> tuple[float, float]:
-        """Seed means of accuracy and shape bias at `epoch` (default: the last)."""
+    def fractions(self) -> list[float]:
+        """Every fraction recorded at any placement."""
+        return sorted({f for p in self.configurations() if not p.dense for f in p.topk().values()})
+
+    def learning_rates(self) -> list[float]:
+        """The learning rates the sparse configurations were recorded at (none when the recording kept the base one)."""
+        return sorted({p.lr for p in self.configurations() if p.lr is not None and not p.dense})
+
+    def per_placement(self) -> bool:
+        return any(p.fractions for p in self.configurations())
+
+    def lookup(self, params: Params, seed: int) -> list[Metrics]:
+        """The recorded history nearest to `params` (in log fraction at each placement, and log lr) under `seed`."""
+        return self.runs[(self.nearest(params), seed)]
+
+    def nearest(self, params: Params) -> Params:
+        """The recorded configuration nearest to `params`: its own placement set, the smallest log distance."""
+        if params in self._nearest:
+            return self._nearest[params]
+        recorded = [p for p in self.configurations() if p.placement == params.placement]
+        if not recorded:
+            raise KeyError(f"placement {params.placement} is not in the table ({', '.join(self.placements())})")
+        found = min(recorded, key=lambda p: _log_distance(p, params))
+        self._nearest[params] = found
+        return found
+
+    def means(self, params: Params, epoch: int | None = None, metrics: Objectives = None) -> tuple[float, float]:
+        """Seed means of the two objectives (accuracy and shape bias) at `epoch` (default: the last)."""
+        accuracy, shape = metrics or SELECTION
         points = [self.lookup(params, seed)[(epoch or self.epochs) - 1] for seed in self.seeds]
-        return statistics.fmean(m["accuracy"] for m in points), statistics.fmean(m["shape_bias"] for m in points)
+        return statistics.fmean(m[accuracy] for m in points), statistics.fmean(m[shape] for m in points)
 
-    def full_result(self, params: Params) -> tuple[float, float]:
+    def full_result(self, params: Params, metrics: Objectives = None) -> tuple[float, float]:
         """Seed means of the last epoch: what the configuration scores when fully trained."""
-        return self.means(params)
+        return self.means(params, metrics=metrics)
 
-    def reference(self) -> tuple[float, float]:
+    def reference(self, metrics: Objectives = None) -> tuple[float, float]:
         """The nadir of all configurations' full-training means: the hypervolume's corner."""
-        points = [self.full_result(params) for params in self.configurations()]
+        points = [self.full_result(params, metrics) for params in self.configurations()]
         return min(p[0] for p in points), min(p[1] for p in points)
+
+    def best_hypervolume(self, metrics: Objectives = None) -> float:
+        """The hypervolume of every recorded sparse configuration at its last epoch: what a search can reach."""
+        points = [self.full_result(p, metrics) for p in self.configurations() if not p.dense]
+        return hypervolume(_front(points), self.reference(metrics))
+
+    def subset(self, keep: Callable[[Params], bool]) -> Table:
+        """The table of the configurations `keep` accepts (the dense reference always kept)."""
+        runs = {(p, seed): h for (p, seed), h in self.runs.items() if p.dense or keep(p)}
+        return Table(runs, self.epochs, self.seeds)
+
+    def __post_init__(self) -> None:
+        self._nearest: dict[Params, Params] = {}
+
+
+Objectives = tuple[str, str] | None  # the accuracy and shape-bias metrics scored (default: SELECTION)
+SELECTION = ("accuracy", "shape_bias")  # what the search selects on
+HELD_OUT = ("accuracy", "shape_bias_holdout")  # the test accuracy, and the report half of the stimuli
+
+
+def _order(params: Params) -> tuple:
+    return (params.placement, sorted(params.topk().items()), params.lr or 0.0)
+
+
+def _log_distance(a: Params, b: Params) -> float:
+    """Squared distance in log fraction at each placement, plus log learning rate where both have one."""
+    fa, fb = a.topk(), b.topk()
+    distance = sum((math.log(fa[n]) - math.log(fb[n])) ** 2 for n in fa)
+    if a.lr is not None and b.lr is not None:
+        distance += (math.log(a.lr) - math.log(b.lr)) ** 2
+    return distance
+
+
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-dominated points (both maximised)."""
+    return [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
 
 
 def load_table(path: Path = TABLE) -> Table:
-    """Read the replay CSV (comment lines start with '#')."""
+    """Read a replay CSV (comment lines start with '#'); columns a recording left empty are absent."""
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
-    runs: dict[tuple[str, float, int], list[Metrics]] = {}
+    runs: dict[tuple[Params, int], list[Metrics]] = {}
     for row in rows:
-        key = (row["placement"], float(row["fraction"]), int(row["seed"]))
-        runs.setdefault(key, []).append({k: float(row[k]) for k in ("epoch", "accuracy", "shape_bias")})
+        runs.setdefault((_params(row), int(row["seed"])), []).append(
+            {k: float(v) for k, v in row.items() if k in METRICS and v not in ("", None)}
+        )
     for history in runs.values():
         history.sort(key=lambda m: m["epoch"])
     epochs = max(len(h) for h in runs.values())
-    return Table(runs, epochs, tuple(sorted({seed for _, _, seed in runs})))
+    return Table(runs, epochs, tuple(sorted({seed for _, seed in runs})))
+
+
+METRICS = ("epoch", "accuracy", "shape_bias", "shape_bias_holdout", "cue_decision_rate", "cue_decision_rate_holdout")
+
+
+def _params(row: dict[str, str]) -> Params:
+    """The configuration a row records."""
+    lr = float(row["lr"]) if row.get("lr") else None
+    if row["placement"] == "dense":
+        return Params("dense", lr=lr)
+    if row.get("fractions"):
+        pairs = [pair.split("=") for pair in row["fractions"].split()]
+        return Params(row["placement"], lr=lr, fractions=tuple((name, float(f)) for name, f in pairs))
+    return Params(row["placement"], float(row["fraction"]), lr=lr)
 
 
 @dataclass(frozen=True)
@@ -110,29 +178,39 @@ class Replay:
     epochs_full: int
 
     def hypervolume(
-        self, table: Table, budget: int | None = None, reference: tuple[float, float] | None = None
+        self,
+        table: Table,
+        budget: int | None = None,
+        reference: tuple[float, float] | None = None,
+        metrics: Objectives = None,
     ) -> float:
         """Hypervolume of the front of the first `budget` proposed configurations (dense excluded).
 
-        Measured on full-training metrics, whether or not a configuration was stopped early.
+        Measured on full-training `metrics` (default: the selection ones), whether or not a
+        configuration was stopped early; one stopped early is not on the front.
         """
         chosen = [(p, stopped) for p, stopped in self.configurations if not p.dense][:budget]
         results = [
-            ConfigurationResult(f"c{i}", p, (Replicate("", 0, *table.full_result(p)),))
+            ConfigurationResult(f"c{i}", p, (Replicate("", 0, *table.full_result(p, metrics)),))
             for i, (p, stopped) in enumerate(chosen)
             if not stopped
         ]
-        return hypervolume([(r.accuracy, r.shape_bias) for r in front_of(results)], reference or table.reference())
+        return hypervolume(
+            [(r.accuracy, r.shape_bias) for r in front_of(results)], reference or table.reference(metrics)
+        )
 
 
 def replay_spec(
     table: Table, sampler: str, configurations: int, sampler_seed: int, extra: Sequence[str] = ()
 ) -> SearchSpec:
-    """The quickstart spec over the table's placements and fraction range, with this sampler."""
+    """The quickstart spec over the table's placements and fraction range (and lr range, if recorded), this sampler."""
     placements = "[" + ", ".join("[" + ", ".join(p.split("+")) + "]" for p in table.placements()) + "]"
-    fractions = sorted({f for p, f, _ in table.runs if p != "dense"})
-    # Half a grid step beyond each end: the end fractions then own as much log range as any other.
-    half_step = math.sqrt(statistics.median(b / a for a, b in itertools.pairwise(fractions)))
+    searched = [
+        f"search.fraction={_range(table.fractions(), high=1.0)}",
+        f"search.fraction_per_placement={str(table.per_placement()).lower()}",
+    ]
+    if table.learning_rates():
+        searched.append(f"search.lr={_range(table.learning_rates())}")
     return load_spec(
         ROOT / "search_spaces" / "quickstart.yaml",
         [
@@ -142,11 +220,16 @@ def replay_spec(
             f"seeds=[{', '.join(map(str, table.seeds))}]",
             f"training.epochs={table.epochs}",
             f"search.placements={placements}",
-            f"search.fraction={{low: {fractions[0] / half_step:.6g}, "
-            f"high: {min(1.0, fractions[-1] * half_step):.6g}, log: true}}",
+            *searched,
             *extra,
         ],
     )
+
+
+def _range(points: list[float], high: float = math.inf) -> str:
+    """A log range half a grid step beyond the first and last points: each end point then owns as much as any other."""
+    half_step = math.sqrt(statistics.median(b / a for a, b in itertools.pairwise(points)))
+    return f"{{low: {points[0] / half_step:.6g}, high: {min(high, points[-1] * half_step):.6g}, log: true}}"
 
 
 @dataclass
@@ -165,8 +248,12 @@ def replay(
     ladder: RungLadder | None = None,
     concurrency: int = 1,
     study: optuna.Study | None = None,
+    until: Callable[[list[Params]], bool] | None = None,
 ) -> Replay:
-    """Run `spec`'s search against the table: the real searcher and sampler, no training (in `study`, or a new one)."""
+    """Run `spec`'s search against the table: the real searcher and sampler, no training (in `study`, or a new one).
+
+    With `until`, the search proposes no more once `until(the configurations proposed so far)` holds.
+    """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = study or make_study(spec, "replay", storage=optuna.storages.InMemoryStorage())
     searcher = ReplicateSearcher.for_spec(spec, study)
@@ -180,7 +267,9 @@ def replay(
                 finished = True
                 break
             params = Params.from_dict(config[names.PARAMS])
-            proposed.setdefault(config[names.CONFIGURATION], params)
+            if config[names.CONFIGURATION] not in proposed:
+                proposed[config[names.CONFIGURATION]] = params
+                finished = until is not None and until(list(proposed.values()))
             running.append(
                 _Running(
                     f"t{asked}",
