@@ -25,7 +25,7 @@ its progress lines, the server's log) and from inside (MEMORY lines, the workers
 - then, without Ray, each sampler's ask and an early-stopping decision in studies of 100 and
   10,000 configurations (`searcher_costs`).
 
-    python bench/scale.py                      # 2,000 trials, about 18 minutes on 2 cores
+    python bench/scale.py                      # 2,000 trials, about 12.5 minutes on 2 cores
     python bench/scale.py --configurations 50  # a quick look
     python bench/scale.py --searcher-only      # the samplers' costs alone, about 2 minutes
 """
