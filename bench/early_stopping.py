@@ -24,6 +24,7 @@ The first line says how well each epoch orders the configurations as the last ep
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replay import HELD_OUT, PER_LAYER, Replay, Table, load_table, replay, replay_spec  # noqa: E402
 
 from orchestrator.search.early_stopping import RungLadder  # noqa: E402
+from search_spaces.params import Params  # noqa: E402
 from search_spaces.spec import SearchSpec  # noqa: E402
 
 # (rungs, reduction factor): the settings cross-validation chooses among.
@@ -89,7 +91,11 @@ def folds(table: Table) -> list[Table]:
     if len(rates) < 2:
         raise SystemExit(f"{len(rates)} learning rates in the table: cross-validation by configurations needs 2")
     halves = [set(rates[0::2]), set(rates[1::2])]
-    return [table.subset(lambda p, half=half: p.lr in half) for half in halves]
+    return [table.subset(functools.partial(_learning_rate_in, half)) for half in halves]
+
+
+def _learning_rate_in(rates: set[float], params: Params) -> bool:
+    return params.lr in rates
 
 
 class Fold:
@@ -150,18 +156,18 @@ def main() -> None:
             f"choose on {describe(choose)}, budget {chooser.budget}; "
             f"held-out hypervolume over equal-cost random, median [q1, q3] of {args.repeats} paired replays:"
         )
-        swept = {}
+        swept: dict[tuple[tuple[int, ...], float], float] = {}
         for rungs, factor in SWEEP:
             ratios, costs = chooser.ratios(rungs, factor)
             swept[(tuple(rungs), factor)] = statistics.median(ratios)
             print(f"  rungs {str(rungs):<7} factor {factor:<3g} {summary(ratios)}  epochs {summary(costs)}", flush=True)
-        (rungs, factor), best = max(swept.items(), key=lambda item: item[1])
+        (chosen, chosen_factor), best = max(swept.items(), key=lambda item: item[1])
         scorer = Fold(score, args.sampler, args.repeats, args.concurrency)
-        ratios, costs = scorer.ratios(list(rungs), factor)
+        ratios, costs = scorer.ratios(list(chosen), chosen_factor)
         held_out += ratios
         held_out_costs += costs
         print(
-            f"fold {name}: chose rungs {list(rungs)} factor {factor:g} ({best:.3f} where chosen); scored on "
+            f"fold {name}: chose rungs {list(chosen)} factor {chosen_factor:g} ({best:.3f} where chosen); scored on "
             f"{describe(score)}, budget {scorer.budget}: {summary(ratios)}, epochs {summary(costs)}"
         )
     print(

@@ -116,7 +116,7 @@ class SearchSpace(Strict):
         return Params.from_dict(values)
 
     def grid_space(self) -> dict[str, list[Any]]:
-        """Optuna GridSampler's form: every parameter and its points (per placement: each takes the fraction's points)."""
+        """Optuna GridSampler's form: every parameter and its points (per placement, each takes the fraction's)."""
         grid: dict[str, list[Any]] = {"placement": [placement_key(p) for p in self.placements]}
         if self.fraction_per_placement:  # one placement set (the spec checks): its placements are the grid's axes
             for name in self.placements[0]:
