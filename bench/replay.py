@@ -106,7 +106,7 @@ class Table:
     def best_hypervolume(self, metrics: Objectives = None) -> float:
         """The hypervolume of every recorded sparse configuration at its last epoch: what a search can reach."""
         points = [self.full_result(p, metrics) for p in self.configurations() if not p.dense]
-        return hypervolume(_front(points), self.reference(metrics))
+        return hypervolume(points, self.reference(metrics))
 
     def subset(self, keep: Callable[[Params], bool]) -> Table:
         """The table of the configurations `keep` accepts (the dense reference always kept)."""
@@ -133,11 +133,6 @@ def _log_distance(a: Params, b: Params) -> float:
     if a.lr is not None and b.lr is not None:
         distance += (math.log(a.lr) - math.log(b.lr)) ** 2
     return distance
-
-
-def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The non-dominated points (both maximised)."""
-    return [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
 
 
 def load_table(path: Path = TABLE) -> Table:

@@ -99,7 +99,7 @@ def report_front(
     client.log_metric(search.run_id, names.FRONT_SIZE, len(front))
     log_uncertainty(client, search.run_id, bounds)
     log_front_table(client, search.run_id, csv_path)
-    tag_front_runs(client, search, front, runs)
+    tag_front_runs(client, front, runs)
     print(f"wrote {', '.join(str(p) for p in written)} (also logged to MLflow run {search.run_id})")
     return results, volume, bounds
 
@@ -124,17 +124,15 @@ def log_front_table(client: MlflowClient, run_id: str, csv_path: Path) -> None:
         client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
 
 
-def tag_front_runs(
-    client: MlflowClient, search: SearchRecord, front: list[ConfigurationResult], runs: Sequence[Run] | None = None
-) -> None:
-    """`pareto_front: true` on the child runs of the front's configurations, `false` on the search's others.
+def tag_front_runs(client: MlflowClient, front: list[ConfigurationResult], runs: Sequence[Run]) -> None:
+    """`pareto_front: true` on the child `runs` of the front's configurations, `false` on the search's others.
 
     So `tags.pareto_front = 'true'` in the runs table shows the front; a later report (a resumed
     search) takes the tag off a configuration no longer on it.
     """
     on = {run_id for r in front for run_id in r.run_ids}
     changes = []
-    for run in runs if runs is not None else child_runs(client, search.experiment_id, search.run_id):
+    for run in runs:
         if run.data.tags.get(names.STAGE, names.SEARCH_STAGE) != names.SEARCH_STAGE:
             continue  # the confirmation's runs are not the front's
         value = "true" if run.info.run_id in on else "false"
@@ -229,14 +227,10 @@ def _value(trial: Any, index: int) -> float:
 
 
 def report_early_stopping(
-    client: MlflowClient, search: SearchRecord, epochs: int, runs: Sequence[Run] | None = None
+    client: MlflowClient, search: SearchRecord, epochs: int, runs: Sequence[Run]
 ) -> dict[str, float]:
-    """What early stopping saved: stopped configurations and trial-epochs, printed and logged to the parent run."""
-    children = [
-        r
-        for r in (runs if runs is not None else child_runs(client, search.experiment_id, search.run_id))
-        if r.data.tags.get(names.STAGE, names.SEARCH_STAGE) == names.SEARCH_STAGE
-    ]
+    """What early stopping saved (from the search's child `runs`): printed and logged to the parent run."""
+    children = [r for r in runs if r.data.tags.get(names.STAGE, names.SEARCH_STAGE) == names.SEARCH_STAGE]
     stopped = [r for r in children if names.STOPPED_AT_EPOCH in r.data.tags]
     trained = sum(int(r.data.metrics.get(names.EPOCH, 0)) for r in children)
     saved = sum(epochs - int(r.data.tags[names.STOPPED_AT_EPOCH]) for r in stopped)

@@ -300,11 +300,8 @@ def run_outcome(run: Run) -> Outcome:
     return outcome(metrics, epochs, error=run.info.status != "FINISHED")
 
 
-def failure_summary(
-    client: MlflowClient, search: SearchRecord, limit: int = 3, runs: Sequence[Run] | None = None
-) -> str | None:
+def failure_summary(children: Sequence[Run], limit: int = 3) -> str | None:
     """ "2 of 6 trials failed: NonFiniteLossError: ... [2 trials]; ...": the failed child runs' reasons, grouped."""
-    children = runs if runs is not None else child_runs(client, search.experiment_id, search.run_id)
     failed = [r for r in children if r.info.status == "FAILED"]
     if not failed:
         return None

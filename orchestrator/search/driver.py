@@ -125,7 +125,7 @@ def _report(opening: Opening, wall_s: float) -> SearchOutcome:
     spec, client = opening.spec, opening.client
     search = find_search(client, spec.mlflow_experiment, search_id=opening.search_id)
     runs = child_runs(client, search.experiment_id, search.run_id)  # read once: thousands take seconds
-    failures = failure_summary(client, search, runs=runs)
+    failures = failure_summary(runs)
     try:
         results, volume, bounds = report_front(client, search, Path.cwd(), runs=runs)
     except SearchError as error:
