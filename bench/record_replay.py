@@ -160,8 +160,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     settings = overrides(args.placements, args.grid, args.set)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="replay-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        record(args, settings, args.workdir)
+        return
+    # The search keeps two checkpoints a trial, about 90 MB each (a ResNet-18 and its momentum):
+    # a temp folder goes as soon as its table is written, or a few recordings fill the disk.
+    with tempfile.TemporaryDirectory(prefix="replay-") as workdir:
+        record(args, settings, Path(workdir))
+
+
+def record(args: argparse.Namespace, settings: list[str], workdir: Path) -> None:
+    """Run the search in `workdir` (unless --minutes says it ran) and write its table to --out."""
     command = [
         sys.executable,
         str(ROOT / "run_search.py"),

@@ -39,6 +39,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -158,6 +159,10 @@ def drive(config: str, overrides: list[str], resume: bool) -> None:
 
         profiler = cProfile.Profile()
         profiler.enable()
+    if os.environ.get("SCALE_TRACE_MEMORY") and not resume:
+        import tracemalloc
+
+        tracemalloc.start(int(os.environ["SCALE_TRACE_MEMORY"]))
     count_memory_at_each_tenth(profiler)
     run_search(load_spec(config, overrides), resume=resume, overrides=overrides, trial_function=sleeping_trial)
 
@@ -165,14 +170,18 @@ def drive(config: str, overrides: list[str], resume: bool) -> None:
 def count_memory_at_each_tenth(profiler: Any = None) -> None:
     """After each tenth of the trials has ended, print what the driver's main holders of state hold (MEMORY lines).
 
-    With a `profiler` running (`--profile`), its statistics go to $SCALE_PROFILE at 80%, before the kill.
+    With a `profiler` running (`--profile`), its statistics go to $SCALE_PROFILE-<tenth> at 10, 20, 70
+    and 80%, before the kill, for `print_profile_growth`.
+    With tracemalloc tracing (`--trace-memory`), what grew most from 20% to 80% is printed at 80%.
     """
     import gc
+    import tracemalloc
 
     from orchestrator.search.progress import SearchProgress
     from orchestrator.search.searcher import ReplicateSearcher
 
     printed = set()
+    traced: list[Any] = []
     original = SearchProgress.on_trial_complete
 
     def on_trial_complete(self: SearchProgress, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -182,8 +191,14 @@ def count_memory_at_each_tenth(profiler: Any = None) -> None:
         if tenth in printed:
             return
         printed.add(tenth)
-        if profiler is not None and tenth == 8:
-            profiler.dump_stats(os.environ["SCALE_PROFILE"])
+        if profiler is not None and tenth in (1, 2, 7, 8):
+            profiler.dump_stats(f"{os.environ['SCALE_PROFILE']}-{tenth}")
+            Path(f"{os.environ['SCALE_PROFILE']}-{tenth}.ended").write_text(str(ended))
+        if tracemalloc.is_tracing() and tenth in (2, 8):
+            traced.append((ended, tracemalloc.take_snapshot()))
+            if len(traced) == 2:
+                (a, before), (b, after) = traced
+                print_growth(after.compare_to(before, "traceback")[:15], b - a)
         searchers = [o for o in gc.get_objects() if isinstance(o, ReplicateSearcher)]
         if tenth == 5:  # what one trial object holds, attribute by attribute
             one = next(t for t in trials if t.status == "TERMINATED")
@@ -192,6 +207,33 @@ def count_memory_at_each_tenth(profiler: Any = None) -> None:
         print(f"MEMORY {ended} Tune's trials {deep_size(trials)} searcher {deep_size(searchers)}", flush=True)
 
     SearchProgress.on_trial_complete = on_trial_complete  # type: ignore[method-assign]
+
+
+def profile_growth(prefix: str, top: int = 15) -> list[str]:
+    """The driver's functions whose own time per trial grew most from 10-20% to 70-80% of the trials (PROFILE lines)."""
+    import pstats
+
+    def own_time_per_trial(low: int, high: int) -> dict[Any, float]:
+        before = pstats.Stats(f"{prefix}-{low}").stats  # type: ignore[attr-defined]
+        after = pstats.Stats(f"{prefix}-{high}").stats  # type: ignore[attr-defined]
+        trials = int(Path(f"{prefix}-{high}.ended").read_text()) - int(Path(f"{prefix}-{low}.ended").read_text())
+        return {f: (after[f][2] - before.get(f, (0, 0, 0.0))[2]) / trials for f in after}
+
+    early, late = own_time_per_trial(1, 2), own_time_per_trial(7, 8)
+    grown = sorted(late, key=lambda f: late[f] - early.get(f, 0.0), reverse=True)[:top]
+    total = f"10-20% {sum(early.values()) * 1000:.1f} ms, 70-80% {sum(late.values()) * 1000:.1f} ms"
+    lines = [f"PROFILE driver CPU per trial, profiled: {total}"]
+    for f in grown:
+        where = f"{Path(f[0]).name}:{f[1]} {f[2]}"
+        lines.append(f"PROFILE {early.get(f, 0.0) * 1000:7.2f} -> {late[f] * 1000:7.2f} ms  {where}")
+    return lines
+
+
+def print_growth(grown: list[Any], trials: int) -> None:
+    """The allocations that grew most, per trial, each with the innermost frames of its traceback (MEMORY-GREW)."""
+    for stat in grown:
+        frames = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(stat.traceback))
+        print(f"MEMORY-GREW {stat.size_diff / trials / 1024:.2f} KB per trial: {frames}", flush=True)
 
 
 def deep_size(root: object) -> int:
@@ -500,9 +542,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument(
-        "--profile", action="store_true", help="profile the driver to 80%% (driver.prof in the workdir)"
+        "--profile", action="store_true", help="profile the driver and print what grew most from 10-20%% to 70-80%%"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the databases (and print their URLs) to look into")
+    parser.add_argument(
+        "--trace-memory",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="trace the driver's allocations (FRAMES deep) and print what grew most from 20%% to 80%%",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the databases and the workdir (and print where) to look into"
+    )
     parser.add_argument("--searcher-only", action="store_true", help="only the searcher's costs, replayed without Ray")
     parser.add_argument("--drive", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # the driver process
     args = parser.parse_args()
@@ -541,10 +592,14 @@ def main() -> None:
         overrides.append(f"tracking_uri={uri}")
         env = {**os.environ, "SCALE_SLEEP_S": str(args.sleep), "PYTHONUNBUFFERED": "1"}
         env["SCALE_PHASES"] = str(workdir / "phases.jsonl")
+        if args.trace_memory:
+            env["SCALE_TRACE_MEMORY"] = str(args.trace_memory)
         if args.profile:
             env["SCALE_PROFILE"] = str(workdir / "driver.prof")
         config = str(ROOT / "search_spaces" / "quickstart.yaml")
         report = measure(args, workdir, config, overrides, env, access, trials)
+        if args.profile:
+            report[-2:-2] = profile_growth(env["SCALE_PROFILE"])
         for line in report[:-2]:
             print(line, flush=True)
         # The searcher alone after the search, so that neither disturbs the other's timings.
@@ -561,7 +616,11 @@ def main() -> None:
                 print(f"kept database: {POSTGRES}/{name}")
             else:
                 drop_database(name)
-    print(f"workdir: {workdir}")
+        # A temp workdir (every trial's checkpoints, MLflow's artifacts, the logs) goes with the databases.
+        if args.keep or args.workdir:
+            print(f"workdir: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def measure(
@@ -607,7 +666,8 @@ def measure(
         f"driver memory growth: {memory:.1f} KB per trial (10% to 90%)",
         cpu_census(census, tenth, 9 * tenth - 1),
         slot_time(first, tenth, 9 * tenth, args.concurrency, workdir / "phases.jsonl"),
-        held_per_trial((workdir / "driver.log").read_text()),
+        held_per_trial(driver_log := (workdir / "driver.log").read_text()),
+        *(line for line in driver_log.splitlines() if line.startswith(("MEMORY-TRIAL", "MEMORY-GREW"))),
         f"MLflow server: {len(requests) / trials:.1f} requests per trial, p50 {statistics.median(latencies):.1f} ms, "
         f"p99 {latencies[int(len(latencies) * 0.99)]:.1f} ms",
     ]
