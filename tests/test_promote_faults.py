@@ -137,7 +137,7 @@ def test_a_signal_during_the_upload_undoes_the_promotion(searched, signum):  # n
     assert process.returncode == 130, stdout[-2000:] + stderr[-2000:]
     assert stderr.splitlines()[-1].startswith("interrupted: promotion interrupted, registry left as it was"), stderr
     assert "Traceback" not in stderr
-    assert store_state(client, workdir) == before
+    assert store_state(client, workdir) == before, stderr
 
 
 def test_promotions_of_one_name_take_turns_and_a_stale_champion_is_refused(searched, tmp_path):  # noqa: F811

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator.errors import SearchError
+from orchestrator.errors import SearchError, held_signals
 from orchestrator.promotion.audit import current_user
 
 LOCK_SUFFIX = ".promotion-lock"
@@ -70,10 +70,11 @@ def promotion_lock(client: MlflowClient, model_name: str, wait_s: float = WAIT_S
     try:
         yield
     finally:
-        try:
-            client.delete_registered_model(name)
-        except MlflowException as error:  # the promotion itself is complete: say what is left
-            print(f"warning: could not release the promotion lock {name!r}: {error.message[:200]}", file=sys.stderr)
+        with held_signals():  # a second Ctrl+C or SIGTERM must not leave the lock behind
+            try:
+                client.delete_registered_model(name)
+            except MlflowException as error:  # the promotion itself is complete or undone: say what is left
+                print(f"warning: could not release the promotion lock {name!r}: {error.message[:200]}", file=sys.stderr)
 
 
 def _holder(client: MlflowClient, name: str) -> dict | None:
