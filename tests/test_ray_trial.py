@@ -13,6 +13,7 @@ from ray import tune
 
 from conftest import TINY_TRIAL as TINY
 from orchestrator.search.progress import SearchProgress
+from orchestrator.search.tune_memory import NoRollingAverages
 from trainables.checkpoint import load_checkpoint
 from trainables.config import TrialConfig
 from trainables.train import METRICS, train_and_evaluate
@@ -131,6 +132,37 @@ def test_tune_hears_only_the_metrics_named_while_the_tracker_logs_every_one(loca
     assert {k for k in result.metrics if k in {*METRICS, "tracking_unsent"}} == HEARD
     logged = [set(line.split(",")) for line in marker.read_text().split()]
     assert len(logged) == TINY["training"]["epochs"] and all(epoch >= set(METRICS) for epoch in logged)
+
+
+def counting_trial(config):
+    for step in range(12):
+        tune.report({"accuracy": step / 12, "shape_bias": 1 - step / 12})
+
+
+class KeepsEndedTrials(tune.Callback):
+    """Holds the driver's own `Trial` objects of the trials that ended."""
+
+    def __init__(self):
+        self.ended = []
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended.append(trial)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_the_driver_keeps_no_rolling_averages_of_a_trials_metrics(local_ray, tmp_path, lean):
+    kept = KeepsEndedTrials()
+    callbacks = [NoRollingAverages(), kept] if lean else [kept]
+    tuner = tune.Tuner(
+        counting_trial,
+        run_config=tune.RunConfig(name="lean", storage_path=str(tmp_path), verbose=0, callbacks=callbacks),
+    )
+    assert tuner.fit()[0].metrics["accuracy"] == 11 / 12
+    # In the driver's memory for the whole search, and in its saved state for a resume.
+    for trial in (kept.ended[0], tune.ExperimentAnalysis(str(tmp_path / "lean")).trials[0]):
+        analysis = trial.run_metadata.metric_analysis["accuracy"]
+        assert analysis["last"] == 11 / 12 and analysis["max"] == 11 / 12
+        assert ("last-5-avg" in analysis) != lean and any(trial.run_metadata.metric_n_steps.values()) != lean
 
 
 def test_plain_trial_in_tune_reports_each_epoch(local_ray, tmp_path):

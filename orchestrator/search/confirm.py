@@ -28,6 +28,7 @@ from orchestrator.pareto import ConfigurationResult
 from orchestrator.rounds import DENSE, Round, check_configurations, choose, latest_round, report_round, start_round
 from orchestrator.search.progress import SearchProgress
 from orchestrator.search.ray_session import KEEP_CHECKPOINTS
+from orchestrator.search.tune_memory import NoRollingAverages
 from orchestrator.search.worker import confirm_trial
 from orchestrator.tracking import SearchRecord
 from search_spaces.params import Params
@@ -88,7 +89,7 @@ def run_round(
                 name=round_.name,
                 storage_path=storage,
                 verbose=0,
-                callbacks=[SearchProgress(len(params), len(round_.seeds), spec.training.epochs)],
+                callbacks=[NoRollingAverages(), SearchProgress(len(params), len(round_.seeds), spec.training.epochs)],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             ),

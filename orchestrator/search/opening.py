@@ -35,6 +35,7 @@ from orchestrator.search.early_stopping import ReplicateSuccessiveHalving, Stopp
 from orchestrator.search.progress import HypervolumeLog, SearchProgress
 from orchestrator.search.ray_session import KEEP_CHECKPOINTS
 from orchestrator.search.searcher import ReplicateSearcher, make_study
+from orchestrator.search.tune_memory import NoRollingAverages
 from orchestrator.tracking import SearchRecord, experiment_id, find_searches
 from search_spaces.params import placement_key
 from search_spaces.spec import ConfigError, SearchSpec, resumed_spec
@@ -137,6 +138,7 @@ class Opening:
                 storage_path=self.storage,
                 verbose=0,
                 callbacks=[
+                    NoRollingAverages(),
                     SearchProgress(spec.configurations, seeds, epochs),
                     HypervolumeLog(
                         self.tracking_uri,
