@@ -58,6 +58,7 @@ SIZES = (100, 10_000)  # configurations in the study when the searcher's costs a
 SAMPLERS = ("random", "tpe", "nsga2", "gp")
 # "trials 24 done, 3 running, 0 failed, 16 stopped early": every trial that has ended counts.
 MEMORY = re.compile(r"MEMORY (\d+) Tune's trials (\d+) searcher (\d+)")
+SAVES = re.compile(r"SAVES (\d+) (\d+) ([\d.]+)")
 PROGRESS = re.compile(r"trials (\d+) done, \d+ running, (\d+) failed(?:, (\d+) stopped early)?")
 TRAINED = re.compile(r"(\d+) of \d+ trial-epochs trained")
 
@@ -177,12 +178,23 @@ def count_memory_at_each_tenth(profiler: Any = None) -> None:
     import gc
     import tracemalloc
 
+    from ray.tune.execution.tune_controller import TuneController
+
     from orchestrator.search.progress import SearchProgress
     from orchestrator.search.searcher import ReplicateSearcher
 
     printed = set()
     traced: list[Any] = []
     original = SearchProgress.on_trial_complete
+    saves: list[float] = []  # how long each of Tune's saves of the experiment state took
+    save_to_dir = TuneController.save_to_dir
+
+    def timed_save(controller: TuneController) -> None:
+        start = time.process_time()
+        save_to_dir(controller)
+        saves.append(time.process_time() - start)
+
+    TuneController.save_to_dir = timed_save  # type: ignore[method-assign]
 
     def on_trial_complete(self: SearchProgress, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         original(self, iteration, trials, trial, **info)
@@ -205,6 +217,7 @@ def count_memory_at_each_tenth(profiler: Any = None) -> None:
             held = sorted(((deep_size(v), k) for k, v in vars(one).items()), reverse=True)[:6]
             print("MEMORY-TRIAL " + ", ".join(f"{k} {size / 1024:.1f}" for size, k in held), flush=True)
         print(f"MEMORY {ended} Tune's trials {deep_size(trials)} searcher {deep_size(searchers)}", flush=True)
+        print(f"SAVES {ended} {len(saves)} {sum(saves):.3f}", flush=True)
 
     SearchProgress.on_trial_complete = on_trial_complete  # type: ignore[method-assign]
 
@@ -493,6 +506,23 @@ def slot_time(samples: list[Sample], low: int, high: int, concurrency: int, phas
     return f"slot time per trial: {held:.2f} s; in its worker (s, mean of {len(rows)}): {inside}; the rest is Tune's"
 
 
+def state_saves(log: str, trials: int) -> str:
+    """How often Tune saved its experiment state, and the CPU that took per trial: first tenth, 80-90% (SAVES)."""
+    found = {10 * int(e) // trials: (int(e), int(n), float(s)) for e, n, s in SAVES.findall(log)}
+    last = max(found, default=0)  # the 90% line may lose its race with the kill: then 70-80%
+    if not {0, 1, last - 1} <= set(found) or last < 8:
+        return "Tune's state saves: not counted"
+
+    def between(low: int, high: int) -> str:
+        (e0, n0, s0), (e1, n1, s1) = found[low], found[high]
+        return f"{n1 - n0} saves, {(s1 - s0) / max(1, e1 - e0) * 1000:.1f} ms per trial"
+
+    return (
+        f"Tune's state saves (driver CPU): first tenth {between(0, 1)}; "
+        f"{(last - 1) * 10}-{last * 10}% {between(last - 1, last)}"
+    )
+
+
 def held_per_trial(log: str) -> str:
     """Growth per trial of what Tune's trial objects and the searcher hold, between the first and last MEMORY lines."""
     found = [tuple(map(int, m)) for m in MEMORY.findall(log)]
@@ -667,6 +697,7 @@ def measure(
         cpu_census(census, tenth, 9 * tenth - 1),
         slot_time(first, tenth, 9 * tenth, args.concurrency, workdir / "phases.jsonl"),
         held_per_trial(driver_log := (workdir / "driver.log").read_text()),
+        state_saves(driver_log, trials),
         *(line for line in driver_log.splitlines() if line.startswith(("MEMORY-TRIAL", "MEMORY-GREW"))),
         f"MLflow server: {len(requests) / trials:.1f} requests per trial, p50 {statistics.median(latencies):.1f} ms, "
         f"p99 {latencies[int(len(latencies) * 0.99)]:.1f} ms",

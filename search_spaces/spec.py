@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +35,9 @@ from trainables.files import YamlError, read_yaml
 from trainables.messages import bounded, describe, redact
 from trainables.models import ARCHITECTURES, check_placements, expand_preset
 from trainables.schema import Strict
+
+# `SearchSpec.trial_config`'s shape: a configuration's parameters and a seed -> its trial config.
+MakeTrial = Callable[[Params, int], dict[str, Any]]
 
 
 class ReferencePoint(Strict):

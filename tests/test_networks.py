@@ -121,7 +121,6 @@ def test_a_sampler_that_proposes_only_repeats_ends_the_search_and_says_why(tmp_p
         space=spec.search,
         seeds=[0],
         configurations=5,
-        make_trial=spec.trial_config,
         epochs=3,
         network_of=spec.network_of,
         max_repeats=30,

@@ -60,8 +60,10 @@ def test_replicates_dense_first_then_optuna_told_the_means(tmp_path):
         ("c002", 0),
         ("c002", 1),
     ]
-    assert configs[0]["trial"]["model"]["topk"] == {}
-    assert configs[2]["params"] == configs[3]["params"] and configs[2]["trial"]["model"]["topk"]
+    # Tune's config names the parameters; the worker makes the trial config from them and the seed.
+    assert all(set(c) == {"configuration", "seed", "params"} for c in configs)
+    assert spec.trial_config(configs[0]["params"], 0)["model"]["topk"] == {}
+    assert configs[2]["params"] == configs[3]["params"] and spec.trial_config(configs[2]["params"], 0)["model"]["topk"]
     result = lambda acc, bias, epoch=3: {"accuracy": acc, "shape_bias": bias, "epoch": epoch}
     searcher.on_trial_complete("t0", result(0.7, 0.2))
     searcher.on_trial_complete("t1", result(0.7, 0.2))

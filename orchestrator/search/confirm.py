@@ -42,7 +42,6 @@ def assignments(spec: SearchSpec, params: Mapping[str, Params], seeds: Sequence[
             names.CONFIGURATION: configuration,
             names.SEED: seed,
             names.PARAMS: p.to_dict(),
-            names.TRIAL: spec.trial_config(p, seed),
             names.STAGE: names.CONFIRM_STAGE,
         }
         for configuration, p in sorted(params.items())
@@ -64,6 +63,7 @@ def run_round(
     trainable = tune.with_resources(
         tune.with_parameters(
             confirm_trial,
+            make_trial=spec.trial_config,
             parent_run_id=search.run_id,
             experiment=search.experiment_id,
             log_models=spec.log_models,

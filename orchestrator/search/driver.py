@@ -112,6 +112,7 @@ def _trainable(opening: Opening, trial_function: Callable[..., None]) -> Any:
     spec = opening.spec
     trial = tune.with_parameters(
         trial_function,
+        make_trial=spec.trial_config,
         parent_run_id=opening.parent_run_id,
         experiment=opening.experiment,
         log_models=spec.log_models,

@@ -45,7 +45,6 @@ from search_spaces.space import SearchSpace
 from search_spaces.spec import SearchSpec
 from trainables.metrics import CUE_DECISION_RATE, CUE_DECISION_RATE_HOLDOUT, SHAPE_BIAS_HOLDOUT
 
-MakeTrial = Callable[[Params, int], dict[str, Any]]
 NetworkOf = Callable[[Params], Network]
 # Recorded per seed and told to the study as user attributes; the objectives are its values.
 RECORDED = (*OBJECTIVES, CUE_DECISION_RATE, SHAPE_BIAS_HOLDOUT, CUE_DECISION_RATE_HOLDOUT)
@@ -129,7 +128,6 @@ class ReplicateSearcher(Searcher):
         space: SearchSpace,
         seeds: list[int],
         configurations: int,
-        make_trial: MakeTrial,
         epochs: int,
         network_of: NetworkOf,
         floors: Sequence[Floor] = (),
@@ -141,7 +139,7 @@ class ReplicateSearcher(Searcher):
         super().__init__(metric=list(OBJECTIVES), mode=["max"] * len(OBJECTIVES))  # type: ignore[arg-type]
         self.study, self.space = study, space
         self.seeds, self.configurations = list(seeds), configurations
-        self.make_trial, self.epochs = make_trial, epochs
+        self.epochs = epochs
         self.network_of = network_of
         self.floors, self.max_repeats = list(floors), max_repeats
         self.parent_run_id = parent_run_id  # recorded on every Optuna trial: MLflow and the study side by side
@@ -160,7 +158,6 @@ class ReplicateSearcher(Searcher):
             space=spec.search,
             seeds=spec.seeds,
             configurations=spec.configurations,
-            make_trial=spec.trial_config,
             epochs=spec.training.epochs,
             network_of=spec.network_of,
             floors=spec.floors(),
@@ -189,12 +186,9 @@ class ReplicateSearcher(Searcher):
         assigned = self._configurations[self._current]
         seed = assigned.seeds_left.pop(0)
         self._trial_to_configuration[trial_id] = (self._current, seed)
-        return {
-            names.CONFIGURATION: self._current,
-            names.SEED: seed,
-            names.PARAMS: assigned.params.to_dict(),
-            names.TRIAL: self.make_trial(assigned.params, seed),
-        }
+        # The trial config itself is made in the worker (`search_trial`): Tune keeps about six copies
+        # of every trial's config in the driver for the whole search, and saves them all every save.
+        return {names.CONFIGURATION: self._current, names.SEED: seed, names.PARAMS: assigned.params.to_dict()}
 
     def _propose(self, configuration: str) -> tuple[Params, optuna.Trial] | None:
         """The study's next proposal of a network not yet proposed; None once it proposes only repeats."""

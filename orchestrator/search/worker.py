@@ -28,6 +28,7 @@ from orchestrator.serving import log_model
 from orchestrator.tracking import kept_params, replicate_runs
 from search_spaces.networks import feature_maps, kept, network
 from search_spaces.params import OBJECTIVES, Params
+from search_spaces.spec import MakeTrial
 from trainables.checkpoint import CheckpointError, checkpoint_digest, read_checkpoint, restore_model
 from trainables.config import TrialConfig
 from trainables.data import DataInput
@@ -49,17 +50,24 @@ DETERMINISTIC = (NonFiniteLossError, ValueError)
 
 def search_trial(
     config: dict[str, Any],
+    make_trial: MakeTrial,
     parent_run_id: str,
     experiment: str,
     log_models: bool = False,
     data_digests: dict[str, str] | None = None,
 ) -> None:
-    """The Tune trainable of a search: one trial, logged as a child of the search's MLflow run."""
+    """The Tune trainable of a search: one trial, logged as a child of the search's MLflow run.
+
+    Tune's config names the configuration, its seed and its parameters; `make_trial` (the spec's
+    `trial_config`) makes the trial config from those, here in the worker.
+    """
+    # A search whose Ray state was saved before trial configs were made here carries its own.
+    trial = config.get(names.TRIAL) or make_trial(Params.from_dict(config[names.PARAMS]), config[names.SEED])
     tracker = MLflowTrialTracker(
         parent_run_id, experiment, tune.get_context().get_trial_id(), config, log_models, data_digests
     )
     try:
-        train_trial(config[names.TRIAL], tracker, reported=TUNE_HEARS)
+        train_trial(trial, tracker, reported=TUNE_HEARS)
     except DETERMINISTIC as error:
         # The child run is already FAILED with the reason in its `error` tag. A final result with
         # no objectives ends the trial (the searcher, the front and the progress line count it as
@@ -75,13 +83,14 @@ def search_trial(
 
 def confirm_trial(
     config: dict[str, Any],
+    make_trial: MakeTrial,
     parent_run_id: str,
     experiment: str,
     log_models: bool = False,
     data_digests: dict[str, str] | None = None,
 ) -> None:
     """The Tune trainable of a confirmation: a search trial whose assignment Tune's grid search hands out."""
-    search_trial(config[names.ASSIGNMENT], parent_run_id, experiment, log_models, data_digests)
+    search_trial(config[names.ASSIGNMENT], make_trial, parent_run_id, experiment, log_models, data_digests)
 
 
 class MLflowTrialTracker:
